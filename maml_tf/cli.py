@@ -1,0 +1,134 @@
+"""The command-line layer: absl flags -> Config, and clean exits.
+
+Kept apart from the library (which never imports absl flags) so that
+`train_and_evaluate` can be called directly with a Config.
+Usage and data errors exit with status 2 and one line on stderr; `--debug`
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import traceback
+
+from absl import flags
+
+from maml_tf.config import ATTENTIONS, DATASETS, MODES, Config
+from maml_tf.errors import MamlError, UsageError
+
+FLAGS = flags.FLAGS
+_D = Config()
+
+HELP = {
+    "dataset": "office (the embedded Office data) or custom (--data_dir in the "
+               "release's layout)",
+    "data_dir": "folder with train.csv and test.csv (release layout)",
+    "text_features": "text modality file: a gensim Doc2Vec model whose tags are "
+                     "asins, or a .npy (asin->vector dict, or [n_items, d] matrix)",
+    "image_features": "image modality file: .npy asin->vector dict or [n_items, d] matrix",
+    "extra_features": "further modalities as name=path (.npy matrix or dict)",
+    "modalities": "modalities to use, in order (e.g. text,meta); empty for none "
+                  "(CML); default: all the dataset has",
+    "text_dim": "Doc2Vec size when the project builds text features",
+    "cache_dir": "where built text features are cached (default $MAML_TF_CACHE "
+                 "or ~/.cache/maml_tf)",
+    "validation_fraction": "share of each user's train items held out to select "
+                           "the best round (0: the release's protocol)",
+    "mode": "faithful (the release: only P and Q train) or paper (the networks "
+            "train, dropout and L2 active)",
+    "attention": "scaled (alpha=K), softmax (alpha=1) or none (plain CML distance)",
+    "embed_dim": "embedding size K",
+    "hidden_layer_dim": "fusion MLP width H",
+    "dropout": "fusion dropout rate (active only in paper mode)",
+    "attention_dropout": "attention dropout rate (active only in paper mode)",
+    "attention_l2": "L2 weight on the attention kernels (counted only in paper mode)",
+    "feature_scaling": "scale of the fusion output before clipping",
+    "clip_norm": "radius of the unit ball for embeddings and fusion output",
+    "margin": "hinge margin",
+    "feature_l2_reg": "weight of the feature loss sum ||q_i - F_i||^2",
+    "use_rank_weight": "weight the hinge by log(rank + 1) (WARP)",
+    "use_cov_loss": "add the covariance loss",
+    "cov_loss_weight": "weight of the covariance loss",
+    "learning_rate": "Adam learning rate",
+    "num_neg": "negatives sampled per positive pair",
+    "batch_size": "positive pairs per step",
+    "train_steps": "training steps in all (a multiple of --eva_batches)",
+    "eva_batches": "steps between evaluations",
+    "topk": "cutoffs k for the metrics, e.g. 10,20",
+    "select_metric": "metric that picks the best round, e.g. ndcg@10",
+    "seed": "seed for initialisation, sampling and the validation split",
+    "workdir": "output folder (metrics.jsonl, metrics.json, flags.txt)",
+    "overwrite": "replace the results of a finished run in --workdir",
+    "jit_compile": "compile the train step and evaluation with XLA",
+}
+
+
+def define_flags():
+  """Defines one flag per Config field, same name, same default."""
+  for field in dataclasses.fields(Config):
+    name, default, help_ = field.name, getattr(_D, field.name), HELP[field.name]
+    if name in ("dataset", "mode", "attention"):
+      options = {"dataset": DATASETS, "mode": MODES, "attention": ATTENTIONS}[name]
+      flags.DEFINE_string(name, default, f"{help_}. One of: {', '.join(options)}")
+    elif isinstance(default, bool):
+      flags.DEFINE_boolean(name, default, help_)
+    elif isinstance(default, int):
+      flags.DEFINE_integer(name, default, help_)
+    elif isinstance(default, float):
+      flags.DEFINE_float(name, default, help_)
+    elif name in ("extra_features", "modalities", "topk"):
+      flags.DEFINE_list(name, None if default is None else list(map(str, default)), help_)
+    else:
+      flags.DEFINE_string(name, default, help_)
+  flags.DEFINE_boolean("debug", False, "show tracebacks for usage and data errors")
+
+
+def usage_error(message):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl parsing, with flag errors as one line and exit status 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    usage_error(str(e).splitlines()[0])
+
+
+def config_from_flags() -> Config:
+  values = {}
+  for field in dataclasses.fields(Config):
+    value = FLAGS[field.name].value
+    if field.name == "topk":
+      try:
+        value = tuple(int(k) for k in value)
+      except ValueError:
+        raise UsageError(f"`--topk` must be integers. Received: {','.join(value)!r}") from None
+    elif field.name in ("extra_features",):
+      value = tuple(value or ())
+    elif field.name == "modalities":
+      value = None if value is None else tuple(v.strip() for v in value if v.strip())
+    values[field.name] = value
+  return Config(**values).validate()
+
+
+def train_main():
+  from maml_tf.train import train_and_evaluate  # heavy import after flag checks
+  train_and_evaluate(config_from_flags())
+  return 0
+
+
+def run(fn):
+  """Calls fn(); MamlError -> one line on stderr and exit status 2."""
+  try:
+    return fn()
+  except MamlError as e:
+    if FLAGS.debug:
+      traceback.print_exc()
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    return 130

@@ -1,0 +1,179 @@
+"""Every setting of a run, built once from flags and checked before any work.
+
+The field names are the command-line flag names, so `Config.to_flagfile()`
+writes a flagfile that reruns the experiment exactly. Defaults are the
+release's Office settings (SPEC §6) and its hard-coded constants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from typing import Optional, Tuple
+
+from maml_tf.errors import UsageError
+
+MODES = ("faithful", "paper")
+ATTENTIONS = ("scaled", "softmax", "none")
+DATASETS = ("office", "custom")
+MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A run's settings. See scripts/train.py for the help text of each."""
+
+  # Data.
+  dataset: str = "office"
+  data_dir: Optional[str] = None
+  text_features: Optional[str] = None
+  image_features: Optional[str] = None
+  extra_features: Tuple[str, ...] = ()  # "name=path" items
+  modalities: Optional[Tuple[str, ...]] = None  # None: the dataset's default
+  text_dim: int = 512
+  cache_dir: Optional[str] = None
+  validation_fraction: float = 0.0
+
+  # Model.
+  mode: str = "faithful"
+  attention: str = "scaled"
+  embed_dim: int = 64
+  hidden_layer_dim: int = 256
+  dropout: float = 0.2
+  attention_dropout: float = 0.05
+  attention_l2: float = 100.0
+  feature_scaling: float = 1.0
+  clip_norm: float = 1.0
+
+  # Loss and optimiser.
+  margin: float = 1.6
+  feature_l2_reg: float = 5.0
+  use_rank_weight: bool = True
+  use_cov_loss: bool = True
+  cov_loss_weight: float = 5.0
+  learning_rate: float = 1e-3
+
+  # Sampling, schedule, evaluation.
+  num_neg: int = 4
+  batch_size: int = 5000
+  train_steps: int = 4000
+  eva_batches: int = 400
+  topk: Tuple[int, ...] = (10,)
+  select_metric: str = "ndcg@10"
+  seed: int = 0
+
+  # Outputs.
+  workdir: str = "runs/office"
+  overwrite: bool = False
+  jit_compile: bool = True
+
+  @property
+  def alpha(self) -> float:
+    """The attention's softmax scale: K ("scaled"), 1 ("softmax")."""
+    return float(self.embed_dim) if self.attention == "scaled" else 1.0
+
+  @property
+  def feature_paths(self) -> dict:
+    paths = {}
+    if self.text_features:
+      paths["text"] = self.text_features
+    if self.image_features:
+      paths["image"] = self.image_features
+    for item in self.extra_features:
+      name, _, path = item.partition("=")
+      paths[name.strip()] = path.strip()
+    return paths
+
+  def validate(self) -> "Config":
+    """Raises UsageError naming the first flag that breaks a rule."""
+
+    def fail(flag, rule, value):
+      raise UsageError(f"`--{flag}` {rule}. Received: {value!r}")
+
+    def choice(flag, options):
+      value = getattr(self, flag)
+      if value not in options:
+        fail(flag, "must be one of " + ", ".join(options), value)
+
+    def number(flag, low=None, high=None, low_open=False, high_open=True,
+               integer=False):
+      value = getattr(self, flag)
+      if integer and (isinstance(value, bool) or not isinstance(value, int)):
+        fail(flag, "must be an integer", value)
+      if not isinstance(value, (int, float)) or isinstance(value, bool):
+        fail(flag, "must be a number", value)
+      if not math.isfinite(value):
+        fail(flag, "must be finite", value)
+      if low is not None and (value <= low if low_open else value < low):
+        fail(flag, f"must be {'>' if low_open else '>='} {low}", value)
+      if high is not None and (value >= high if high_open else value > high):
+        fail(flag, f"must be {'<' if high_open else '<='} {high}", value)
+
+    choice("dataset", DATASETS)
+    choice("mode", MODES)
+    choice("attention", ATTENTIONS)
+    for flag in ("embed_dim", "hidden_layer_dim", "text_dim", "num_neg",
+                 "batch_size", "train_steps", "eva_batches"):
+      number(flag, 1, integer=True)
+    number("hidden_layer_dim", 2, integer=True)
+    for flag in ("dropout", "attention_dropout"):
+      number(flag, 0, 1)
+    for flag in ("margin", "learning_rate", "clip_norm", "feature_scaling"):
+      number(flag, 0, low_open=True)
+    for flag in ("attention_l2", "feature_l2_reg", "cov_loss_weight"):
+      number(flag, 0)
+    number("validation_fraction", 0, 1)
+    number("seed", 0, integer=True)
+    if not self.topk:
+      fail("topk", "must name at least one cutoff", "")
+    for k in self.topk:
+      if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        fail("topk", "must be positive integers", ",".join(map(str, self.topk)))
+    if self.train_steps % self.eva_batches:
+      fail("train_steps", f"must be a multiple of --eva_batches "
+           f"({self.eva_batches}), one evaluation per round", self.train_steps)
+    metric, _, k = self.select_metric.partition("@")
+    if (metric not in ("ndcg", "recall", "hr", "precision") or not k.isdigit()
+        or int(k) not in self.topk):
+      fail("select_metric", "must be ndcg|recall|hr|precision@k with k in "
+           "--topk", self.select_metric)
+    if self.modalities is not None:
+      for name in self.modalities:
+        if not MODALITY_NAME.match(name):
+          fail("modalities", "must be names like text, image, meta",
+               ",".join(self.modalities))
+      if len(set(self.modalities)) != len(self.modalities):
+        fail("modalities", "must not repeat a name", ",".join(self.modalities))
+    for item in self.extra_features:
+      name, sep, path = item.partition("=")
+      if not sep or not MODALITY_NAME.match(name.strip()) or not path.strip():
+        fail("extra_features", "items must look like name=path", item)
+    if self.dataset == "custom":
+      if not self.data_dir:
+        fail("data_dir", "is required with --dataset=custom", self.data_dir)
+      if not os.path.isdir(self.data_dir):
+        fail("data_dir", "must be an existing folder", self.data_dir)
+    for flag, path in (("text_features", self.text_features),
+                       ("image_features", self.image_features)):
+      if path and not os.path.exists(path):
+        fail(flag, "must name an existing file", path)
+    if not self.workdir:
+      fail("workdir", "must be a folder path", self.workdir)
+    return self
+
+  def to_flagfile(self) -> str:
+    """One `--flag=value` a line; reading it back gives this Config."""
+    lines = []
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if value is None:
+        continue
+      if isinstance(value, bool):
+        lines.append(f"--{field.name}" if value else f"--no{field.name}")
+      elif isinstance(value, tuple):
+        lines.append(f"--{field.name}=" + ",".join(map(str, value)))
+      else:
+        lines.append(f"--{field.name}={value}")
+    return "\n".join(lines) + "\n"

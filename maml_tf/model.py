@@ -1,0 +1,293 @@
+"""MAML as a Keras 3 model with a custom train_step (SPEC §2-3).
+
+Faithful mode (the release): only the user table P and the item table Q
+train; the fusion and attention networks keep their random initial weights,
+dropout is inert, and the declared L2 on the attention kernels is not part of
+the loss. Paper mode (SPEC §8): the two networks train too, dropout is active
+while training and the L2 counts.
+
+Two deliberate shortcuts, both exact in real arithmetic and checked against
+the plain computation in tests/test_model.py:
+- in faithful mode the fusion output F is a constant, computed once (the
+  release recomputed it every step);
+- the attention's first layer is split into a user half and an item half
+  (see `AlphaAttention`), so it costs one small matmul per user and per item
+  instead of one per (user, item) pair.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from maml_tf import layers as layers_lib
+from maml_tf import losses
+
+TERMS_ORDER = ("loss", "embedding_loss", "feature_loss", "cov_loss", "l2_loss")
+
+
+def attentive_distance(a, p, q):
+  """sum_k (a_k p_k - a_k q_k)^2; with a=None, the plain squared distance."""
+  diff = p - q
+  if a is not None:
+    diff = a * diff
+  return tf.reduce_sum(tf.square(diff), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="maml_tf")
+class MAML(keras.Model):
+  """Users and items in one metric space, with per-pair attention.
+
+  Call `set_item_features(x)` once after construction when the model has
+  item features: it stores them, computes F and (like the release, after
+  every variable is initialised) sets Q = F.
+
+  The training data are `(users [B], items [B, 1 + W])` with the positive
+  item in column 0 and the W sampled negatives after it.
+  """
+
+  def __init__(self, n_users, n_items, feature_dim=0, embed_dim=64,
+               hidden_dim=256, attention="scaled", mode="faithful",
+               margin=1.6, feature_l2_reg=5.0, use_rank_weight=True,
+               use_cov_loss=True, cov_loss_weight=5.0, dropout=0.2,
+               attention_dropout=0.05, attention_l2=100.0,
+               feature_scaling=1.0, clip_norm=1.0, seed=None, **kwargs):
+    super().__init__(**kwargs)
+    if mode not in ("faithful", "paper"):
+      raise ValueError(f"`mode` must be faithful or paper. Received: mode={mode!r}")
+    if attention not in ("scaled", "softmax", "none"):
+      raise ValueError("`attention` must be scaled, softmax or none. "
+                       f"Received: attention={attention!r}")
+    self.n_users, self.n_items = int(n_users), int(n_items)
+    self.feature_dim, self.embed_dim = int(feature_dim), int(embed_dim)
+    self.hidden_dim, self.attention_kind, self.mode = int(hidden_dim), attention, mode
+    self.margin, self.feature_l2_reg = float(margin), float(feature_l2_reg)
+    self.use_rank_weight, self.use_cov_loss = bool(use_rank_weight), bool(use_cov_loss)
+    self.cov_loss_weight, self.dropout = float(cov_loss_weight), float(dropout)
+    self.attention_dropout, self.attention_l2 = float(attention_dropout), float(attention_l2)
+    self.feature_scaling, self.clip_norm, self.seed = float(feature_scaling), float(clip_norm), seed
+    paper = mode == "paper"
+    k = self.embed_dim
+    seeds = keras.random.SeedGenerator(seed) if seed is not None else None
+
+    def table(rows, name):
+      init = keras.initializers.RandomNormal(
+          stddev=1.0 / math.sqrt(k), seed=None if seeds is None else seeds)
+      return self.add_weight(shape=(rows, k), initializer=init, name=name,
+                             constraint=layers_lib.UnitBall(self.clip_norm))
+
+    self.user_embeddings = table(self.n_users, "user_embeddings")
+    self.item_embeddings = table(self.n_items, "item_embeddings")
+
+    self.fusion = None
+    if self.feature_dim:
+      self.item_features = self.add_weight(
+          shape=(self.n_items, self.feature_dim), initializer="zeros",
+          trainable=False, name="item_features")
+      self.fused_features = self.add_weight(
+          shape=(self.n_items, k), initializer="zeros", trainable=False,
+          name="fused_features")
+      self.fusion = layers_lib.FeatureFusion(
+          self.hidden_dim, k, dropout=self.dropout, scaling=self.feature_scaling,
+          clip_norm=self.clip_norm, seed=seed, name="fusion")
+      self.fusion.build((None, self.feature_dim))
+      self.fusion.trainable = paper
+
+    self.attention = None
+    if attention != "none":
+      self.attention = layers_lib.AlphaAttention(
+          k, float(k) if attention == "scaled" else 1.0,
+          dropout=self.attention_dropout, l2=self.attention_l2,
+          use_features=bool(self.feature_dim), seed=seed, name="attention")
+      self.attention.build()
+      self.attention.trainable = paper
+
+    self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
+    self.built = True
+
+  # ---------------------------------------------------------------- setup
+  @property
+  def paper_mode(self):
+    return self.mode == "paper"
+
+  @property
+  def loss_names(self):
+    names = ["loss", "embedding_loss"]
+    if self.feature_dim:
+      names.append("feature_loss")
+    if self.use_cov_loss:
+      names.append("cov_loss")
+    if self.paper_mode and self.attention is not None:
+      names.append("l2_loss")
+    return names
+
+  @property
+  def metrics(self):
+    return list(self.trackers.values())
+
+  def set_item_features(self, features, init_items=True):
+    """Stores the [n_items, d] features, computes F, and sets Q = F."""
+    features = np.asarray(features, np.float32)
+    if features.shape != (self.n_items, self.feature_dim):
+      raise ValueError(f"`features` must have shape {(self.n_items, self.feature_dim)}. "
+                       f"Received: shape={features.shape}")
+    self.item_features.assign(features)
+    self.refresh_fused_features()
+    if init_items:
+      self.item_embeddings.assign(self.fused_features)
+
+  def refresh_fused_features(self):
+    """Recomputes the stored F (needed after the fusion weights change)."""
+    if self.fusion is not None:
+      self.fused_features.assign(self.fusion(self.item_features, training=False))
+
+  # ---------------------------------------------------------------- forward
+  def item_fusion(self, training=False):
+    """F for all items: recomputed in paper mode, the stored constant else."""
+    if self.fusion is None:
+      return None
+    if self.paper_mode:
+      return self.fusion(self.item_features, training=training)
+    return tf.convert_to_tensor(self.fused_features)
+
+  def item_side(self, fused, training=False):
+    """The attention's item half for the whole catalogue: (proj, sqnorm)."""
+    return self.attention.item_part(tf.convert_to_tensor(self.item_embeddings), fused)
+
+  def pair_distances(self, users, items, fused=None, training=False):
+    """d(u, i) for users [B] and items [B, N]; returns [B, N]."""
+    p = tf.gather(self.user_embeddings, users)
+    q = tf.gather(self.item_embeddings, items)
+    if self.attention is None:
+      return attentive_distance(None, p[:, None, :], q)
+    user = self.attention.user_part(p)
+    user = (user[0][:, None, :], user[1][:, None])
+    n_pairs = items.shape[0] * items.shape[1] if None not in items.shape else None
+    if n_pairs is not None and self.n_items <= n_pairs:
+      # Fewer items than pairs: project the whole catalogue, then gather.
+      proj, sq = self.item_side(fused, training)
+      item = (tf.gather(proj, items), tf.gather(sq, items))
+    else:
+      flat = tf.reshape(items, [-1])
+      f = None if fused is None else tf.gather(fused, flat)
+      proj, sq = self.attention.item_part(tf.reshape(q, [-1, self.embed_dim]), f)
+      shape = tf.shape(items)
+      item = (tf.reshape(proj, tf.concat([shape, [-1]], 0)), tf.reshape(sq, shape))
+    a = self.attention.combine(user, item, training=training)
+    return attentive_distance(a, p[:, None, :], q)
+
+  def plain_pair_distances(self, users, items, training=False):
+    """The same as `pair_distances` through the unsplit layers (for tests)."""
+    fused = self.item_fusion(training)
+    p = tf.gather(self.user_embeddings, users)
+    q = tf.gather(self.item_embeddings, items)
+    p = tf.broadcast_to(p[:, None, :], tf.shape(q))
+    if self.attention is None:
+      return attentive_distance(None, p, q)
+    f = None if fused is None else tf.gather(fused, items)
+    flat = lambda t: None if t is None else tf.reshape(t, [-1, self.embed_dim])
+    a = self.attention(flat(p), flat(q), flat(f), training=training)
+    return tf.reshape(attentive_distance(a, flat(p), flat(q)), tf.shape(items))
+
+  def loss_terms(self, users, items, training=False):
+    """Every loss term of one step (SPEC §3) as a dict; "loss" is the total."""
+    fused = self.item_fusion(training)
+    d = self.pair_distances(users, items, fused, training)
+    terms = {"embedding_loss": losses.embedding_loss(
+        d[:, 0], d[:, 1:], self.margin, self.n_items, self.use_rank_weight)}
+    if fused is not None:
+      terms["feature_loss"] = losses.feature_loss(
+          self.item_embeddings, fused, self.feature_l2_reg)
+    if self.use_cov_loss:
+      terms["cov_loss"] = losses.covariance_loss(
+          self.item_embeddings, self.user_embeddings, self.cov_loss_weight)
+    if self.paper_mode and self.attention is not None:
+      terms["l2_loss"] = self.attention.regularization_loss()
+    terms["loss"] = tf.add_n(list(terms.values()))
+    return terms
+
+  def call(self, inputs, training=False):
+    """Scores -d(u, i) for inputs (users [B], items [B, N])."""
+    users, items = inputs
+    return -self.pair_distances(users, items, self.item_fusion(training), training)
+
+  # ---------------------------------------------------------------- training
+  def train_step(self, data):
+    users, items = data
+    with tf.GradientTape() as tape:
+      terms = self.loss_terms(users, items, training=self.paper_mode)
+    variables = self.trainable_variables
+    grads = tape.gradient(terms["loss"], variables)
+    # The release's gradients are dense (the feature and covariance terms
+    # touch every row), and Adam then updates every row's moments.
+    grads = [tf.convert_to_tensor(g) for g in grads]
+    self.optimizer.apply(grads, variables)
+    for name, value in terms.items():
+      self.trackers[name].update_state(value)
+    return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+  # ---------------------------------------------------------------- scoring
+  def score_items(self, users, item_chunk=None):
+    """Scores of users [U] against every item: [U, n_items].
+
+    The catalogue is processed in chunks of `item_chunk` items so that
+    memory stays at U x item_chunk x 5K floats, whatever the catalogue size.
+    """
+    p = tf.gather(self.user_embeddings, users)
+    q_all = tf.convert_to_tensor(self.item_embeddings)
+    if self.attention is None:
+      sq = tf.reduce_sum(tf.square(p), -1)[:, None] + tf.reduce_sum(tf.square(q_all), -1)[None]
+      return -(sq - 2.0 * tf.matmul(p, q_all, transpose_b=True))
+    user = self.attention.user_part(p)
+    user = (user[0][:, None, :], user[1][:, None])
+    proj, sq = self.item_side(self.item_fusion(False))
+    chunk = item_chunk or self.n_items
+    n_chunks = -(-self.n_items // chunk)
+    pad = n_chunks * chunk - self.n_items
+
+    def split(t):
+      t = tf.pad(t, [[0, pad]] + [[0, 0]] * (len(t.shape) - 1))
+      return tf.reshape(t, [n_chunks, chunk] + t.shape[1:].as_list())
+
+    def block(args):
+      q, pr, s = args
+      a = self.attention.combine(user, (pr[None], s[None]))
+      return -attentive_distance(a, p[:, None, :], q[None])
+
+    scores = tf.map_fn(block, (split(q_all), split(proj), split(sq)),
+                       fn_output_signature=tf.float32)
+    scores = tf.reshape(tf.transpose(scores, [1, 0, 2]), [tf.shape(p)[0], -1])
+    return scores[:, :self.n_items]
+
+  def get_config(self):
+    return {
+        "n_users": self.n_users, "n_items": self.n_items,
+        "feature_dim": self.feature_dim, "embed_dim": self.embed_dim,
+        "hidden_dim": self.hidden_dim, "attention": self.attention_kind,
+        "mode": self.mode, "margin": self.margin,
+        "feature_l2_reg": self.feature_l2_reg,
+        "use_rank_weight": self.use_rank_weight,
+        "use_cov_loss": self.use_cov_loss,
+        "cov_loss_weight": self.cov_loss_weight, "dropout": self.dropout,
+        "attention_dropout": self.attention_dropout,
+        "attention_l2": self.attention_l2,
+        "feature_scaling": self.feature_scaling, "clip_norm": self.clip_norm,
+        "seed": self.seed, "name": self.name,
+    }
+
+
+def from_config(config, n_users, n_items, feature_dim):
+  """Builds the MAML of a `maml_tf.config.Config`."""
+  return MAML(
+      n_users, n_items, feature_dim=feature_dim, embed_dim=config.embed_dim,
+      hidden_dim=config.hidden_layer_dim, attention=config.attention,
+      mode=config.mode, margin=config.margin,
+      feature_l2_reg=config.feature_l2_reg,
+      use_rank_weight=config.use_rank_weight,
+      use_cov_loss=config.use_cov_loss, cov_loss_weight=config.cov_loss_weight,
+      dropout=config.dropout, attention_dropout=config.attention_dropout,
+      attention_l2=config.attention_l2, feature_scaling=config.feature_scaling,
+      clip_norm=config.clip_norm, seed=config.seed, name="maml")
