@@ -1,0 +1,249 @@
+"""Independent numpy oracles for what the MAML release computes.
+
+Written from `SPEC.md` alone (sections 2, 3 and 5), never from the package's
+code, so that the tests comparing the two catch a misreading on either side.
+Everything is float64 and deliberately plain: loops where they make the
+arithmetic easy to check by eye, no vectorisation tricks.
+
+Conventions (TensorFlow semantics, which the release relies on):
+- `l2norm_rows`: x / sqrt(max(sum x^2, 1e-12)), as `tf.math.l2_normalize`.
+- `clip_by_norm_rows`: x * c / max(||x||, c) per row, as `tf.clip_by_norm`
+  applied to each row; a zero row stays zero.
+- Dense layers compute x @ kernel + bias with kernel of shape [in, out].
+"""
+
+import math
+
+import numpy as np
+
+L2_EPSILON = 1e-12
+
+
+def _as_f64(x):
+  return np.asarray(x, dtype=np.float64)
+
+
+def l2norm_rows(x):
+  """Each row (last axis) divided by sqrt(max(sum of squares, 1e-12))."""
+  x = _as_f64(x)
+  square_sum = np.sum(x * x, axis=-1, keepdims=True)
+  return x / np.sqrt(np.maximum(square_sum, L2_EPSILON))
+
+
+def clip_by_norm_rows(x, clip_norm):
+  """Each row scaled by c / max(||row||, c): rows already inside are kept."""
+  x = _as_f64(x)
+  out = np.empty_like(x)
+  rows = x.reshape(-1, x.shape[-1])
+  flat_out = out.reshape(-1, x.shape[-1])
+  for r in range(rows.shape[0]):
+    norm = math.sqrt(float(np.sum(rows[r] * rows[r])))
+    flat_out[r] = rows[r] * clip_norm / max(norm, clip_norm)
+  return out
+
+
+def relu(x):
+  return np.maximum(_as_f64(x), 0.0)
+
+
+def softmax_rows(x):
+  x = _as_f64(x)
+  shifted = x - np.max(x, axis=-1, keepdims=True)
+  e = np.exp(shifted)
+  return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def dense(x, kernel, bias):
+  """x @ kernel + bias, kernel [in, out]."""
+  return _as_f64(x) @ _as_f64(kernel) + _as_f64(bias)
+
+
+def fusion(x_text_and_image_concat, weights, scaling=1.0, clip_norm=1.0):
+  """SPEC §2.2: the feature-fusion MLP over all items.
+
+  Args:
+    x_text_and_image_concat: [n, d] raw features, text columns first.
+    weights: four (kernel, bias) pairs, for Dense_H, Dense_H/2, Dense_H/2 and
+      the linear Dense_K output layer, in that order.
+    scaling: s, the output is multiplied by it before clipping.
+    clip_norm: c, rows of the result have norm <= c.
+
+  Returns:
+    F, [n, K].
+  """
+  (k1, b1), (k2, b2), (k3, b3), (k4, b4) = weights
+  x = l2norm_rows(x_text_and_image_concat)  # one joint normalisation
+  h1 = relu(dense(x, k1, b1))
+  h2 = relu(dense(l2norm_rows(h1), k2, b2))
+  h3 = relu(dense(l2norm_rows(h2), k3, b3))
+  out = dense(h3, k4, b4)  # linear
+  return clip_by_norm_rows(out * scaling, clip_norm)
+
+
+def attention(p, q, f, W1, b1, W2, b2, alpha):
+  """SPEC §2.3: per-pair attention vectors a [N, K].
+
+  z = l2norm([p; q; f]) (or l2norm([p; q]) when f is None),
+  a1 = tanh(Dense_5K(z)), a2 = relu(Dense_K(l2norm(a1))),
+  a = alpha * softmax(a2) over the K components.
+  """
+  parts = [_as_f64(p), _as_f64(q)]
+  if f is not None:
+    parts.append(_as_f64(f))
+  z = l2norm_rows(np.concatenate(parts, axis=-1))
+  a1 = np.tanh(dense(z, W1, b1))
+  a2 = relu(dense(l2norm_rows(a1), W2, b2))
+  return alpha * softmax_rows(a2)
+
+
+def distance(a, p, q):
+  """SPEC §2.4: d = sum_k (a_k p_k - a_k q_k)^2 per row; a=None is CML."""
+  p = _as_f64(p)
+  q = _as_f64(q)
+  if a is None:
+    diff = p - q
+  else:
+    a = _as_f64(a)
+    diff = a * p - a * q
+  return np.sum(diff * diff, axis=-1)
+
+
+def warp_rank(d_pos, d_neg, margin, n_items):
+  """SPEC §3: rank = mean_j[d_pos - d_neg_j + m > 0] * |I| (strict >)."""
+  d_pos = _as_f64(d_pos)
+  d_neg = _as_f64(d_neg)
+  batch, n_neg = d_neg.shape
+  rank = np.zeros(batch)
+  for b in range(batch):
+    violations = 0
+    for j in range(n_neg):
+      if d_pos[b] - d_neg[b, j] + margin > 0:
+        violations += 1
+    rank[b] = violations / n_neg * n_items
+  return rank
+
+
+def embedding_loss(d_pos, d_neg, margin, n_items, use_rank_weight=True):
+  """SPEC §3: sum over the batch of hinge(closest negative) * log(rank + 1)."""
+  d_pos = _as_f64(d_pos)
+  d_neg = _as_f64(d_neg)
+  ranks = warp_rank(d_pos, d_neg, margin, n_items)
+  total = 0.0
+  for b in range(d_pos.shape[0]):
+    hinge = max(d_pos[b] - np.min(d_neg[b]) + margin, 0.0)
+    weight = math.log(ranks[b] + 1.0) if use_rank_weight else 1.0
+    total += hinge * weight
+  return total
+
+
+def embedding_loss_grads(d_pos, d_neg, margin, n_items, use_rank_weight=True):
+  """Gradients of `embedding_loss` w.r.t. d_pos and d_neg, rank held fixed.
+
+  Only the closest negative (first one on ties, as argmin) receives gradient;
+  pairs whose hinge is inactive receive none.
+  """
+  d_pos = _as_f64(d_pos)
+  d_neg = _as_f64(d_neg)
+  ranks = warp_rank(d_pos, d_neg, margin, n_items)
+  g_pos = np.zeros_like(d_pos)
+  g_neg = np.zeros_like(d_neg)
+  for b in range(d_pos.shape[0]):
+    j = int(np.argmin(d_neg[b]))
+    if d_pos[b] - d_neg[b, j] + margin > 0:
+      weight = math.log(ranks[b] + 1.0) if use_rank_weight else 1.0
+      g_pos[b] = weight
+      g_neg[b, j] = -weight
+  return g_pos, g_neg
+
+
+def feature_loss(Q, F, weight):
+  """SPEC §3: lambda_f * sum over all items of ||q_i - F_i||^2."""
+  diff = _as_f64(Q) - _as_f64(F)
+  return weight * float(np.sum(diff * diff))
+
+
+def covariance_loss(Q, P, weight):
+  """SPEC §3: lambda_c * (sum(C) - trace(C)), C the covariance of [Q; P]."""
+  X = np.concatenate([_as_f64(Q), _as_f64(P)], axis=0)
+  n_rows, dim = X.shape
+  X = X - X.mean(axis=0, keepdims=True)
+  C = np.zeros((dim, dim))
+  for r in range(n_rows):
+    C += np.outer(X[r], X[r])
+  C /= n_rows
+  return weight * (float(np.sum(C)) - float(np.trace(C)))
+
+
+def adam_step(var, grad, m, v, t, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+  """One Adam update in the TF1 / Keras "epsilon hat" form.
+
+  t is the 1-based index of this step. Returns (var, m, v) after the step.
+  """
+  var = _as_f64(var)
+  grad = _as_f64(grad)
+  m = b1 * _as_f64(m) + (1.0 - b1) * grad
+  v = b2 * _as_f64(v) + (1.0 - b2) * grad * grad
+  lr_t = lr * math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+  var = var - lr_t * m / (np.sqrt(v) + eps)
+  return var, m, v
+
+
+def user_metrics(ranked_items_after_exclusion, test_items, k):
+  """SPEC §5 for one user.
+
+  Args:
+    ranked_items_after_exclusion: item ids best first, train items already
+      dropped (at least the first k are used).
+    test_items: the user's test item ids (non-empty).
+    k: cut-off.
+
+  Returns:
+    dict with ndcg, recall, hr, precision.
+  """
+  test = set(int(i) for i in test_items)
+  top = [int(i) for i in ranked_items_after_exclusion][:k]
+  dcg = 0.0
+  hits = 0
+  for pos, item in enumerate(top):
+    if item in test:
+      hits += 1
+      dcg += 1.0 / math.log2(pos + 2)
+  idcg = 0.0
+  for pos in range(min(len(test), k)):
+    idcg += 1.0 / math.log2(pos + 2)
+  return {
+      "ndcg": dcg / idcg,
+      "recall": hits / len(test),
+      "hr": 1.0 if hits > 0 else 0.0,
+      "precision": hits / k,
+  }
+
+
+def rank_excluding(scores_row, exclude):
+  """Item ids by descending score, ties to the lower id, `exclude` dropped."""
+  excluded = set(int(i) for i in exclude)
+  order = sorted(range(len(scores_row)),
+                 key=lambda i: (-float(scores_row[i]), i))
+  return [i for i in order if i not in excluded]
+
+
+def evaluate(scores, train_items, test_items, k):
+  """SPEC §5 over all users: mean of `user_metrics` over users with tests.
+
+  Args:
+    scores: [U, I], higher is better (the model's -d).
+    train_items: per user, the ids to drop before ranking.
+    test_items: per user, the held-out ids (users with none are skipped).
+    k: cut-off.
+  """
+  scores = _as_f64(scores)
+  totals = {"ndcg": 0.0, "recall": 0.0, "hr": 0.0, "precision": 0.0}
+  n_users = 0
+  for u in range(scores.shape[0]):
+    if len(test_items[u]) == 0:
+      continue
+    ranked = rank_excluding(scores[u], train_items[u])
+    for name, value in user_metrics(ranked, test_items[u], k).items():
+      totals[name] += value
+    n_users += 1
+  return {name: total / n_users for name, total in totals.items()}
