@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from maml_tf import layers as layers_lib
+from maml_tf import fastpath
 from maml_tf import losses
 
 TERMS_ORDER = ("loss", "embedding_loss", "feature_loss", "cov_loss", "l2_loss")
@@ -252,10 +253,13 @@ class MAML(keras.Model):
       t = tf.pad(t, [[0, pad]] + [[0, 0]] * (len(t.shape) - 1))
       return tf.reshape(t, [n_chunks, chunk] + t.shape[1:].as_list())
 
+    att = self.attention
+
     def block(args):
       q, pr, s = args
-      a = self.attention.combine(user, (pr[None], s[None]))
-      return -attentive_distance(a, p[:, None, :], q[None])
+      return -fastpath.attention_distance_nograd(
+          user, (pr[None], s[None]), p[:, None, :], q[None], att.dense1.bias,
+          att.dense2.kernel, att.dense2.bias, att.alpha)
 
     scores = tf.map_fn(block, (split(q_all), split(proj), split(sq)),
                        fn_output_signature=tf.float32)
