@@ -25,16 +25,18 @@ import tensorflow as tf
 EPS = 1e-12
 
 
+def _gather(table, ids):
+  return table if ids is None else tf.gather(table, ids)
+
+
 @tf.function(jit_compile=True)
-def _hidden(u, i, us, is_, b1):
-  """x, inv, t and r of the forward pass, one fused kernel."""
-  x = u + i
-  sq = us + is_
-  inv = tf.math.rsqrt(tf.maximum(sq, EPS))
+def _hidden(u, i_table, ids, us, is_table, b1):
+  """t, r of the forward pass (the item gather fused in), one kernel."""
+  x = u + _gather(i_table, ids)
+  inv = tf.math.rsqrt(tf.maximum(us + _gather(is_table, ids), EPS))
   t = tf.tanh(x * inv[..., None] + b1)
   ss = tf.reduce_sum(t * t, -1)
-  r = tf.math.rsqrt(tf.maximum(ss, EPS))
-  return x, inv, t, r, sq, ss
+  return t, tf.math.rsqrt(tf.maximum(ss, EPS)), ss
 
 
 @tf.function(jit_compile=True)
@@ -64,8 +66,15 @@ def _head_grad(dd, m, r, g, sm, a, diff, alpha, ss):
 
 
 @tf.function(jit_compile=True)
-def _hidden_grad(dt_mm, coef, t, x, inv, sq):
-  """From dL/dt to dL/dx (= dL/dI), dL/d(us + is), one fused kernel."""
+def _hidden_grad(dt_mm, coef, t, u, i_table, ids, us, is_table):
+  """From dL/dt to dL/dx (= dL/dI per pair) and dL/d(us + is), one kernel.
+
+  x and inv are recomputed from the (cache-resident) item table rather than
+  stored: one pass over [pairs, 5K] fewer each way.
+  """
+  x = u + _gather(i_table, ids)
+  sq = us + _gather(is_table, ids)
+  inv = tf.math.rsqrt(tf.maximum(sq, EPS))
   dt = dt_mm + coef[..., None] * t
   ds = dt * (1.0 - t * t)
   dx = ds * inv[..., None]
@@ -75,21 +84,39 @@ def _hidden_grad(dt_mm, coef, t, x, inv, sq):
 
 
 def _matmul_last(t, w, transpose_b=False):
-  """[..., n] x [n, m] (or [m, n]^T) through a 2-D oneDNN matmul."""
+  """[..., n] x [n, m] (or [m, n]^T) through a 2-D matmul."""
   flat = tf.reshape(t, [-1, t.shape[-1]])
   out = tf.matmul(flat, w, transpose_b=transpose_b)
   return tf.reshape(out, tf.concat([tf.shape(t)[:-1], tf.shape(out)[-1:]], 0))
 
 
-def attention_distance(user, item, p, q, b1, w2, b2, alpha):
+def _reduce_to(t, shape):
+  """Sums the broadcast dimensions of t so that it has `shape`."""
+  axes = tf.raw_ops.BroadcastGradientArgs(s0=shape, s1=tf.shape(t))[0]
+  return tf.reshape(tf.reduce_sum(t, axes), shape)
+
+
+def _to_table(t, ids, table_shape):
+  """Gradient of a gather: per-pair rows summed into their table rows."""
+  if ids is None:
+    return _reduce_to(t, table_shape)
+  rows = tf.reshape(t, tf.concat([[-1], tf.shape(t)[tf.rank(ids):]], 0))
+  return tf.math.unsorted_segment_sum(rows, tf.reshape(ids, [-1]),
+                                      table_shape[0])
+
+
+def attention_distance(user, item, p, q, b1, w2, b2, alpha, item_ids=None):
   """d(u, i) for broadcastable halves; gradients flow to user, item, p, q.
 
   Args:
     user: (U [..., H], us [...]) the user half, broadcastable against item.
-    item: (I [..., H], is [...]) the item half.
+    item: (I, is) the item half: per pair ([..., H], [...]) when `item_ids`
+      is None, else whole tables ([n_items, H], [n_items]) that `item_ids`
+      [...] index (the gather then runs inside the fused kernels).
     p, q: [..., K] user and item embeddings, broadcastable.
     b1, w2, b2: the attention's first bias, second kernel and bias (frozen).
     alpha: the softmax scale.
+    item_ids: optional int [...] rows of the item tables.
 
   Returns:
     d [...]: the attentive squared distances.
@@ -100,16 +127,17 @@ def attention_distance(user, item, p, q, b1, w2, b2, alpha):
 
   @tf.custom_gradient
   def block(u, us, i, is_, p, q):
-    x, inv, t, r, sq, ss = _hidden(u, i, us, is_, b1)
+    t, r, ss = _hidden(u, i, item_ids, us, is_, b1)
     m = _matmul_last(t, w2)
     d, g, sm, a, diff = _head(m, r, b2, alpha, p, q)
 
     def grad(dd):
       dm, coef, ddiff = _head_grad(dd, m, r, g, sm, a, diff, alpha, ss)
       dt_mm = _matmul_last(dm, w2, transpose_b=True)
-      dx, dsq = _hidden_grad(dt_mm, coef, t, x, inv, sq)
+      dx, dsq = _hidden_grad(dt_mm, coef, t, u, i, item_ids, us, is_)
       return (_reduce_to(dx, tf.shape(u)), _reduce_to(dsq, tf.shape(us)),
-              _reduce_to(dx, tf.shape(i)), _reduce_to(dsq, tf.shape(is_)),
+              _to_table(dx, item_ids, tf.shape(i)),
+              _to_table(dsq, item_ids, tf.shape(is_)),
               _reduce_to(ddiff, tf.shape(p)), _reduce_to(-ddiff, tf.shape(q)))
 
     return d, grad
@@ -117,14 +145,8 @@ def attention_distance(user, item, p, q, b1, w2, b2, alpha):
   return block(u, us, i, is_, p, q)
 
 
-def _reduce_to(t, shape):
-  """Sums the broadcast dimensions of t so that it has `shape`."""
-  axes = tf.raw_ops.BroadcastGradientArgs(s0=shape, s1=tf.shape(t))[0]
-  return tf.reshape(tf.reduce_sum(t, axes), shape)
-
-
 def attention_distance_nograd(user, item, p, q, b1, w2, b2, alpha):
   """The same forward pass for scoring (no gradient bookkeeping)."""
   b1, w2, b2 = (tf.convert_to_tensor(v) for v in (b1, w2, b2))
-  _, _, t, r, _, _ = _hidden(user[0], item[0], user[1], item[1], b1)
+  t, r, _ = _hidden(user[0], item[0], None, user[1], item[1], b1)
   return _head(_matmul_last(t, w2), r, b2, alpha, p, q)[0]

@@ -106,6 +106,9 @@ class MAML(keras.Model):
       self.attention.build()
       self.attention.trainable = paper
 
+    # The hand-derived gradient of fastpath.py (faithful mode only); False
+    # gives the plain autodiff computation, for tests and benchmarks.
+    self.use_fastpath = True
     self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
     self.built = True
 
@@ -167,18 +170,25 @@ class MAML(keras.Model):
     user = self.attention.user_part(p)
     user = (user[0][:, None, :], user[1][:, None])
     n_pairs = items.shape[0] * items.shape[1] if None not in items.shape else None
-    if n_pairs is not None and self.n_items <= n_pairs:
-      # Fewer items than pairs: project the whole catalogue, then gather.
-      proj, sq = self.item_side(fused, training)
-      item = (tf.gather(proj, items), tf.gather(sq, items))
+    by_table = n_pairs is not None and self.n_items <= n_pairs
+    if by_table:
+      # Fewer items than pairs: project the whole catalogue once.
+      item = self.item_side(fused, training)
     else:
       flat = tf.reshape(items, [-1])
       f = None if fused is None else tf.gather(fused, flat)
       proj, sq = self.attention.item_part(tf.reshape(q, [-1, self.embed_dim]), f)
       shape = tf.shape(items)
       item = (tf.reshape(proj, tf.concat([shape, [-1]], 0)), tf.reshape(sq, shape))
-    a = self.attention.combine(user, item, training=training)
-    return attentive_distance(a, p[:, None, :], q)
+    att = self.attention
+    if self.paper_mode or not self.use_fastpath:  # plain autodiff
+      if by_table:
+        item = (tf.gather(item[0], items), tf.gather(item[1], items))
+      a = att.combine(user, item, training=training)
+      return attentive_distance(a, p[:, None, :], q)
+    return fastpath.attention_distance(
+        user, item, p[:, None, :], q, att.dense1.bias, att.dense2.kernel,
+        att.dense2.bias, att.alpha, item_ids=items if by_table else None)
 
   def plain_pair_distances(self, users, items, training=False):
     """The same as `pair_distances` through the unsplit layers (for tests)."""
