@@ -60,6 +60,14 @@ HELP = {
     "seed": "seed for initialisation, sampling and the validation split",
     "workdir": "output folder (metrics.jsonl, metrics.json, flags.txt)",
     "overwrite": "replace the results of a finished run in --workdir",
+    "restore_from": "start from this checkpoint (a path from <workdir>/checkpoints)",
+    "keep_checkpoints": "how many of the latest checkpoints to keep (the best is kept too)",
+    "tensorboard": "write TensorBoard logs under <workdir>/tensorboard",
+    "export": "export a SavedModel for TF Serving at the end of training",
+    "export_dir": "base folder of exports: <export_dir>/<export_name>/<version>/",
+    "export_name": "exported model name (default maml_<dataset>)",
+    "export_topk": "k of the serving_default and retrieve signatures",
+    "retrieve_candidates": "candidates the retrieve signature's index passes to re-ranking",
     "jit_compile": "compile the train step and evaluation with XLA",
 }
 

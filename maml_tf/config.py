@@ -67,12 +67,25 @@ class Config:
   # Outputs.
   workdir: str = "runs/office"
   overwrite: bool = False
+  restore_from: Optional[str] = None
+  keep_checkpoints: int = 3
+  tensorboard: bool = True
+  export: bool = True
+  export_dir: str = "saved_models"
+  export_name: Optional[str] = None  # default: maml_<dataset>
+  export_topk: int = 10
+  retrieve_candidates: int = 200
   jit_compile: bool = True
 
   @property
   def alpha(self) -> float:
     """The attention's softmax scale: K ("scaled"), 1 ("softmax")."""
     return float(self.embed_dim) if self.attention == "scaled" else 1.0
+
+  @property
+  def model_name(self) -> str:
+    """The exported model's name: saved_models/<model_name>/<version>/."""
+    return self.export_name or f"maml_{self.dataset}"
 
   @property
   def feature_paths(self) -> dict:
@@ -115,7 +128,8 @@ class Config:
     choice("mode", MODES)
     choice("attention", ATTENTIONS)
     for flag in ("embed_dim", "hidden_layer_dim", "text_dim", "num_neg",
-                 "batch_size", "train_steps", "eva_batches"):
+                 "batch_size", "train_steps", "eva_batches", "keep_checkpoints",
+                 "export_topk", "retrieve_candidates"):
       number(flag, 1, integer=True)
     number("hidden_layer_dim", 2, integer=True)
     for flag in ("dropout", "attention_dropout"):
@@ -161,6 +175,12 @@ class Config:
         fail(flag, "must name an existing file", path)
     if not self.workdir:
       fail("workdir", "must be a folder path", self.workdir)
+    if self.restore_from and not os.path.exists(self.restore_from) and not (
+        os.path.exists(self.restore_from + ".index")):
+      fail("restore_from", "must name an existing checkpoint", self.restore_from)
+    if self.export_name is not None and not MODALITY_NAME.match(self.export_name):
+      fail("export_name", "must be a name like maml_office (a-z, 0-9, _)",
+           self.export_name)
     return self
 
   def to_flagfile(self) -> str:
@@ -168,7 +188,7 @@ class Config:
     lines = []
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
-      if value is None:
+      if value is None or field.name == "overwrite":  # never replay a replace
         continue
       if isinstance(value, bool):
         lines.append(f"--{field.name}" if value else f"--no{field.name}")
