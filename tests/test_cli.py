@@ -1,0 +1,122 @@
+"""scripts/train.py end to end on a tiny flagfile, and its usage errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "train.py")
+
+
+def write_release_layout(folder, n_users=24, n_items=30, seed=0):
+  """A tiny dataset in the release's layout, plus a feature matrix."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(folder, exist_ok=True)
+  rows = {"train": [], "test": []}
+  for u in range(n_users):
+    items = rng.choice(n_items, size=6, replace=False)
+    for j, i in enumerate(items):
+      rows["train" if j < 4 else "test"].append((i, u))
+  for split, pairs in rows.items():
+    with open(os.path.join(folder, f"{split}.csv"), "w") as f:
+      f.write("itemID,userID,reviewerID,asin\n")
+      for i, u in pairs:
+        f.write(f"{i},{u},R{u},A{i:04d}\n")
+  features = os.path.join(folder, "meta.npy")
+  np.save(features, rng.normal(size=(n_items, 5)).astype(np.float32))
+  return features
+
+
+def run(args, cwd=ROOT, timeout=300):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, SCRIPT] + args, cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  root = tmp_path_factory.mktemp("tiny")
+  data = root / "data"
+  features = write_release_layout(str(data))
+  flagfile = root / "tiny.flags"
+  flagfile.write_text("\n".join([
+      "--dataset=custom", f"--data_dir={data}", f"--extra_features=meta={features}",
+      "--embed_dim=8", "--hidden_layer_dim=16", "--batch_size=16",
+      "--num_neg=2", "--train_steps=6", "--eva_batches=3", "--topk=5,10",
+      "--select_metric=ndcg@10", "--noexport", "--notensorboard",
+      f"--cache_dir={root / 'cache'}"]) + "\n")
+  return root, flagfile
+
+
+def test_train_script_end_to_end(tiny):
+  root, flagfile = tiny
+  workdir = root / "run1"
+  proc = run([f"--flagfile={flagfile}", f"--workdir={workdir}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [3, 6]
+  for r in records:
+    for k in (5, 10):
+      for m in ("ndcg", "recall", "hr", "precision"):
+        assert 0.0 <= r["test"][f"{m}@{k}"] <= 1.0
+  summary = json.loads((workdir / "metrics.json").read_text())
+  assert summary["finished"] is True
+  assert summary["last"]["step"] == 6
+  assert "test" in summary["selection"]
+  assert summary["modalities"] == ["meta"]
+  # The final table and the progress both reach the user.
+  assert "Selection:" in proc.stdout and "ndcg@10" in proc.stdout
+  # flags.txt is itself a flagfile that reruns the experiment exactly.
+  flags_txt = (workdir / "flags.txt").read_text()
+  assert "--num_neg=2" in flags_txt and "--overwrite" not in flags_txt
+  rerun = root / "rerun"
+  proc2 = run([f"--flagfile={workdir / 'flags.txt'}", f"--workdir={rerun}"])
+  assert proc2.returncode == 0, proc2.stderr[-3000:]
+  again = [json.loads(l) for l in (rerun / "metrics.jsonl").read_text().splitlines()]
+  for a, b in zip(records, again):
+    assert a["test"] == pytest.approx(b["test"], abs=1e-6)
+
+
+def test_finished_workdir_is_not_silently_overwritten(tiny):
+  root, flagfile = tiny
+  workdir = root / "run2"
+  assert run([f"--flagfile={flagfile}", f"--workdir={workdir}"]).returncode == 0
+  before = (workdir / "metrics.jsonl").read_text()
+  proc = run([f"--flagfile={flagfile}", f"--workdir={workdir}"])
+  assert proc.returncode == 2
+  assert "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
+  assert (workdir / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--margin=-1"], "`--margin` must be > 0. Received: -1"),
+    (["--dropout=1"], "`--dropout` must be < 1. Received: 1"),
+    (["--batch_size=0"], "`--batch_size` must be >= 1. Received: 0"),
+    (["--mode=fast"], "`--mode` must be one of faithful, paper. Received: 'fast'"),
+    (["--attention=dot"], "`--attention` must be one of scaled, softmax, none"),
+    (["--train_steps=10", "--eva_batches=4"], "`--train_steps` must be a multiple of --eva_batches"),
+    (["--topk=10,x"], "`--topk` must be integers"),
+    (["--select_metric=ndcg@20"], "`--select_metric` must be ndcg|recall|hr|precision@k"),
+    (["--dataset=custom"], "`--data_dir` is required with --dataset=custom"),
+    (["--dataset=custom", "--data_dir=/nonexistent"], "`--data_dir` must be an existing folder"),
+    (["--modalities=text,image"], "image"),
+    (["--num_neg=two"], "num_neg"),
+    (["--learning_rate=0"], "`--learning_rate` must be > 0. Received: 0"),
+])
+def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
+  proc = run(args + [f"--workdir={tmp_path / 'w'}", "--noexport",
+                     f"--cache_dir={tmp_path / 'cache'}"])
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert message in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "w" / "metrics.jsonl").exists()
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+  proc = run(["--margin=-1", "--debug", f"--workdir={tmp_path / 'w'}"])
+  assert proc.returncode == 2
+  assert "Traceback" in proc.stderr and "`--margin` must be > 0" in proc.stderr
