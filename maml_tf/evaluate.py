@@ -23,6 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from maml_tf.errors import DataError
+
 METRICS = ("ndcg", "recall", "hr", "precision")
 
 
@@ -89,7 +91,7 @@ def top_k_excluding(scores, exclude, k):
   return idx
 
 
-def default_chunks(n_items, width, budget=1 << 23):
+def default_chunks(n_items, width, budget=1 << 25):
   """(users per chunk, items per chunk) keeping chunk x width <= ~budget."""
   n_item_chunks = -(-n_items // 8192)
   item_chunk = -(-n_items // n_item_chunks)
@@ -115,16 +117,23 @@ class Evaluator:
     k = min(self.kmax, n_items)
     item_chunk = self.item_chunk
 
+    # Scoring has one fixed shape per chunk (users are padded), so it can be
+    # compiled once; the exclusion list differs in length per chunk, so the
+    # masking and top-k stay outside XLA (a dynamic shape would recompile).
+    self._score = tf.function(
+        lambda users: model.score_items(users, item_chunk),
+        jit_compile=jit_compile, reduce_retracing=True,
+        input_signature=[tf.TensorSpec([None], tf.int32)])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32),
+                                  tf.TensorSpec([None, 2], tf.int32)])
     def rank(users, excl):
-      scores = model.score_items(users, item_chunk)
+      scores = self._score(users)
       scores = tf.tensor_scatter_nd_update(
           scores, excl, tf.fill([tf.shape(excl)[0]], -np.inf))
       return tf.math.top_k(scores, k=k)
 
-    self._rank = tf.function(
-        rank, jit_compile=jit_compile, reduce_retracing=True,
-        input_signature=[tf.TensorSpec([None], tf.int32),
-                         tf.TensorSpec([None, 2], tf.int32)])
+    self._rank = rank
 
   @property
   def n_users(self):
@@ -169,13 +178,27 @@ def select_split(evaluators: Mapping[str, "Evaluator"]) -> str:
 class EvaluationCallback(keras.callbacks.Callback):
   """Runs the evaluators every round (one Keras epoch = `eva_batches` steps).
 
-  Appends one JSON object a round to <workdir>/metrics.jsonl and rewrites
-  <workdir>/metrics.json (last and best round, and how "best" was chosen)
-  after every round, so a crash keeps every finished evaluation.
+  Appends one JSON object a round to <workdir>/metrics.jsonl (flushed and
+  fsynced) and rewrites <workdir>/metrics.json (last and best round, and how
+  "best" was chosen) after every round, so a crash keeps every finished
+  evaluation. The round's metrics also go into the Keras epoch logs as
+  `<split>_<metric>` (e.g. `test_ndcg@10`) for the callbacks after it.
+
+  Args:
+    evaluators: {"valid": Evaluator, "test": Evaluator} (valid optional).
+    eva_batches: steps per round.
+    workdir: where metrics.jsonl and metrics.json go.
+    select_metric: the metric that picks the best round, e.g. "ndcg@10".
+    modalities: recorded in the summary.
+    progress: a progress bar per evaluation: True, False, or None for one
+      only on evaluations of more than PROGRESS_USERS users while Keras shows
+      its progress bar.
   """
 
+  PROGRESS_USERS = 2000
+
   def __init__(self, evaluators, eva_batches, workdir, select_metric,
-               modalities=(), progress=False):
+               modalities=(), progress=None):
     super().__init__()
     self.evaluators = dict(evaluators)
     self.eva_batches, self.workdir = int(eva_batches), workdir
@@ -185,6 +208,11 @@ class EvaluationCallback(keras.callbacks.Callback):
     self.progress = progress
     self.records = []
     self.summary = None
+    self.extra_summary = {}  # merged into every summary (e.g. checkpoints)
+
+  @property
+  def path(self):
+    return os.path.join(self.workdir, "metrics.jsonl")
 
   @property
   def selection(self):
@@ -194,18 +222,38 @@ class EvaluationCallback(keras.callbacks.Callback):
             " which selects on the test set; use --validation_fraction to avoid)")
 
   def load_existing(self):
-    """Reads records a previous, interrupted run already wrote."""
-    path = os.path.join(self.workdir, "metrics.jsonl")
-    if os.path.exists(path):
-      with open(path) as f:
-        self.records = [json.loads(line) for line in f if line.strip()]
+    """Reads the records a previous, interrupted run already wrote.
+
+    A last line cut short by a crash is ignored.
+    """
+    self.records = read_records(self.path)
     return self.records
+
+  def resume(self, step):
+    """Keeps the records of rounds up to `step` (the checkpoint a run resumes
+    from) and rewrites metrics.jsonl with exactly those, atomically: rounds
+    evaluated after that checkpoint will be run again."""
+    self.records = [r for r in read_records(self.path) if r["step"] <= step]
+    tmp = f"{self.path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+      for record in self.records:
+        f.write(json.dumps(record) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, self.path)
+    return self.records
+
+  def _progress(self, evaluator):
+    if self.progress is not None:
+      return bool(self.progress)
+    return (self.params or {}).get("verbose") == 1 and (
+        evaluator.n_users > self.PROGRESS_USERS)
 
   def evaluate(self, step, logs=None):
     record = {"step": int(step), "round": int(step // self.eva_batches)}
     for split, evaluator in self.evaluators.items():
       start = time.perf_counter()
-      record[split] = evaluator(progress=self.progress)
+      record[split] = evaluator(progress=self._progress(evaluator))
       record[f"{split}_seconds"] = round(time.perf_counter() - start, 3)
     if logs:
       record["train"] = {k: float(v) for k, v in logs.items()
@@ -213,36 +261,79 @@ class EvaluationCallback(keras.callbacks.Callback):
     return record
 
   def on_epoch_end(self, epoch, logs=None):
+    if (self.params or {}).get("verbose") == 1:
+      print(flush=True)  # off the line Keras' progress bar is drawing
     step = (epoch + 1) * self.eva_batches
     record = self.evaluate(step, logs)
     self.records.append(record)
-    with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+    with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
       f.flush()
       os.fsync(f.fileno())
-    self.summary = self.summarize(finished=False)
-    write_json_atomic(os.path.join(self.workdir, "metrics.json"), self.summary)
+    self.write_summary(finished=False)
     if logs is not None:
       for split in self.evaluators:
         for name, value in record[split].items():
           logs[f"{split}_{name}"] = value
     print(format_record(record, self.select_metric), flush=True)
 
+  def best_record(self):
+    """The best round so far (the earliest of equals), or None."""
+    if not self.records:
+      return None
+    key = lambda r: r.get(self.select_split, {}).get(self.select_metric, -1.0)
+    return max(self.records, key=key)
+
+  def best_info(self):
+    """How the best round was chosen, and its value."""
+    best = self.best_record()
+    return {
+        "selected_by": "validation" if self.select_split == "valid" else "test",
+        "split": self.select_split,
+        "metric": self.select_metric,
+        "value": None if best is None else best.get(self.select_split, {}).get(
+            self.select_metric),
+    }
+
+  def write_summary(self, finished=False):
+    self.summary = self.summarize(finished)
+    write_json_atomic(os.path.join(self.workdir, "metrics.json"), self.summary)
+    return self.summary
+
   def summarize(self, finished):
     if not self.records:
-      return {"finished": finished, "rounds": 0, "selection": self.selection}
-    key = lambda r: r.get(self.select_split, {}).get(self.select_metric, -1.0)
-    best = max(self.records, key=key)  # first of equals: earliest round
-    return {
+      return dict({"finished": finished, "rounds": 0,
+                   "selection": self.selection}, **self.extra_summary)
+    return dict({
         "finished": finished,
         "rounds": len(self.records),
         "selection": self.selection,
         "select_split": self.select_split,
         "select_metric": self.select_metric,
         "modalities": list(self.modalities),
-        "best": best,
+        "best": self.best_record(),
         "last": self.records[-1],
-    }
+    }, **self.extra_summary)
+
+
+def read_records(path):
+  """The records of a metrics.jsonl ([] when absent); a last line cut short by
+  a crash is dropped."""
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    lines = f.read().split("\n")
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      if any(rest.strip() for rest in lines[i + 1:]):
+        raise DataError(f"{path}: line {i + 1} is not JSON; the file is damaged"
+                        " (move it away to start the run afresh)") from None
+  return records
 
 
 def format_record(record, metric):
