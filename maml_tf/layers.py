@@ -23,6 +23,25 @@ def l2norm(x, axis=-1):
   return tf.nn.l2_normalize(x, axis=axis, epsilon=EPS)
 
 
+@tf.function(jit_compile=True)
+def _dropout_kernel(x, seed, rate):
+  keep = tf.random.stateless_uniform(tf.shape(x), seed, alg="threefry") >= rate
+  return tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
+
+
+def stateless_dropout(x, rate, seed_generator):
+  """Inverted dropout whose mask is a stateless ThreeFry draw.
+
+  Keras' own dropout compiles, under XLA on a CPU, to a random-number kernel
+  about 100x slower than this (3.3 s vs 18 ms for a [25000, 320] mask,
+  measured here); the mask is drawn in its own small XLA kernel, seeded from
+  the layer's SeedGenerator, whose state is a tracked variable, so a resumed
+  run draws the same masks.
+  """
+  seed = tf.cast(seed_generator.next(), tf.int32)
+  return _dropout_kernel(x, seed, float(rate))
+
+
 def clip_rows_to_norm(x, clip_norm):
   """Each row scaled by c / max(||row||, c): `tf.clip_by_norm(x, c, axes=1)`."""
   return tf.clip_by_norm(x, clip_norm, axes=[-1])
@@ -83,7 +102,7 @@ class FeatureFusion(keras.layers.Layer):
     self.dense2 = _dense(self.hidden_dim // 2, "relu", "dense2")
     self.dense3 = _dense(self.hidden_dim // 2, "relu", "dense3")
     self.out = _dense(self.embed_dim, None, "out")
-    self.drop = keras.layers.Dropout(self.dropout, seed=seed)
+    self.seed_generator = keras.random.SeedGenerator(seed)
 
   def build(self, input_shape):
     d = input_shape[-1]
@@ -92,10 +111,15 @@ class FeatureFusion(keras.layers.Layer):
     self.dense3.build((None, self.hidden_dim // 2))
     self.out.build((None, self.hidden_dim // 2))
 
+  def _drop(self, h, training):
+    if training and self.dropout > 0:
+      return stateless_dropout(h, self.dropout, self.seed_generator)
+    return h
+
   def call(self, x, training=False):
-    h = self.drop(self.dense1(l2norm(x)), training=training)
-    h = self.drop(self.dense2(l2norm(h)), training=training)
-    h = self.drop(self.dense3(l2norm(h)), training=training)
+    h = self._drop(self.dense1(l2norm(x)), training)
+    h = self._drop(self.dense2(l2norm(h)), training)
+    h = self._drop(self.dense3(l2norm(h)), training)
     return clip_rows_to_norm(self.out(h) * self.scaling, self.clip_norm)
 
   def compute_output_shape(self, input_shape):
@@ -141,7 +165,7 @@ class AlphaAttention(keras.layers.Layer):
     self.seed = seed
     self.dense1 = _dense(5 * self.embed_dim, "tanh", "dense1")
     self.dense2 = _dense(self.embed_dim, "relu", "dense2")
-    self.drop = keras.layers.Dropout(self.dropout, seed=seed)
+    self.seed_generator = keras.random.SeedGenerator(seed)
 
   def build(self, *args, **kwargs):
     parts = 3 if self.use_features else 2
@@ -150,7 +174,7 @@ class AlphaAttention(keras.layers.Layer):
 
   def call(self, p, q, f=None, training=False):
     z = tf.concat([p, q] + ([f] if self.use_features else []), axis=-1)
-    a1 = self.drop(self.dense1(l2norm(z)), training=training)
+    a1 = self._drop(self.dense1(l2norm(z)), training)
     return self.alpha * tf.nn.softmax(self.dense2(l2norm(a1)), axis=-1)
 
   # The split computation used on the hot paths.
@@ -179,11 +203,16 @@ class AlphaAttention(keras.layers.Layer):
     """Attention from broadcastable (proj, sqnorm) halves of user and item."""
     inv = tf.math.rsqrt(tf.maximum(user[1] + item[1], EPS))
     pre = (user[0] + item[0]) * inv[..., None] + self.dense1.bias
-    a1 = l2norm(self.drop(tf.tanh(pre), training=training))
+    a1 = l2norm(self._drop(tf.tanh(pre), training))
     flat = tf.reshape(a1, [-1, 5 * self.embed_dim])
     a2 = tf.nn.relu(tf.matmul(flat, self.dense2.kernel) + self.dense2.bias)
     a2 = tf.reshape(a2, tf.concat([tf.shape(a1)[:-1], [self.embed_dim]], 0))
     return self.alpha * tf.nn.softmax(a2, axis=-1)
+
+  def _drop(self, h, training):
+    if training and self.dropout > 0:
+      return stateless_dropout(h, self.dropout, self.seed_generator)
+    return h
 
   def regularization_loss(self):
     return self.l2 * (tf.reduce_sum(tf.square(self.dense1.kernel)) +
