@@ -512,7 +512,8 @@ def check_feature_matrix(matrix: Any, label: str,
     rule = ("is not finite" if not np.isfinite(value)
             else "overflows float32")
     raise DataError(f"{label}: value at row {r} (item {r}), column {c} "
-                    f"{rule}. Received: {value!r}")
+                    f"{rule} (NaN and infinities are not allowed). "
+                    f"Received: {value.item()!r}")
   return out
 
 
