@@ -58,9 +58,15 @@ HELP = {
     "topk": "cutoffs k for the metrics, e.g. 10,20",
     "select_metric": "metric that picks the best round, e.g. ndcg@10",
     "seed": "seed for initialisation, sampling and the validation split",
-    "workdir": "output folder (metrics.jsonl, metrics.json, flags.txt)",
-    "overwrite": "replace the results of a finished run in --workdir",
-    "restore_from": "start from this checkpoint (a path from <workdir>/checkpoints)",
+    "workdir": "output folder (metrics.jsonl, metrics.json, flags.txt, "
+               "checkpoints/, tensorboard/); rerun the same command to resume "
+               "an interrupted run",
+    "overwrite": "replace the results of a finished run in --workdir (or of an "
+                 "unfinished one with other flags); an unfinished run with the "
+                 "same flags is resumed from its last checkpoint either way",
+    "restore_from": "start from this checkpoint (weights, optimizer, step): a "
+                    "<workdir>/checkpoints/ckpt-<step> prefix, a workdir (its "
+                    "last) or <workdir>/checkpoints/best",
     "keep_checkpoints": "how many of the latest checkpoints to keep (the best is kept too)",
     "tensorboard": "write TensorBoard logs under <workdir>/tensorboard",
     "export": "export a SavedModel for TF Serving at the end of training",

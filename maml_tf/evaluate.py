@@ -230,9 +230,12 @@ class EvaluationCallback(keras.callbacks.Callback):
     return self.records
 
   def resume(self, step):
-    """Keeps the records of rounds up to `step` (the checkpoint a run resumes
-    from) and rewrites metrics.jsonl with exactly those, atomically: rounds
-    evaluated after that checkpoint will be run again."""
+    """Keeps only the records of rounds up to `step`, on disk too.
+
+    `step` is the checkpoint a run resumes from: metrics.jsonl is rewritten
+    (atomically) with exactly the rounds up to it, since the rounds after it
+    will be trained and evaluated again.
+    """
     self.records = [r for r in read_records(self.path) if r["step"] <= step]
     tmp = f"{self.path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
@@ -317,8 +320,11 @@ class EvaluationCallback(keras.callbacks.Callback):
 
 
 def read_records(path):
-  """The records of a metrics.jsonl ([] when absent); a last line cut short by
-  a crash is dropped."""
+  """The records of a metrics.jsonl ([] when absent).
+
+  A last line cut short by a crash is dropped; a damaged line before the last
+  raises DataError.
+  """
   if not os.path.exists(path):
     return []
   records = []

@@ -1,7 +1,8 @@
 """`train_and_evaluate(config)`: the whole run, as plain function calls.
 
-flags -> Config -> Dataset -> PairSampler -> MAML.fit with the evaluation
-callback -> metrics.jsonl / metrics.json / flags.txt in the workdir.
+flags -> Config -> Dataset -> PairSampler -> MAML.fit with the evaluation,
+checkpoint and TensorBoard callbacks -> in the workdir: metrics.jsonl,
+metrics.json, flags.txt, checkpoints/ (best/ apart) and tensorboard/.
 
 One Keras "epoch" is one evaluation round of `eva_batches` steps; the release
 trained forever and printed test metrics each round, the port trains
@@ -10,15 +11,24 @@ trained forever and printed test metrics each round, the port trains
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Optional
+
+try:
+  import fcntl
+except ImportError:  # not POSIX: no lock
+  fcntl = None
 
 import keras
 import numpy as np
 
+from maml_tf import callbacks as callbacks_lib
+from maml_tf import checkpoint as checkpoint_lib
 from maml_tf import data as data_lib
 from maml_tf import evaluate as eval_lib
 from maml_tf import model as model_lib
@@ -38,20 +48,97 @@ def load_data(config: Config) -> Dataset:
   return data_lib.split_validation(ds, config.validation_fraction, config.seed)
 
 
-def prepare_workdir(config: Config):
-  """Creates the workdir; refuses to reuse a finished one unless --overwrite."""
+# Flags a resumed run may change: they do not change what is computed.
+RESUMABLE_CHANGES = frozenset({
+    "workdir", "overwrite", "restore_from", "keep_checkpoints", "tensorboard",
+    "export", "export_dir", "export_name", "export_topk", "retrieve_candidates",
+    "jit_compile", "cache_dir", "train_steps"})
+RUN_FILES = ("metrics.json", "metrics.jsonl", "flags.txt")
+RUN_DIRS = (checkpoint_lib.CHECKPOINTS, "tensorboard")
+
+
+def read_flagfile(text: str) -> dict:
+  """`--name=value` / `--name` / `--noname` lines -> {name: value string}."""
+  names = {f.name for f in dataclasses.fields(Config)}
+  values = {}
+  for line in text.splitlines():
+    line = line.strip()
+    if not line.startswith("--"):
+      continue
+    name, sep, value = line[2:].partition("=")
+    if sep:
+      values[name] = value
+    elif name in names:
+      values[name] = "true"
+    elif name.startswith("no") and name[2:] in names:
+      values[name[2:]] = "false"
+  return values
+
+
+def changed_flags(workdir: str, config: Config) -> list:
+  """The flags whose values differ from the run recorded in workdir/flags.txt
+  (those a resume may change left out), as (name, there, here) tuples."""
+  try:
+    with open(os.path.join(workdir, "flags.txt")) as f:
+      there = read_flagfile(f.read())
+  except OSError:
+    return []
+  here = read_flagfile(config.to_flagfile())
+  return [(name, there.get(name), here.get(name))
+          for name in sorted(set(there) | set(here))
+          if name not in RESUMABLE_CHANGES and there.get(name) != here.get(name)]
+
+
+def clear_workdir(workdir: str):
+  """Removes a run's files (metrics, flags, checkpoints, TensorBoard logs)."""
+  for name in RUN_FILES:
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      os.remove(path)
+  for name in RUN_DIRS:
+    shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+
+
+def lock_workdir(workdir: str):
+  """Creates the workdir and takes its lock (<workdir>/.lock) for this process;
+  returns the open lock file (close it to release; a killed process releases
+  it too).
+
+  Raises:
+    UsageError: the folder is not writable, or another run holds the lock.
+  """
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    lock = open(os.path.join(workdir, ".lock"), "a")
+  except OSError as e:
+    raise UsageError(f"`--workdir` must be a writable folder. Received: "
+                     f"{workdir!r} ({e.strerror})") from None
+  if fcntl is not None:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      lock.close()
+      raise UsageError(f"`--workdir` is in use by another run; wait for it to "
+                       f"end or choose another folder. Received: {workdir!r}"
+                       ) from None
+  return lock
+
+
+def prepare_workdir(config: Config) -> Optional[str]:
+  """Readies the workdir; returns the checkpoint to resume from, or None.
+
+  - A finished run (metrics.json says "finished": true) is refused unless
+    --overwrite, which clears it.
+  - An unfinished run with a checkpoint is resumed from its last checkpoint
+    when its flags match (train_steps, keep_checkpoints, tensorboard, export
+    and jit_compile may change); with other flags it is refused unless
+    --overwrite, which clears it.
+  - An unfinished run without a checkpoint is cleared and started afresh.
+
+  Raises:
+    UsageError: refused, or the folder is not writable.
+  """
   workdir = config.workdir
-  summary_path = os.path.join(workdir, "metrics.json")
-  if os.path.exists(summary_path) or os.path.exists(
-      os.path.join(workdir, "metrics.jsonl")):
-    if not config.overwrite:
-      raise UsageError(
-          f"`--workdir` already holds a run ({summary_path}); pass --overwrite "
-          f"to replace it or choose another folder. Received: {workdir!r}")
-    for name in ("metrics.json", "metrics.jsonl", "flags.txt"):
-      path = os.path.join(workdir, name)
-      if os.path.exists(path):
-        os.remove(path)
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write-test-{os.getpid()}")
@@ -61,6 +148,35 @@ def prepare_workdir(config: Config):
   except OSError as e:
     raise UsageError(f"`--workdir` must be a writable folder. Received: "
                      f"{workdir!r} ({e.strerror})") from None
+  summary_path = os.path.join(workdir, "metrics.json")
+  try:
+    with open(summary_path) as f:
+      finished = json.load(f).get("finished") is True
+  except (OSError, ValueError, AttributeError):
+    finished = False
+  if finished:
+    if not config.overwrite:
+      raise UsageError(
+          f"`--workdir` holds a finished run ({summary_path}); pass --overwrite"
+          f" to replace it or choose another folder. Received: {workdir!r}")
+    clear_workdir(workdir)
+    return None
+  last = checkpoint_lib.last_prefix(workdir)
+  if last is None:
+    clear_workdir(workdir)
+    return None
+  changed = changed_flags(workdir, config)
+  if changed:
+    if config.overwrite:
+      clear_workdir(workdir)
+      return None
+    shown = ", ".join(f"--{name}: {there} there, {here} here"
+                      for name, there, here in changed[:3])
+    raise UsageError(
+        f"`--workdir` holds an unfinished run with other settings ({shown}); "
+        f"rerun with --flagfile={os.path.join(workdir, 'flags.txt')} to resume "
+        f"it, or pass --overwrite to start afresh. Received: {workdir!r}")
+  return last
 
 
 def build_model(config: Config, ds: Dataset) -> model_lib.MAML:
@@ -90,45 +206,154 @@ def build_evaluators(config: Config, ds: Dataset, model, jit_compile=None):
   return evaluators
 
 
+def _require_tensorboard():
+  try:
+    import tensorboard  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise UsageError("`--tensorboard` needs the tensorboard package (pip "
+                     "install tensorboard); pass --notensorboard to train "
+                     "without it. Received: --tensorboard") from None
+
+
+def _write_text_atomic(path, text):
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def train_and_evaluate(config: Config, dataset: Optional[Dataset] = None,
                        verbose: int = 1) -> dict:
   """Trains and evaluates one run; returns the summary written to metrics.json.
+
+  Every evaluation round ends with a checkpoint in <workdir>/checkpoints (the
+  best round copied to checkpoints/best). Calling this again with the same
+  config after an interruption resumes from the last checkpoint: same step,
+  optimizer state and sampler position (the batch of a step is a function of
+  (seed, step)), and metrics.jsonl keeps exactly the rounds up to that
+  checkpoint, the later ones being run again.
 
   Args:
     config: the run's settings (validated here).
     dataset: an already loaded Dataset (e.g. from `data.from_arrays`); when
       None, the one the config names is loaded.
     verbose: Keras verbosity (0 silent, 1 progress bar, 2 a line a round).
+
+  Raises:
+    UsageError, DataError: bad settings or inputs.
+    NonFiniteLossError: a loss turned NaN or infinite; the checkpoints of the
+      rounds before it are kept and metrics.json says what happened.
   """
   config.validate()
-  prepare_workdir(config)
+  if config.tensorboard:
+    _require_tensorboard()
+  lock = lock_workdir(config.workdir)
+  try:
+    return _train(config, dataset, verbose)
+  finally:
+    lock.close()
+
+
+def _train(config: Config, dataset: Optional[Dataset], verbose: int) -> dict:
+  """`train_and_evaluate` once the workdir is locked."""
+  resume_from = prepare_workdir(config)
   keras.utils.set_random_seed(config.seed)
   ds = load_data(config) if dataset is None else data_lib.split_validation(
       dataset, config.validation_fraction, config.seed)
   if config.batch_size > len(ds.train):
     raise UsageError(f"`--batch_size` must be <= the number of train pairs "
                      f"({len(ds.train)}). Received: {config.batch_size}")
-  with open(os.path.join(config.workdir, "flags.txt"), "w") as f:
-    f.write(config.to_flagfile())
+  _write_text_atomic(os.path.join(config.workdir, "flags.txt"),
+                     config.to_flagfile())
   if verbose:
     print(ds.summary(), flush=True)
     for name, source in ds.feature_sources.items():
       print(f"  {name}: {source}", flush=True)
 
   model = build_model(config, ds)
+  checkpointer = checkpoint_lib.Checkpointer(model, config.workdir,
+                                             config.keep_checkpoints)
+  eva = config.eva_batches
+  start_step = 0
+  if resume_from is not None:
+    start_step = checkpointer.restore(resume_from)
+    if start_step > config.train_steps:
+      raise UsageError(f"`--train_steps` must be >= {start_step}, the step the "
+                       f"run in --workdir reached. Received: {config.train_steps}")
+    if verbose:
+      print(f"Resuming from step {start_step} ({resume_from})", flush=True)
+  elif config.restore_from:
+    prefix = checkpoint_lib.resolve(config.restore_from, which="last")
+    start_step = checkpointer.restore(prefix)
+    if start_step % eva or start_step >= config.train_steps:
+      raise UsageError(
+          f"`--restore_from` must be a checkpoint at a multiple of "
+          f"--eva_batches ({eva}) below --train_steps ({config.train_steps}); "
+          f"{prefix} is at step {start_step}. Received: {config.restore_from!r}")
+    if verbose:
+      print(f"Starting from {prefix} (step {start_step})", flush=True)
+
   sampler = PairSampler(ds.train, config.batch_size, config.num_neg, config.seed)
-  callback = eval_lib.EvaluationCallback(
-      build_evaluators(config, ds, model), config.eva_batches, config.workdir,
-      config.select_metric, modalities=ds.modalities)
-  rounds = config.train_steps // config.eva_batches
+  evaluation = eval_lib.EvaluationCallback(
+      build_evaluators(config, ds, model), eva, config.workdir,
+      config.select_metric, modalities=ds.modalities,
+      progress=None if verbose == 1 else False)
+  if resume_from is not None:
+    evaluation.resume(start_step)
+    best = evaluation.best_record()
+    if best is not None and not checkpointer.reconcile_best(
+        best["step"], evaluation.best_info()):
+      log.warning("the checkpoint of the best round (step %d) was lost; "
+                  "checkpoints/best keeps an earlier one", best["step"])
+    evaluation.extra_summary["checkpoints"] = checkpointer.info()
+    evaluation.write_summary(finished=False)
+  callbacks = [callbacks_lib.NonFiniteGuard(eva), evaluation,
+               checkpoint_lib.CheckpointCallback(checkpointer, evaluation)]
+  board = None
+  logdir = os.path.join(config.workdir, "tensorboard")
+  if resume_from is not None and os.path.isdir(logdir):
+    callbacks_lib.truncate_events(logdir, start_step)
+  if config.tensorboard:
+    board = callbacks_lib.TensorBoardCallback(
+        logdir, eva, every=max(1, eva // 100), train_pairs=ds.train,
+        item_labels=ds.item_labels)
+    callbacks.append(board)
+
   start = time.perf_counter()
-  model.fit(sampler.dataset(0), epochs=rounds, steps_per_epoch=config.eva_batches,
-            callbacks=[callback], verbose=verbose)
-  summary = callback.summarize(finished=True)
+  try:
+    model.fit(sampler.dataset(start_step), initial_epoch=start_step // eva,
+              epochs=config.train_steps // eva, steps_per_epoch=eva,
+              callbacks=callbacks, verbose=verbose, shuffle=False)
+  except callbacks_lib.NonFiniteLossError as e:
+    last = checkpointer.info().get("last")
+    kept = (f"the last good checkpoint, step {last['step']} "
+            f"({os.path.join(config.workdir, last['path'])}), is kept"
+            if last else "no checkpoint was written before it")
+    error = callbacks_lib.NonFiniteLossError(
+        f"{e}; {kept}; try a lower --learning_rate or check the item features")
+    evaluation.extra_summary.update(error=str(error),
+                                    checkpoints=checkpointer.info())
+    evaluation.write_summary(finished=False)
+    raise error from None
+  finally:
+    if board is not None:
+      board.close()
+  evaluation.extra_summary["checkpoints"] = checkpointer.info()
+  summary = evaluation.summarize(finished=True)
+  best = summary["checkpoints"].get("best")
+  summary["best_checkpoint"] = (None if best is None
+                                else dict(best, **evaluation.best_info()))
+  if start_step:
+    summary["started_from_step"] = start_step
   summary["train_seconds"] = round(time.perf_counter() - start, 1)
   summary["dataset"] = ds.summary()
   summary["feature_sources"] = dict(ds.feature_sources)
   eval_lib.write_json_atomic(os.path.join(config.workdir, "metrics.json"), summary)
   if verbose:
     print(eval_lib.metrics_table(summary, config.topk), flush=True)
+    if best is not None:
+      how = summary["best_checkpoint"]
+      print(f"Best checkpoint: {os.path.join(config.workdir, best['path'])} "
+            f"(step {best['step']}, selected by {how['selected_by']} "
+            f"{how['metric']})", flush=True)
   return summary
