@@ -348,6 +348,14 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int) -> dict:
   summary["train_seconds"] = round(time.perf_counter() - start, 1)
   summary["dataset"] = ds.summary()
   summary["feature_sources"] = dict(ds.feature_sources)
+  if config.export:
+    # Lazy: export imports TFRS (see maml_tf/retrieval.py); --noexport runs
+    # never load it. The exported weights are the best round's.
+    from maml_tf import export as export_lib
+    which = "best" if best is not None else "last"
+    step = checkpoint_lib.restore(model, config.workdir, which)
+    summary["export"] = export_lib.export_from_run(
+        config, model, ds, info={"step": step, "which": which})
   eval_lib.write_json_atomic(os.path.join(config.workdir, "metrics.json"), summary)
   if verbose:
     print(eval_lib.metrics_table(summary, config.topk), flush=True)
@@ -356,4 +364,7 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int) -> dict:
       print(f"Best checkpoint: {os.path.join(config.workdir, best['path'])} "
             f"(step {best['step']}, selected by {how['selected_by']} "
             f"{how['metric']})", flush=True)
+    if config.export:
+      print(f"Exported the {which} round (step {step}) to {summary['export']}",
+            flush=True)
   return summary

@@ -47,7 +47,8 @@ def tiny(tmp_path_factory):
       "--dataset=custom", f"--data_dir={data}", f"--extra_features=meta={features}",
       "--embed_dim=8", "--hidden_layer_dim=16", "--batch_size=16",
       "--num_neg=2", "--train_steps=6", "--eva_batches=3", "--topk=5,10",
-      "--select_metric=ndcg@10", "--noexport", "--notensorboard",
+      "--select_metric=ndcg@10", f"--export_dir={root / 'exports'}",
+      "--export_name=tiny", "--notensorboard",
       f"--cache_dir={root / 'cache'}"]) + "\n")
   return root, flagfile
 
@@ -70,11 +71,16 @@ def test_train_script_end_to_end(tiny):
   assert summary["modalities"] == ["meta"]
   # The final table and the progress both reach the user.
   assert "Selection:" in proc.stdout and "ndcg@10" in proc.stdout
+  # The best round was exported as version 1 of the model, for TF Serving.
+  assert summary["export"] == str(root / "exports" / "tiny" / "1")
+  assert os.path.exists(os.path.join(summary["export"], "saved_model.pb"))
+  assert "Exported the best round" in proc.stdout
   # flags.txt is itself a flagfile that reruns the experiment exactly.
   flags_txt = (workdir / "flags.txt").read_text()
   assert "--num_neg=2" in flags_txt and "--overwrite" not in flags_txt
   rerun = root / "rerun"
-  proc2 = run([f"--flagfile={workdir / 'flags.txt'}", f"--workdir={rerun}"])
+  proc2 = run([f"--flagfile={workdir / 'flags.txt'}", f"--workdir={rerun}",
+               "--noexport"])
   assert proc2.returncode == 0, proc2.stderr[-3000:]
   again = [json.loads(l) for l in (rerun / "metrics.jsonl").read_text().splitlines()]
   for a, b in zip(records, again):
@@ -84,7 +90,8 @@ def test_train_script_end_to_end(tiny):
 def test_finished_workdir_is_not_silently_overwritten(tiny):
   root, flagfile = tiny
   workdir = root / "run2"
-  assert run([f"--flagfile={flagfile}", f"--workdir={workdir}"]).returncode == 0
+  assert run([f"--flagfile={flagfile}", f"--workdir={workdir}",
+              "--noexport"]).returncode == 0
   before = (workdir / "metrics.jsonl").read_text()
   proc = run([f"--flagfile={flagfile}", f"--workdir={workdir}"])
   assert proc.returncode == 2

@@ -1,0 +1,518 @@
+"""SavedModel export for TF Serving: three signatures, written atomically.
+
+Layout: `<export_dir>/<name>/<version>/`, the folder TF Serving watches
+(`--model_base_path=<export_dir>/<name>`); versions are positive integers and
+TF Serving serves the largest. A version is built in a hidden temporary
+folder beside it (`.tmp-export-*`, a name TF Serving ignores) and appears by
+one `os.rename`, so a half-written version is never visible; an existing
+version is never overwritten.
+
+Signatures (method `tensorflow/serving/predict`; ids are int64, scores
+float32; k = `topk` and N = `retrieve_candidates` are fixed at export):
+
+- `serving_default` (recommend): `user_ids` [B] -> `item_ids` [B, k],
+  `scores` [B, k]. Full attentive scoring of every item, the user's known
+  items (train, plus validation when the run held some out) excluded; ties go
+  to the lower item id; where a user has fewer than k unknown items the tail
+  is item -1 with score -inf.
+- `score`: `user_ids` [B], `item_ids` [B] -> `scores` [B] (= -d(u, i), known
+  items not excluded) and `attention` [B, K], the pair's attention weights
+  a = alpha * softmax(.) (all ones for a model with attention=none, whose
+  distance is the plain one).
+- `retrieve` (two-stage): a TFRS BruteForce index over the plain Euclidean
+  geometry (`maml_tf.retrieval`) picks the N nearest unknown items, then the
+  attention re-ranks them: `user_ids` [B] -> `item_ids` [B, k], `scores`
+  [B, k] (attentive scores, as in `serving_default`).
+
+An id outside [0, n) fails inside the graph with InvalidArgumentError naming
+the input, the rule and the range (checked before any cast or gather, so a
+large int64 never wraps onto another user); an empty batch gives empty
+outputs. Large batches run in blocks of users, so a request's memory stays
+bounded.
+
+The SavedModel is written with `keras.export.ExportArchive` and carries all
+it needs as variables: the embeddings and attention weights, the known items
+as a CSR (`known_indptr`, `known_items`) and the TFRS index. It loads with
+plain `tf.saved_model.load` (or TF Serving), without maml_tf, Keras or TFRS.
+
+The serving graphs use the model's own layers and functions
+(`AlphaAttention.user_part` / `combine`, `MAML.item_side`,
+`model.attentive_distance`, `MAML.score_items` for attention=none): the
+attention is not reimplemented here. They do NOT go through
+`maml_tf.fastpath`, whose `jit_compile=True` kernels would put XLA clusters
+(`_XlaMustCompile`) into the SavedModel, which TF Serving's CPU build refuses
+unless started with the experimental `--xla_cpu_compilation_enabled`. The
+item half of the attention's first layer (`MAML.item_side`, which depends
+only on frozen weights at serving time) is computed once here and stored, so
+a request computes only the user half and the pairs.
+
+Beside the SavedModel, `assets.extra/export_info.json` records what was
+exported (sizes, k, N, dtypes, the run's flags when known); from that folder
+TF Serving reads only its warm-up file, which we do not write.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from typing import Dict, Optional
+
+# Before keras / anything that could resolve tf.keras: see maml_tf/retrieval.py.
+from maml_tf import retrieval  # pylint: disable=g-bad-import-order
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from maml_tf import evaluate as eval_lib
+from maml_tf import model as model_lib
+from maml_tf.errors import UsageError
+
+SIGNATURES = ("serving_default", "score", "retrieve")
+ID_DTYPE = tf.int64
+INFO_FILE = os.path.join("assets.extra", "export_info.json")
+TMP_PREFIX = ".tmp-export-"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+# --------------------------------------------------------------- the graphs
+
+
+def known_pairs(dataset) -> np.ndarray:
+  """The (user, item) pairs a recommendation must not repeat: train + valid."""
+  if len(dataset.valid):
+    return np.concatenate([dataset.train, dataset.valid])
+  return np.asarray(dataset.train)
+
+
+def _check_ids(ids, name, upper):
+  """ids as int32 once they are known to lie in [0, upper), else an error."""
+  rule = f"`{name}` must be ids in [0, {upper})"
+  checks = [
+      tf.debugging.assert_non_negative(
+          ids, message=f"{rule}; received a negative id"),
+      tf.debugging.assert_less(
+          ids, tf.constant(upper, ids.dtype),
+          message=f"{rule}; received an id >= {upper}"),
+  ]
+  with tf.control_dependencies(checks):
+    return tf.cast(tf.identity(ids), tf.int32)
+
+
+def _pad_columns(x, k, value):
+  """Pads [B, m] (m <= k) on the right to [B, k]."""
+  x = tf.pad(x, [[0, 0], [0, k - tf.shape(x)[1]]], constant_values=value)
+  return tf.reshape(x, [-1, k])
+
+
+class ServingGraphs:
+  """The three serving functions of one model, and the tables they need.
+
+  Construction computes, in eager mode, everything that is fixed at serving
+  time: the known items as a CSR, the attention's item half, the TFRS index.
+  The methods are traced into the SavedModel.
+
+  Args:
+    model: a `maml_tf.model.MAML`.
+    dataset: its Dataset; train + valid pairs are the known items.
+    topk: k of `recommend` and `retrieve`.
+    retrieve_candidates: N, the candidates `retrieve` re-ranks.
+    budget: the most floats a request's largest intermediate may hold
+      (full scoring and re-ranking run over blocks of users to stay under).
+    item_chunk: full scoring goes over the catalogue this many items at a time.
+  """
+
+  def __init__(self, model, dataset, topk=10, retrieve_candidates=200,
+               budget=1 << 23, item_chunk=8192):
+    if model.n_users != dataset.n_users or model.n_items != dataset.n_items:
+      raise ValueError(
+          f"`dataset` ({dataset.n_users} users, {dataset.n_items} items) does "
+          f"not match `model` ({model.n_users} users, {model.n_items} items)")
+    self.model = model
+    self.n_users, self.n_items = model.n_users, model.n_items
+    self.topk, self.n_candidates = int(topk), int(retrieve_candidates)
+    indptr, items = eval_lib.group_by_user(known_pairs(dataset), self.n_users)
+    self.max_known = int(np.diff(indptr).max(initial=0))
+    self.known_ptr = tf.Variable(indptr, trainable=False, name="known_indptr")
+    self.known_items = tf.Variable(items.astype(np.int32), trainable=False,
+                                   name="known_items")
+    self.item_proj = self.item_sq = None
+    if model.attention is not None:
+      proj, sq = model.item_side(model.item_fusion(False))
+      self.item_proj = tf.Variable(proj, trainable=False, name="item_attention_proj")
+      self.item_sq = tf.Variable(sq, trainable=False, name="item_attention_sqnorm")
+    # A request's largest tensors hold ~`budget` floats at most: full scoring
+    # [users, item chunk, 5K] (scores only without attention), re-ranking
+    # [users, N, 5K] (N x K without attention).
+    k = model.embed_dim
+    full, pairs = (5 * k, 5 * k) if model.attention is not None else (1, k)
+    self.item_chunk = max(1, min(int(item_chunk), self.n_items))
+    self.user_chunk = max(1, min(512, budget // (self.item_chunk * full)))
+    self.retrieve_chunk = max(1, min(512, budget // (self.n_candidates * pairs)))
+    self.index = retrieval.build_index(model.item_embeddings.numpy())
+
+  # ------------------------------------------------------------- helpers
+  def _known_lists(self, users):
+    """[B, M + 1] sorted known items per user, padded with n_items."""
+    start = tf.gather(self.known_ptr, users)
+    length = tf.gather(self.known_ptr, users + 1) - start
+    where = tf.ragged.range(start, start + length).flat_values
+    ragged = tf.RaggedTensor.from_row_lengths(
+        tf.gather(self.known_items, where), length)
+    return tf.concat([ragged.to_tensor(default_value=self.n_items),
+                      tf.fill([tf.shape(users)[0], 1], self.n_items)], 1)
+
+  def _pairs(self, users, items):
+    """(attention [..., K] or None, d [...]) for users [B], items [B] / [B, N]."""
+    model = self.model
+    p = tf.gather(model.user_embeddings, users)
+    q = tf.gather(model.item_embeddings, items)
+    if items.shape.rank == 2:
+      p = p[:, None, :]
+    if model.attention is None:
+      return None, model_lib.attentive_distance(None, p, q)
+    user = model.attention.user_part(p)
+    item = (tf.gather(self.item_proj, items), tf.gather(self.item_sq, items))
+    a = model.attention.combine(user, item)
+    return a, model_lib.attentive_distance(a, p, q)
+
+  def _user_block_scores(self, users):
+    """Scores of users [b] against every item, item chunk by item chunk."""
+    model, att = self.model, self.model.attention
+    p = tf.gather(model.user_embeddings, users)
+    proj, sq = att.user_part(p)
+    user = (proj[:, None, :], sq[:, None])
+    q_all = tf.convert_to_tensor(model.item_embeddings)
+
+    def chunk_scores(args):
+      q, iproj, isq = args
+      a = att.combine(user, (iproj[None], isq[None]))
+      return -model_lib.attentive_distance(a, p[:, None, :], q[None])
+
+    if self.item_chunk >= self.n_items:
+      return chunk_scores((q_all, self.item_proj, self.item_sq))
+    chunk = self.item_chunk
+    n_chunks = -(-self.n_items // chunk)
+    pad = n_chunks * chunk - self.n_items
+
+    def split(t):
+      t = tf.pad(t, [[0, pad]] + [[0, 0]] * (t.shape.rank - 1))
+      return tf.reshape(t, [n_chunks, chunk] + t.shape[1:].as_list())
+
+    scores = tf.map_fn(
+        chunk_scores, (split(q_all), split(self.item_proj), split(self.item_sq)),
+        fn_output_signature=tf.TensorSpec([None, chunk], tf.float32))
+    scores = tf.reshape(tf.transpose(scores, [1, 0, 2]), [tf.shape(p)[0], -1])
+    return scores[:, :self.n_items]
+
+  def _all_scores(self, users):
+    """[b, n_items] scores of a block of users against every item."""
+    if self.model.attention is None:
+      return self.model.score_items(users)  # plain ops: no fastpath, no XLA
+    return self._user_block_scores(users)
+
+  def _by_blocks(self, fn, users, block):
+    """fn(users [b]) -> {name: [b, k]} over blocks of at most `block` users.
+
+    Bounds the memory of a request whatever its batch size; blocks are of
+    even size, so padding (with user 0) costs less than one user a block.
+    """
+    n = tf.shape(users)[0]
+    n_blocks = tf.maximum((n + block - 1) // block, 1)
+    size = (n + n_blocks - 1) // n_blocks
+    blocks = tf.reshape(tf.pad(users, [[0, n_blocks * size - n]]), [n_blocks, size])
+    spec = {"item_ids": tf.TensorSpec([None, self.topk], ID_DTYPE),
+            "scores": tf.TensorSpec([None, self.topk], tf.float32)}
+    out = tf.map_fn(fn, blocks, fn_output_signature=spec)
+    return {name: tf.reshape(t, [-1, self.topk])[:n] for name, t in out.items()}
+
+  def _best(self, scores, ids=None):
+    """Top k of [B, m] scores (ids: [B, m] item ids, or None for columns)."""
+    k = tf.minimum(self.topk, tf.shape(scores)[1])
+    values, order = tf.math.top_k(scores, k=k)
+    items = order if ids is None else tf.gather(ids, order, batch_dims=1)
+    empty = tf.equal(values, -float("inf"))
+    items = tf.where(empty, tf.constant(-1, ID_DTYPE), tf.cast(items, ID_DTYPE))
+    return {"item_ids": _pad_columns(items, self.topk, tf.constant(-1, ID_DTYPE)),
+            "scores": _pad_columns(values, self.topk, -float("inf"))}
+
+  def _recommend_block(self, users):
+    scores = self._all_scores(users)
+    known = tf.gather(self.known_ptr, tf.stack([users, users + 1], 1))
+    where = tf.ragged.range(known[:, 0], known[:, 1])
+    cells = tf.stack([tf.cast(where.value_rowids(), tf.int32),
+                      tf.gather(self.known_items, where.flat_values)], 1)
+    scores = tf.tensor_scatter_nd_update(
+        scores, cells, tf.fill([tf.shape(cells)[0]], -float("inf")))
+    return self._best(scores)
+
+  def _retrieve_block(self, users):
+    p = tf.gather(self.model.user_embeddings, users)
+    first, candidates = retrieval.nearest_excluding(
+        self.index, p, self._known_lists(users), self.n_candidates)
+    _, d = self._pairs(users, candidates)
+    scores = tf.where(tf.equal(first, -float("inf")), -float("inf"), -d)
+    return self._best(scores, candidates)
+
+  # ---------------------------------------------------- the signatures
+  def recommend(self, user_ids):
+    """serving_default: top k unknown items by full attentive scoring."""
+    users = _check_ids(user_ids, "user_ids", self.n_users)
+    return self._by_blocks(self._recommend_block, users, self.user_chunk)
+
+  def score(self, user_ids, item_ids):
+    """score: -d(u, i) and the attention weights of each (user, item) pair."""
+    same = tf.debugging.assert_equal(
+        tf.size(user_ids), tf.size(item_ids),
+        message="`user_ids` and `item_ids` must have the same length")
+    with tf.control_dependencies([same]):
+      users = _check_ids(user_ids, "user_ids", self.n_users)
+      items = _check_ids(item_ids, "item_ids", self.n_items)
+    a, d = self._pairs(users, items)
+    if a is None:
+      a = tf.ones([tf.shape(users)[0], self.model.embed_dim])
+    return {"scores": -d, "attention": a}
+
+  def retrieve(self, user_ids):
+    """retrieve: N Euclidean candidates from the TFRS index, re-ranked."""
+    users = _check_ids(user_ids, "user_ids", self.n_users)
+    return self._by_blocks(self._retrieve_block, users, self.retrieve_chunk)
+
+  def add_to(self, archive):
+    """Registers the three endpoints on a keras.export.ExportArchive."""
+    ids = lambda name: tf.TensorSpec([None], ID_DTYPE, name=name)
+    archive.add_endpoint("serving_default", self.recommend, [ids("user_ids")])
+    archive.add_endpoint("score", self.score, [ids("user_ids"), ids("item_ids")])
+    archive.add_endpoint("retrieve", self.retrieve, [ids("user_ids")])
+    return archive
+
+
+# ------------------------------------------------------------ the folders
+
+
+def versions(base) -> list:
+  """The numeric version folders under `base`, ascending."""
+  if not os.path.isdir(base):
+    return []
+  return sorted(int(n) for n in os.listdir(base)
+                if n.isdigit() and os.path.isdir(os.path.join(base, n)))
+
+
+def export_saved_model(model, dataset, export_dir, name, version=None, topk=10,
+                       retrieve_candidates=200, info=None) -> str:
+  """Writes `export_dir/name/version/`, a SavedModel for TF Serving.
+
+  Args:
+    model: a built `maml_tf.model.MAML` (its weights are read now).
+    dataset: the `Dataset` it was trained on (its known items are excluded).
+    export_dir: base folder of exports.
+    name: the model's name (the folder TF Serving's MODEL_NAME points at).
+    version: a positive int; default 1 + the largest existing version, or 1.
+    topk: k of `serving_default` and `retrieve`.
+    retrieve_candidates: N, the candidates `retrieve` re-ranks (>= topk).
+    info: optional JSON-able dict stored in assets.extra/export_info.json.
+
+  Returns:
+    The path of the new version folder.
+
+  Raises:
+    UsageError: a bad argument, or `version` names an existing version.
+  """
+  name = str(name)
+  if not _NAME.match(name):
+    raise UsageError("`name` must be a folder name of letters, digits, '_', "
+                     f"'.', '-' not starting with '.'. Received: {name!r}")
+  if version is not None and (isinstance(version, bool) or
+                              not isinstance(version, (int, np.integer)) or
+                              version < 1):
+    raise UsageError(f"`version` must be a positive integer. Received: {version!r}")
+  if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
+    raise UsageError(f"`topk` must be a positive integer. Received: {topk!r}")
+  if (isinstance(retrieve_candidates, bool) or
+      not isinstance(retrieve_candidates, (int, np.integer)) or
+      retrieve_candidates < topk):
+    raise UsageError(f"`retrieve_candidates` must be an integer >= topk ({topk})."
+                     f" Received: {retrieve_candidates!r}")
+  base = os.path.join(os.fspath(export_dir), name)
+  if version is not None:
+    _refuse_existing(base, int(version))
+  os.makedirs(base, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=base)
+  try:
+    graphs = ServingGraphs(model, dataset, topk, retrieve_candidates)
+    archive = graphs.add_to(keras.export.ExportArchive())
+    archive.write_out(tmp, verbose=False)
+    record = {
+        "name": name, "n_users": model.n_users, "n_items": model.n_items,
+        "embed_dim": model.embed_dim, "attention": model.attention_kind,
+        "mode": model.mode, "topk": int(topk),
+        "retrieve_candidates": int(retrieve_candidates),
+        "known_pairs": int(graphs.known_items.shape[0]),
+        "max_known_per_user": graphs.max_known,
+        "id_dtype": ID_DTYPE.name, "signatures": list(SIGNATURES),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"),
+        "tensorflow": tf.__version__, "keras": keras.__version__,
+    }
+    record.update(info or {})
+    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+    with open(os.path.join(tmp, INFO_FILE), "w") as f:
+      json.dump(record, f, indent=2)
+    return _publish(tmp, base, version)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def _refuse_existing(base, version):
+  path = os.path.join(base, str(version))
+  if os.path.exists(path):
+    raise UsageError(
+        f"`version` {version} already exists at {path}; exports never overwrite"
+        " a version: pass another --version or omit it for the next one")
+
+
+def _publish(tmp, base, version):
+  """Renames the finished temporary folder to its version, atomically."""
+  os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a server may run as another user
+  while True:
+    number = version if version is not None else max(versions(base), default=0) + 1
+    _refuse_existing(base, number)
+    target = os.path.join(base, str(number))
+    try:
+      os.rename(tmp, target)
+    except OSError:
+      if version is None and os.path.exists(target):
+        continue  # a concurrent export took this number: take the next
+      raise
+    break
+  try:  # make the rename durable where the platform allows it
+    fd = os.open(base, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+  except OSError:
+    pass
+  return target
+
+
+def export_from_run(config, model, dataset, version=None, info=None) -> str:
+  """The export at the end of a run: settings from the run's Config.
+
+  Writes `<config.export_dir>/<config.model_name>/<version>/` with
+  k = config.export_topk, N = config.retrieve_candidates, and the run's
+  flags in export_info.json. Returns the version folder.
+  """
+  record = {"flags": config.to_flagfile(), "workdir": config.workdir,
+            "dataset": dataset.summary()}
+  record.update(info or {})
+  return export_saved_model(
+      model, dataset, config.export_dir, config.model_name, version=version,
+      topk=config.export_topk, retrieve_candidates=config.retrieve_candidates,
+      info=record)
+
+
+# ------------------------------------------------------------ measuring
+
+
+def load_info(saved_model_path) -> dict:
+  """The export_info.json written beside a SavedModel."""
+  with open(os.path.join(saved_model_path, INFO_FILE)) as f:
+    return json.load(f)
+
+
+def latency(saved_model_path, signature="serving_default", batch_users=1,
+            repeats=50, warmup=3, seed=0, loaded=None) -> Dict[str, float]:
+  """In-process latency of one signature of an exported model.
+
+  Loads the SavedModel with `tf.saved_model.load` (as a server would), calls
+  the signature `warmup` times, then `repeats` times on random valid ids
+  (new ones each call), timing each call until its outputs are in numpy.
+
+  Args:
+    saved_model_path: a version folder written by `export_saved_model`.
+    signature: serving_default, score or retrieve.
+    batch_users: users per request (for `score`: pairs per request).
+    repeats: timed calls.
+    warmup: untimed calls first.
+    seed: seed of the random ids.
+    loaded: an already loaded SavedModel of that path (skips loading).
+
+  Returns:
+    {"signature", "batch_users", "repeats", "p50_ms", "p99_ms", "mean_ms"}.
+  """
+  info = load_info(saved_model_path)
+  loaded = loaded if loaded is not None else tf.saved_model.load(saved_model_path)
+  fn = loaded.signatures[signature]
+  rng = np.random.default_rng(seed)
+
+  def request():
+    args = {"user_ids": tf.constant(
+        rng.integers(0, info["n_users"], batch_users), ID_DTYPE)}
+    if signature == "score":
+      args["item_ids"] = tf.constant(
+          rng.integers(0, info["n_items"], batch_users), ID_DTYPE)
+    return args
+
+  for _ in range(warmup):
+    {k: v.numpy() for k, v in fn(**request()).items()}
+  times = []
+  for _ in range(repeats):
+    args = request()
+    start = time.perf_counter()
+    {k: v.numpy() for k, v in fn(**args).items()}
+    times.append(1e3 * (time.perf_counter() - start))
+  times = np.asarray(times)
+  return {"signature": signature, "batch_users": int(batch_users),
+          "repeats": int(repeats),
+          "p50_ms": float(np.percentile(times, 50)),
+          "p99_ms": float(np.percentile(times, 99)),
+          "mean_ms": float(times.mean())}
+
+
+def ranking_quality(saved_model_path, dataset, signatures=("serving_default", "retrieve"),
+                    batch_users=256, loaded=None) -> Dict[str, Dict[str, float]]:
+  """Test-set top-k metrics of the exported signatures (the paper's protocol).
+
+  Every user with a test item is served in batches; the signatures exclude
+  train and validation items themselves, as `maml_tf.evaluate` does, so
+  "serving_default" reproduces the evaluator's figures and "retrieve" shows
+  what the two-stage shortcut costs.
+
+  Args:
+    saved_model_path: a version folder written by `export_saved_model`.
+    dataset: the Dataset the model was exported with.
+    signatures: those to measure (each takes `user_ids` alone).
+    batch_users: users per call.
+    loaded: an already loaded SavedModel of that path.
+
+  Returns:
+    {signature: {"ndcg@k", "recall@k", "hr@k", "precision@k"}} with k the
+    exported topk, plus "overlap" {signature: mean share of the top k it
+    has in common with serving_default} when both were measured.
+  """
+  info = load_info(saved_model_path)
+  loaded = loaded if loaded is not None else tf.saved_model.load(saved_model_path)
+  ptr, items = eval_lib.group_by_user(dataset.test, dataset.n_users)
+  users = np.flatnonzero(np.diff(ptr))
+  targets = [items[ptr[u]:ptr[u + 1]] for u in users]
+  tops, out = {}, {}
+  for name in signatures:
+    fn = loaded.signatures[name]
+    parts = [fn(user_ids=tf.constant(users[s:s + batch_users], ID_DTYPE))["item_ids"].numpy()
+             for s in range(0, len(users), batch_users)]
+    tops[name] = np.concatenate(parts) if parts else np.zeros((0, info["topk"]), np.int64)
+    out[name] = eval_lib.ranking_metrics(tops[name], targets, (info["topk"],))
+  if "serving_default" in tops and len(tops) > 1:
+    full = tops["serving_default"]
+    out["overlap"] = {
+        name: float(np.mean([len(np.intersect1d(a[a >= 0], b[b >= 0])) / max(1, (b >= 0).sum())
+                             for a, b in zip(top, full)]))
+        for name, top in tops.items() if name != "serving_default"}
+  return out

@@ -1,0 +1,600 @@
+"""`maml_tf.export`: the SavedModel as TF Serving loads it, against the model.
+
+The exports are loaded in a SEPARATE Python process that cannot import
+maml_tf (isolated mode, clean environment, cwd outside the repository) with
+plain `tf.saved_model.load`, and every signature is called through
+`.signatures[...]`; the outputs come back as JSON and are compared here with
+the in-memory model (`MAML.score_items`, `evaluate.top_k_excluding`, the
+plain unsplit attention layer, a numpy oracle for the two-stage retrieval).
+Also: bad ids fail with InvalidArgumentError, empty batches, the version
+folders (numeric, atomic, never overwritten), no XLA clusters in the graph,
+`saved_model_cli show/run`, and scripts/export.py on a checkpointed run.
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from maml_tf import export as export_lib  # first: TFRS wants tf.keras = Keras 2
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from maml_tf import data as data_lib
+from maml_tf import evaluate as eval_lib
+from maml_tf import train as train_lib
+from maml_tf.config import Config
+from maml_tf.errors import UsageError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N_USERS, N_ITEMS, K_EMBED = 20, 30, 8
+TOPK, CANDIDATES = 5, 8
+HEAVY_USER = 3  # knows all but 3 items: fewer than TOPK to recommend
+
+LOADER = r"""
+import json, os, sys
+spec = json.load(open(sys.argv[1]))
+out = {"sys_path": sys.path, "env_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS")}
+try:
+  import maml_tf
+  out["maml_tf_importable"] = True
+except ImportError:
+  out["maml_tf_importable"] = False
+import tensorflow as tf
+loaded = {tag: tf.saved_model.load(path) for tag, path in spec["models"].items()}
+out["signatures"] = {}
+for tag, obj in loaded.items():
+  sigs = {}
+  for name, fn in obj.signatures.items():
+    kwargs = fn.structured_input_signature[1]
+    sigs[name] = {
+        "inputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in kwargs.items()},
+        "outputs": {k: [v.dtype.name, v.shape.as_list()]
+                    for k, v in fn.structured_outputs.items()}}
+  out["signatures"][tag] = sigs
+out["results"] = []
+for case in spec["cases"]:
+  fn = loaded[case["model"]].signatures[case["signature"]]
+  args = {k: tf.constant(v, tf.int64) for k, v in case["inputs"].items()}
+  try:
+    res = fn(**args)
+    out["results"].append({"outputs": {k: v.numpy().tolist() for k, v in res.items()},
+                           "shapes": {k: list(v.shape) for k, v in res.items()}})
+  except tf.errors.InvalidArgumentError as e:
+    out["results"].append({"error": "InvalidArgumentError", "message": e.message})
+  except Exception as e:
+    out["results"].append({"error": type(e).__name__, "message": str(e)})
+json.dump(out, open(sys.argv[2], "w"))
+"""
+
+
+def clean_env():
+  """What a fresh shell gives: no PYTHONPATH, no TF_USE_LEGACY_KERAS."""
+  return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+          "HOME": os.environ.get("HOME", "/"), "TF_CPP_MIN_LOG_LEVEL": "3",
+          "LANG": "C.UTF-8"}
+
+
+def make_dataset(features, valid_fraction, seed):
+  """20 users x 30 items; user 3 knows 27 items; optional feature matrix."""
+  rng = np.random.default_rng(seed)
+  train, test = [], []
+  for u in range(N_USERS):
+    items = rng.permutation(N_ITEMS)
+    n_train = N_ITEMS - 3 if u == HEAVY_USER else 6
+    train += [(u, i) for i in items[:n_train]]
+    test += [(u, i) for i in items[n_train:n_train + 2]]
+  feats = ({"meta": rng.normal(size=(N_ITEMS, 6)).astype(np.float32)}
+           if features else None)
+  ds = data_lib.from_arrays(np.array(train), np.array(test), features=feats,
+                            n_users=N_USERS, n_items=N_ITEMS)
+  return data_lib.split_validation(ds, valid_fraction, seed)
+
+
+def make_model(attention, ds, seed):
+  config = Config(embed_dim=K_EMBED, hidden_layer_dim=16, attention=attention,
+                  seed=seed, jit_compile=False)
+  model = train_lib.build_model(config, ds)
+  # Users and items spread over the ball, as after training (P and Q = F
+  # at initialisation would leave most distances alike).
+  rng = np.random.default_rng(seed + 1)
+  for table in (model.user_embeddings, model.item_embeddings):
+    rows = rng.normal(size=table.shape).astype(np.float32)
+    rows *= rng.uniform(0.3, 1.0, (len(rows), 1)) / np.linalg.norm(rows, axis=1,
+                                                                    keepdims=True)
+    table.assign(rows)
+  if model.attention is not None:
+    # A peaked attention (random init is near uniform), so that attentive
+    # and Euclidean rankings differ and re-ranking is put to the test.
+    att = model.attention
+    att.dense2.kernel.assign(att.dense2.kernel * 40.0)
+    att.dense1.bias.assign(rng.normal(0.0, 0.5, att.dense1.bias.shape))
+  return model
+
+
+def known_lists(ds):
+  pairs = export_lib.known_pairs(ds)
+  return [np.sort(pairs[pairs[:, 0] == u, 1]) for u in range(ds.n_users)]
+
+
+@pytest.fixture(scope="module")
+def setups(tmp_path_factory):
+  """Two exported models: MAML (features, scaled attention, a validation
+  split) and CML (no features, attention=none, N = k)."""
+  base = tmp_path_factory.mktemp("exports")
+  out = {}
+  for tag, attention, features, valid, n in (("maml", "scaled", True, 0.3, CANDIDATES),
+                                             ("cml", "none", False, 0.0, TOPK)):
+    ds = make_dataset(features, valid, seed=len(out))
+    model = make_model(attention, ds, seed=len(out))
+    path = export_lib.export_saved_model(model, ds, str(base), tag, topk=TOPK,
+                                         retrieve_candidates=n)
+    out[tag] = {"ds": ds, "model": model, "path": path, "base": str(base)}
+  return out
+
+
+def _cases():
+  users = list(range(N_USERS))
+  rng = np.random.default_rng(7)
+  pairs_u = [int(u) for u in rng.integers(0, N_USERS, 40)]
+  pairs_i = [int(i) for i in rng.integers(0, N_ITEMS, 40)]
+  cases = {}
+  for tag in ("maml", "cml"):
+    cases[f"{tag}/recommend"] = (tag, "serving_default", {"user_ids": users})
+    cases[f"{tag}/retrieve"] = (tag, "retrieve", {"user_ids": users})
+    cases[f"{tag}/score"] = (tag, "score", {"user_ids": pairs_u, "item_ids": pairs_i})
+  bad = {
+      "negative user": ("serving_default", {"user_ids": [0, -1]}),
+      "user too large": ("serving_default", {"user_ids": [N_USERS]}),
+      "user beyond int32": ("serving_default", {"user_ids": [2**32 + 1]}),
+      "retrieve user too large": ("retrieve", {"user_ids": [1, 25]}),
+      "retrieve negative user": ("retrieve", {"user_ids": [-5]}),
+      "score item too large": ("score", {"user_ids": [0], "item_ids": [N_ITEMS]}),
+      "score negative item": ("score", {"user_ids": [0], "item_ids": [-3]}),
+      "score user too large": ("score", {"user_ids": [N_USERS], "item_ids": [0]}),
+      "score lengths differ": ("score", {"user_ids": [0, 1], "item_ids": [0]}),
+  }
+  for name, (sig, inputs) in bad.items():
+    cases[f"bad/{name}"] = ("maml", sig, inputs)
+  for tag in ("maml", "cml"):
+    cases[f"{tag}/empty recommend"] = (tag, "serving_default", {"user_ids": []})
+    cases[f"{tag}/empty retrieve"] = (tag, "retrieve", {"user_ids": []})
+    cases[f"{tag}/empty score"] = (tag, "score", {"user_ids": [], "item_ids": []})
+  return cases
+
+
+@pytest.fixture(scope="module")
+def served(setups, tmp_path_factory):
+  """Every case, run by plain TensorFlow in a separate, isolated process."""
+  work = tmp_path_factory.mktemp("loader")
+  cases = _cases()
+  spec = {"models": {tag: s["path"] for tag, s in setups.items()},
+          "cases": [dict(zip(("model", "signature", "inputs"), c))
+                    for c in cases.values()]}
+  (work / "spec.json").write_text(json.dumps(spec))
+  (work / "loader.py").write_text(LOADER)
+  proc = subprocess.run(
+      [sys.executable, "-I", str(work / "loader.py"), str(work / "spec.json"),
+       str(work / "out.json")], cwd=str(work), env=clean_env(),
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads((work / "out.json").read_text())
+  out["by_case"] = dict(zip(cases, out["results"]))
+  return out
+
+
+# ------------------------------------------------------- the loading process
+
+
+def test_loader_process_cannot_import_maml_tf(served):
+  assert served["maml_tf_importable"] is False
+  assert not any(p and os.path.abspath(p).startswith(ROOT) for p in served["sys_path"])
+  assert served["env_legacy_keras"] is None
+
+
+@pytest.mark.parametrize("tag", ["maml", "cml"])
+def test_three_signatures_with_named_typed_inputs_and_outputs(served, tag):
+  sigs = served["signatures"][tag]
+  assert set(sigs) == {"serving_default", "score", "retrieve"}
+  ids = ["int64", [None]]
+  for name in ("serving_default", "retrieve"):
+    assert sigs[name]["inputs"] == {"user_ids": ids}
+    assert sigs[name]["outputs"] == {"item_ids": ["int64", [None, TOPK]],
+                                     "scores": ["float32", [None, TOPK]]}
+  assert sigs["score"]["inputs"] == {"user_ids": ids, "item_ids": ids}
+  assert sigs["score"]["outputs"] == {"scores": ["float32", [None]],
+                                      "attention": ["float32", [None, K_EMBED]]}
+
+
+@pytest.mark.parametrize("tag", ["maml", "cml"])
+def test_serving_default_is_full_scoring_without_known_items(setups, served, tag):
+  s = setups[tag]
+  model, ds = s["model"], s["ds"]
+  full = model.score_items(tf.range(N_USERS)).numpy()
+  want = eval_lib.top_k_excluding(full, known_lists(ds), TOPK)
+  got = served["by_case"][f"{tag}/recommend"]["outputs"]
+  ids, scores = np.array(got["item_ids"]), np.array(got["scores"])
+  np.testing.assert_array_equal(ids, want)
+  rows = np.repeat(np.arange(N_USERS)[:, None], TOPK, 1)
+  real = ids >= 0
+  np.testing.assert_allclose(scores[real], full[rows[real], ids[real]],
+                             rtol=1e-5, atol=1e-5)
+  # The heavy user has 3 unknown items: the tail is empty.
+  assert (ids[HEAVY_USER, 3:] == -1).all() and np.isneginf(scores[HEAVY_USER, 3:]).all()
+  assert (~real).sum() == 2
+  if len(ds.valid):  # validation items are known too
+    for u, i in ds.valid:
+      assert i not in ids[u]
+
+
+@pytest.mark.parametrize("tag", ["maml", "cml"])
+def test_score_gives_distance_and_attention_of_each_pair(setups, served, tag):
+  s = setups[tag]
+  model = s["model"]
+  case = _cases()[f"{tag}/score"][2]
+  users, items = np.array(case["user_ids"]), np.array(case["item_ids"])
+  got = served["by_case"][f"{tag}/score"]["outputs"]
+  full = model.score_items(tf.range(N_USERS)).numpy()
+  np.testing.assert_allclose(got["scores"], full[users, items], rtol=1e-5, atol=1e-5)
+  attention = np.array(got["attention"])
+  if model.attention is None:
+    np.testing.assert_array_equal(attention, np.ones((len(users), K_EMBED)))
+    return
+  # The plain, unsplit attention layer on [p; q; F].
+  p = tf.gather(model.user_embeddings, users)
+  q = tf.gather(model.item_embeddings, items)
+  f = tf.gather(model.item_fusion(), items)
+  want = model.attention(p, q, f).numpy()
+  np.testing.assert_allclose(attention, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(attention.sum(1), K_EMBED, rtol=1e-5)  # alpha = K
+
+
+def test_retrieve_reranks_the_euclidean_candidates(setups, served):
+  s = setups["maml"]
+  model, ds = s["model"], s["ds"]
+  p, q = model.user_embeddings.numpy(), model.item_embeddings.numpy()
+  euclid = -((p[:, None, :] - q[None]) ** 2).sum(-1)
+  full = model.score_items(tf.range(N_USERS)).numpy()
+  got = served["by_case"]["maml/retrieve"]["outputs"]
+  ids, scores = np.array(got["item_ids"]), np.array(got["scores"])
+  for u, known in enumerate(known_lists(ds)):
+    free = np.setdiff1d(np.arange(N_ITEMS), known)
+    candidates = free[np.argsort(-euclid[u, free], kind="stable")[:CANDIDATES]]
+    best = candidates[np.argsort(-full[u, candidates], kind="stable")[:TOPK]]
+    np.testing.assert_array_equal(ids[u, :len(best)], best)
+    np.testing.assert_allclose(scores[u, :len(best)], full[u, best], rtol=1e-5, atol=1e-5)
+    assert (ids[u, len(best):] == -1).all()
+  # The two stages differ somewhere (N = 8 of 30 items), else the test is idle.
+  recommend = np.array(served["by_case"]["maml/recommend"]["outputs"]["item_ids"])
+  assert (recommend != ids).any()
+
+
+def test_retrieve_is_exact_without_attention(served):
+  # attention=none: the Euclidean index ranks by the model's own distance, so
+  # even with N = k the two signatures agree.
+  a = served["by_case"]["cml/recommend"]["outputs"]
+  b = served["by_case"]["cml/retrieve"]["outputs"]
+  np.testing.assert_array_equal(a["item_ids"], b["item_ids"])
+  np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, words", [
+    ("negative user", ["`user_ids` must be ids in [0, 20)", "negative"]),
+    ("user too large", ["`user_ids` must be ids in [0, 20)", ">= 20"]),
+    ("user beyond int32", ["`user_ids` must be ids in [0, 20)", ">= 20"]),
+    ("retrieve user too large", ["`user_ids` must be ids in [0, 20)", "25"]),
+    ("retrieve negative user", ["`user_ids` must be ids in [0, 20)", "negative"]),
+    ("score item too large", ["`item_ids` must be ids in [0, 30)", ">= 30"]),
+    ("score negative item", ["`item_ids` must be ids in [0, 30)", "negative"]),
+    ("score user too large", ["`user_ids` must be ids in [0, 20)"]),
+    ("score lengths differ", ["`user_ids` and `item_ids` must have the same length"]),
+])
+def test_bad_ids_fail_with_invalid_argument(served, name, words):
+  result = served["by_case"][f"bad/{name}"]
+  assert result.get("error") == "InvalidArgumentError", result
+  for word in words:
+    assert word in result["message"]
+
+
+@pytest.mark.parametrize("tag", ["maml", "cml"])
+def test_empty_batch_gives_empty_outputs(served, tag):
+  by_case = served["by_case"]
+  for sig in ("recommend", "retrieve"):
+    assert by_case[f"{tag}/empty {sig}"]["shapes"] == {"item_ids": [0, TOPK],
+                                                       "scores": [0, TOPK]}
+  assert by_case[f"{tag}/empty score"]["shapes"] == {"scores": [0],
+                                                     "attention": [0, K_EMBED]}
+
+
+# ------------------------------------------------------------- in-process
+
+
+def test_blocks_and_item_chunks_give_the_same_results(setups, served):
+  s = setups["maml"]
+  model, ds = s["model"], s["ds"]
+  graphs = export_lib.ServingGraphs(model, ds, TOPK, CANDIDATES,
+                                    budget=2 * 7 * 5 * K_EMBED, item_chunk=7)
+  # 5 users: 3 blocks of 2 (one padded), 30 items in 5 chunks of 7 (padded).
+  assert (graphs.user_chunk, graphs.item_chunk, graphs.retrieve_chunk) == (2, 7, 1)
+  users = [0, 5, HEAVY_USER, 19, 3]
+  got = graphs.recommend(tf.constant(users, tf.int64))
+  full = model.score_items(tf.constant(users)).numpy()
+  known = known_lists(ds)
+  want = eval_lib.top_k_excluding(full, [known[u] for u in users], TOPK)
+  np.testing.assert_array_equal(got["item_ids"].numpy(), want)
+  got = graphs.retrieve(tf.constant(users, tf.int64))
+  whole = np.array(served["by_case"]["maml/retrieve"]["outputs"]["item_ids"])
+  np.testing.assert_array_equal(got["item_ids"].numpy(), whole[users])
+
+
+def test_graph_has_no_xla_clusters(setups):
+  # TF Serving's CPU build refuses _XlaMustCompile functions unless started
+  # with --xla_cpu_compilation_enabled.
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  for s in setups.values():
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(s["path"], "saved_model.pb"), "rb") as f:
+      proto.ParseFromString(f.read())
+    for graph in proto.meta_graphs:
+      functions = graph.graph_def.library.function
+      assert functions
+      for fn in functions:
+        assert not fn.attr["_XlaMustCompile"].b, fn.signature.name
+        for node in fn.node_def:
+          assert not node.attr["_XlaMustCompile"].b, (fn.signature.name, node.name)
+          assert not node.op.startswith("Xla"), node.op
+
+
+def test_export_info_and_layout(setups):
+  s = setups["maml"]
+  path = s["path"]
+  assert os.path.basename(path) == "1"
+  assert os.path.dirname(path) == os.path.join(s["base"], "maml")
+  assert os.stat(path).st_mode & 0o755 == 0o755
+  info = export_lib.load_info(path)
+  assert info["n_users"] == N_USERS and info["n_items"] == N_ITEMS
+  assert info["topk"] == TOPK and info["retrieve_candidates"] == CANDIDATES
+  assert info["signatures"] == ["serving_default", "score", "retrieve"]
+  assert info["known_pairs"] == len(export_lib.known_pairs(s["ds"]))
+  assert info["max_known_per_user"] == N_ITEMS - 3
+
+
+def _tree_digest(path):
+  digest = hashlib.sha256()
+  for folder, _, files in sorted(os.walk(path)):
+    for name in sorted(files):
+      with open(os.path.join(folder, name), "rb") as f:
+        digest.update(name.encode() + f.read())
+  return digest.hexdigest()
+
+
+def test_versions_are_numeric_atomic_and_never_overwritten(setups, tmp_path):
+  s = setups["cml"]
+  export = lambda **kw: export_lib.export_saved_model(
+      s["model"], s["ds"], str(tmp_path), "m", topk=TOPK, retrieve_candidates=TOPK, **kw)
+  base = tmp_path / "m"
+  assert export() == str(base / "1")
+  assert export() == str(base / "2")
+  assert export(version=7) == str(base / "7")
+  assert export() == str(base / "8")
+  assert sorted(os.listdir(base)) == ["1", "2", "7", "8"]  # no temporary left
+  before = _tree_digest(base / "2")
+  with pytest.raises(UsageError, match=r"`version` 2 already exists .* never "
+                     r"overwrite"):
+    export(version=2)
+  assert _tree_digest(base / "2") == before
+  assert sorted(os.listdir(base)) == ["1", "2", "7", "8"]
+  assert export_lib.versions(str(base)) == [1, 2, 7, 8]
+  # A non-numeric folder is not a version (TF Serving ignores it too).
+  (base / "notes").mkdir()
+  assert export() == str(base / "9")
+
+
+@pytest.mark.parametrize("where", ["while writing", "at the rename"])
+def test_failure_mid_export_leaves_no_version(setups, tmp_path, monkeypatch, where):
+  s = setups["cml"]
+  real_save = tf.saved_model.save
+
+  def save_then_fail(obj, path, *args, **kwargs):
+    real_save(obj, path, *args, **kwargs)
+    with open(os.path.join(path, "saved_model.pb"), "r+b") as f:
+      f.truncate(10)  # half-written
+    raise OSError(28, "No space left on device")
+
+  def fail_rename(*args):
+    raise OSError(5, "Input/output error")
+
+  if where == "while writing":
+    monkeypatch.setattr(tf.saved_model, "save", save_then_fail)
+  else:
+    monkeypatch.setattr(export_lib.os, "rename", fail_rename)
+  with pytest.raises(OSError):
+    export_lib.export_saved_model(s["model"], s["ds"], str(tmp_path), "m",
+                                  topk=TOPK, retrieve_candidates=TOPK)
+  assert os.listdir(tmp_path / "m") == []  # no version, no temporary
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"version": 0}, "`version` must be a positive integer"),
+    ({"version": "3"}, "`version` must be a positive integer"),
+    ({"topk": 0}, "`topk` must be a positive integer"),
+    ({"retrieve_candidates": 4}, "`retrieve_candidates` must be an integer >= topk (5)"),
+    ({"name": "../up"}, "`name` must be a folder name"),
+    ({"name": ".hidden"}, "`name` must be a folder name"),
+])
+def test_bad_arguments_are_refused_before_any_work(setups, tmp_path, kwargs, message):
+  s = setups["cml"]
+  args = dict(name="m", topk=TOPK, retrieve_candidates=TOPK)
+  args.update(kwargs)
+  with pytest.raises(UsageError) as e:
+    export_lib.export_saved_model(s["model"], s["ds"], str(tmp_path), **args)
+  assert message in str(e.value)
+  assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_export_from_run_uses_the_config(setups, tmp_path):
+  s = setups["maml"]
+  config = Config(export_dir=str(tmp_path), export_name="maml_tiny",
+                  export_topk=3, retrieve_candidates=4, workdir=str(tmp_path / "w"))
+  path = export_lib.export_from_run(config, s["model"], s["ds"])
+  assert path == str(tmp_path / "maml_tiny" / "1")
+  info = export_lib.load_info(path)
+  assert info["topk"] == 3 and info["retrieve_candidates"] == 4
+  assert "--export_topk=3" in info["flags"]
+  loaded = tf.saved_model.load(path)
+  out = loaded.signatures["serving_default"](user_ids=tf.constant([0, 1], tf.int64))
+  assert out["item_ids"].shape == (2, 3)
+
+
+def test_latency_reports_percentiles(setups):
+  s = setups["maml"]
+  for signature in ("serving_default", "score", "retrieve"):
+    stats = export_lib.latency(s["path"], signature, batch_users=4, repeats=5, warmup=1)
+    assert stats["signature"] == signature and stats["repeats"] == 5
+    assert 0 < stats["p50_ms"] <= stats["p99_ms"]
+
+
+def test_ranking_quality_of_the_signatures(setups):
+  s = setups["cml"]
+  ds = s["ds"]
+  quality = export_lib.ranking_quality(s["path"], ds, batch_users=7)
+  # attention=none: retrieve is exact, so both agree with the evaluator.
+  evaluator = eval_lib.Evaluator(s["model"], ds.train, ds.test, (TOPK,),
+                                 jit_compile=False)
+  want = evaluator()
+  for name in ("serving_default", "retrieve"):
+    assert quality[name] == pytest.approx(want, abs=1e-9)
+  assert quality["overlap"] == {"retrieve": 1.0}
+
+
+# ------------------------------------------------------------ the CLI tools
+
+
+def _saved_model_cli():
+  exe = shutil.which("saved_model_cli")
+  if exe:
+    return [exe]
+  return [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+
+
+def test_saved_model_cli_show_lists_the_signatures(setups):
+  proc = subprocess.run(_saved_model_cli() + ["show", "--all", "--dir", setups["maml"]["path"]],
+                        env=clean_env(), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for name in ("serving_default", "score", "retrieve"):
+    assert f"signature_def['{name}']" in proc.stdout
+  assert proc.stdout.count("Method name is: tensorflow/serving/predict") == 3
+  assert "inputs['user_ids']" in proc.stdout and "DT_INT64" in proc.stdout
+
+
+def test_saved_model_cli_run_recommends(setups, served):
+  # TF 2.21's saved_model_cli evaluates --input_exprs as Python literals only
+  # (np.array(...) is refused), so the ids are a list.
+  proc = subprocess.run(
+      _saved_model_cli() + ["run", "--dir", setups["maml"]["path"], "--tag_set", "serve",
+                            "--signature_def", "serving_default",
+                            "--input_exprs", "user_ids=[0,1]"],
+      env=clean_env(), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "Result for output key item_ids" in proc.stdout
+  first = served["by_case"]["maml/recommend"]["outputs"]["item_ids"][0]
+  assert " ".join(str(i) for i in first) in " ".join(proc.stdout.split())
+
+
+def _write_release_layout(folder, rng):
+  os.makedirs(folder, exist_ok=True)
+  rows = {"train": [], "test": []}
+  for u in range(12):
+    for j, i in enumerate(rng.choice(15, size=6, replace=False)):
+      rows["train" if j < 4 else "test"].append((i, u))
+  for split, pairs in rows.items():
+    with open(os.path.join(folder, f"{split}.csv"), "w") as f:
+      f.write("itemID,userID,reviewerID,asin\n")
+      f.writelines(f"{i},{u},R{u},A{i:04d}\n" for i, u in pairs)
+  path = os.path.join(folder, "meta.npy")
+  np.save(path, rng.normal(size=(15, 4)).astype(np.float32))
+  return path
+
+
+def test_export_script_restores_the_checkpoint_and_exports(tmp_path):
+  if importlib.util.find_spec("maml_tf.checkpoint") is None:
+    pytest.skip("maml_tf.checkpoint (checkpoint.restore) is not in the tree yet")
+  from maml_tf import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  meta = _write_release_layout(str(tmp_path / "data"), rng)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  config = Config(dataset="custom", data_dir=str(tmp_path / "data"),
+                  extra_features=(f"meta={meta}",), embed_dim=4, hidden_layer_dim=8,
+                  batch_size=8, num_neg=2, train_steps=4, eva_batches=2,
+                  topk=(5,), select_metric="ndcg@5", workdir=str(workdir),
+                  tensorboard=False, export=False, jit_compile=False,
+                  cache_dir=str(tmp_path / "cache"),
+                  export_dir=str(tmp_path / "unused")).validate()
+  (workdir / "flags.txt").write_text(config.to_flagfile())
+  # Two rounds' checkpoints with different weights: best = step 2, last = 4.
+  ds = train_lib.load_data(config)
+  model = train_lib.build_model(config, ds)
+  saver = checkpoint_lib.Checkpointer(model, str(workdir), keep=2)
+  weights = {}
+  for step in (2, 4):
+    for table in (model.user_embeddings, model.item_embeddings):
+      table.assign(rng.uniform(-0.4, 0.4, table.shape))
+    weights[step] = model.user_embeddings.numpy()
+    prefix = saver.save(step)
+    if step == 2:
+      saver.save_best(step, prefix)
+  out = tmp_path / "exports"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "export.py"),
+       f"--workdir={workdir}", "--which=last", f"--export_dir={out}",
+       "--export_name=tiny", "--version=5", "--export_topk=3"],
+      cwd=str(tmp_path), env=dict(clean_env(), PYTHONPATH=""),
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  path = proc.stdout.strip().splitlines()[-1]
+  assert path == str(out / "tiny" / "5")
+  info = export_lib.load_info(path)
+  assert info["step"] == 4 and info["which"] == "last" and info["topk"] == 3
+  # The export carries the step-4 weights: compare with the model restored here.
+  fresh = train_lib.build_model(config, ds)
+  assert checkpoint_lib.restore(fresh, str(workdir), "last") == 4
+  np.testing.assert_allclose(fresh.user_embeddings.numpy(), weights[4])
+  loaded = tf.saved_model.load(path)
+  users = tf.constant([0, 5, 11], tf.int64)
+  got = loaded.signatures["serving_default"](user_ids=users)
+  full = fresh.score_items(tf.cast(users, tf.int32)).numpy()
+  known = known_lists(ds)
+  want = eval_lib.top_k_excluding(full, [known[u] for u in (0, 5, 11)], 3)
+  np.testing.assert_array_equal(got["item_ids"].numpy(), want)
+  # A version that exists is refused with one line, exit status 2.
+  again = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "export.py"),
+       f"--workdir={workdir}", f"--export_dir={out}", "--export_name=tiny",
+       "--version=5"], cwd=str(tmp_path), env=clean_env(),
+      capture_output=True, text=True, timeout=300)
+  assert again.returncode == 2
+  assert "`version` 5 already exists" in again.stderr
+  assert "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize("flags_txt, message", [
+    (None, "`--workdir` must hold a run's flags.txt"),
+    ("--margin=abc\n", "flags.txt: flag --margin=abc: could not convert"),
+])
+def test_export_script_needs_a_run(tmp_path, flags_txt, message):
+  if flags_txt is not None:
+    (tmp_path / "flags.txt").write_text(flags_txt)
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "export.py"),
+       f"--workdir={tmp_path}"], cwd=str(tmp_path), env=clean_env(),
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert message in proc.stderr
+  assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+  assert not os.path.exists(tmp_path / "saved_models")
