@@ -40,13 +40,27 @@ LOADER = r"""
 import json, os, sys
 spec = json.load(open(sys.argv[1]))
 out = {"sys_path": sys.path, "env_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS")}
+# A serving machine does not have our package. CI installs it in editable mode, which
+# puts an import hook in site-packages that -I does not remove, so block it here and
+# record every attempt to import it (loading the SavedModel must make none).
+blocked = []
+class NoMamlTf:
+  def find_spec(self, name, path=None, target=None):
+    if name == "maml_tf" or name.startswith("maml_tf."):
+      blocked.append(name)
+      raise ModuleNotFoundError("no module named " + name + " on a serving machine")
+    return None
+sys.meta_path.insert(0, NoMamlTf())
 try:
   import maml_tf
   out["maml_tf_importable"] = True
 except ImportError:
   out["maml_tf_importable"] = False
+blocked.clear()
 import tensorflow as tf
 loaded = {tag: tf.saved_model.load(path) for tag, path in spec["models"].items()}
+out["maml_tf_import_attempts"] = list(blocked)
+out["maml_tf_modules"] = sorted(m for m in sys.modules if m.split(".")[0] == "maml_tf")
 out["signatures"] = {}
 for tag, obj in loaded.items():
   sigs = {}
@@ -193,6 +207,8 @@ def served(setups, tmp_path_factory):
 
 def test_loader_process_cannot_import_maml_tf(served):
   assert served["maml_tf_importable"] is False
+  assert served["maml_tf_import_attempts"] == []
+  assert served["maml_tf_modules"] == []
   assert not any(p and os.path.abspath(p).startswith(ROOT) for p in served["sys_path"])
   assert served["env_legacy_keras"] is None
 
