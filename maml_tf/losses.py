@@ -36,6 +36,27 @@ def embedding_loss(d_pos, d_neg, margin, n_items, use_rank_weight=True):
   return tf.reduce_sum(hinge)
 
 
+def embedding_loss_hardest(d_pos, d_hardest, d_all, margin, n_items,
+                           use_rank_weight=True):
+  """`embedding_loss`, given the distance to the closest negative.
+
+  Only the positive and the closest negative of a row carry gradient through
+  the hinge, so the training fast path computes every distance without
+  gradient (`d_all` [B, 1 + W], which also gives the rank), picks the closest
+  negative, and recomputes `d_pos` and `d_hardest` [B] with gradient. Equal
+  to `embedding_loss(d_all[:, 0], d_all[:, 1:], ...)` in value and gradient
+  (where two negatives tie exactly, autodiff splits the gradient between
+  them; here the first takes it all, the same thing when, as with a negative
+  sampled twice, the tied pairs are the same pair).
+  """
+  hinge = tf.nn.relu(d_pos - d_hardest + margin)
+  if use_rank_weight:
+    d_all = tf.stop_gradient(d_all)
+    hinge = hinge * tf.math.log(
+        warp_rank(d_all[:, 0], d_all[:, 1:], margin, n_items) + 1.0)
+  return tf.reduce_sum(hinge)
+
+
 def feature_loss(q, f, weight):
   """weight * sum_i ||q_i - f_i||^2 over all items."""
   return weight * tf.reduce_sum(tf.square(q - f))

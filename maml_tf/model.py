@@ -161,6 +161,17 @@ class MAML(keras.Model):
     """The attention's item half for the whole catalogue: (proj, sqnorm)."""
     return self.attention.item_part(tf.convert_to_tensor(self.item_embeddings), fused)
 
+  def _hardest_negative_path(self, items):
+    """Whether `loss_terms` recomputes only the hardest pairs with gradient.
+
+    The fast path only: faithful mode with attention (in paper mode dropout
+    would draw new masks for the recomputed pairs), and more than one
+    negative (else there is nothing to skip).
+    """
+    return (self.use_fastpath and not self.paper_mode and
+            self.attention is not None and items.shape[1] is not None and
+            items.shape[1] > 2)
+
   def pair_distances(self, users, items, fused=None, training=False):
     """d(u, i) for users [B] and items [B, N]; returns [B, N]."""
     p = tf.gather(self.user_embeddings, users)
@@ -206,9 +217,21 @@ class MAML(keras.Model):
   def loss_terms(self, users, items, training=False):
     """Every loss term of one step (SPEC §3) as a dict; "loss" is the total."""
     fused = self.item_fusion(training)
-    d = self.pair_distances(users, items, fused, training)
-    terms = {"embedding_loss": losses.embedding_loss(
-        d[:, 0], d[:, 1:], self.margin, self.n_items, self.use_rank_weight)}
+    if self._hardest_negative_path(items):
+      # Gradient flows only through the positive and the closest negative:
+      # score all pairs without it, recompute those two with it (the
+      # backward pass then costs 2 pairs a row instead of 1 + W).
+      d = tf.stop_gradient(self.pair_distances(users, items, fused, training))
+      hardest = tf.argmin(d[:, 1:], axis=1, output_type=tf.int32) + 1
+      chosen = tf.stack([items[:, 0], tf.gather(items, hardest, batch_dims=1)], 1)
+      d2 = self.pair_distances(users, chosen, fused, training)
+      emb = losses.embedding_loss_hardest(d2[:, 0], d2[:, 1], d, self.margin,
+                                          self.n_items, self.use_rank_weight)
+    else:
+      d = self.pair_distances(users, items, fused, training)
+      emb = losses.embedding_loss(d[:, 0], d[:, 1:], self.margin, self.n_items,
+                                  self.use_rank_weight)
+    terms = {"embedding_loss": emb}
     if fused is not None:
       terms["feature_loss"] = losses.feature_loss(
           self.item_embeddings, fused, self.feature_l2_reg)

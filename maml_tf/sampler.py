@@ -17,6 +17,9 @@ import numpy as np
 import tensorflow as tf
 
 
+BITMAP_MAX_BITS = 1 << 28  # 32 MB
+
+
 class PairSampler:
   """Vectorised negative sampling over a fixed set of train pairs."""
 
@@ -33,6 +36,15 @@ class PairSampler:
     self.neg_range = int(pairs[:, 1].max()) + 1
     self._stride = self.neg_range
     self._train_keys = np.unique(pairs[:, 0] * self._stride + pairs[:, 1])
+    # Membership of (user, item) keys: a bitmap when it fits in a few MB
+    # (Office: 1.5 MB, cache-resident, ~20x faster than a binary search),
+    # else a binary search over the sorted keys.
+    n_keys = (int(pairs[:, 0].max()) + 1) * self._stride
+    self._bitmap = None
+    if n_keys <= BITMAP_MAX_BITS:
+      self._bitmap = np.zeros(n_keys // 8 + 1, np.uint8)
+      k = self._train_keys
+      np.bitwise_or.at(self._bitmap, k >> 3, (1 << (k & 7)).astype(np.uint8))
     per_user = np.bincount(pairs[:, 0])
     if per_user.max() >= self.neg_range:
       user = int(per_user.argmax())
@@ -46,6 +58,8 @@ class PairSampler:
 
   def _is_train(self, users, items):
     keys = users * self._stride + items
+    if self._bitmap is not None:
+      return (self._bitmap[keys >> 3] >> (keys & 7).astype(np.uint8)) & 1 == 1
     pos = np.searchsorted(self._train_keys, keys)
     pos = np.minimum(pos, len(self._train_keys) - 1)
     return self._train_keys[pos] == keys
@@ -60,9 +74,12 @@ class PairSampler:
     users = chosen[:, 0]
     negs = rng.integers(0, self.neg_range, size=(len(chosen), w))
     bad = self._is_train(users[:, None], negs)
-    while bad.any():
-      negs[bad] = rng.integers(0, self.neg_range, size=int(bad.sum()))
-      bad = self._is_train(users[:, None], negs)
+    rows, cols = np.nonzero(bad)
+    while len(rows):
+      # Redraw the bad ones in row-major order, then recheck only those.
+      negs[rows, cols] = rng.integers(0, self.neg_range, size=len(rows))
+      still = self._is_train(users[rows], negs[rows, cols])
+      rows, cols = rows[still], cols[still]
     items = np.concatenate([chosen[:, 1:], negs], axis=1)
     result = (users.reshape(steps, b).astype(np.int32),
               items.reshape(steps, b, 1 + w).astype(np.int32))
@@ -81,10 +98,25 @@ class PairSampler:
       step += 1
 
   def dataset(self, start_step=0, num_steps=None):
-    """A tf.data pipeline of the batches from `start_step` on, prefetched."""
-    b, w = self.batch_size, self.num_neg
-    ds = tf.data.Dataset.from_generator(
-        lambda: self.batches(start_step, num_steps),
-        output_signature=(tf.TensorSpec([b], tf.int32),
-                          tf.TensorSpec([b, 1 + w], tf.int32)))
+    """A tf.data pipeline of the batches from `start_step` on, prefetched.
+
+    Python is entered once per epoch (to draw it), not once per step.
+    """
+    b, w, spe = self.batch_size, self.num_neg, self.steps_per_epoch
+    first = start_step // spe
+
+    def draw(epoch):
+      return self.epoch(int(epoch))
+
+    def slices(epoch):
+      users, items = tf.numpy_function(draw, [epoch], (tf.int32, tf.int32),
+                                       stateful=False)
+      users.set_shape([spe, b])
+      items.set_shape([spe, b, 1 + w])
+      return tf.data.Dataset.from_tensor_slices((users, items))
+
+    ds = tf.data.Dataset.counter(first).flat_map(slices)
+    ds = ds.skip(start_step - first * spe)
+    if num_steps is not None:
+      ds = ds.take(num_steps)
     return ds.prefetch(4)

@@ -104,6 +104,36 @@ def test_fast_path_equals_plain_computation_values_and_gradients(by_table):
       out[True][0], m.plain_pair_distances(users, items).numpy(), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("use_rank_weight", [True, False])
+@pytest.mark.parametrize("duplicate_negative", [False, True])
+def test_hardest_negative_recompute_equals_full_autodiff(use_rank_weight,
+                                                         duplicate_negative):
+  """The fast path's loss (all pairs scored without gradient, the positive
+  and the closest negative recomputed with it) against plain autodiff of the
+  loss over all pairs: same terms, same gradients."""
+  m = _model(use_rank_weight=use_rank_weight)
+  users, items = _batch(seed=4, b=6, w=4)
+  if duplicate_negative:  # a negative drawn twice: an exact tie in the min
+    items = items.numpy()
+    items[:, 2] = items[:, 1]
+    items = tf.constant(items)
+  variables = [m.user_embeddings, m.item_embeddings]
+  out = {}
+  for fast in (True, False):
+    m.use_fastpath = fast
+    assert m._hardest_negative_path(items) == fast
+    with tf.GradientTape() as tape:
+      terms = m.loss_terms(users, items)
+    out[fast] = ({k: float(v) for k, v in terms.items()},
+                 [tf.convert_to_tensor(g).numpy()
+                  for g in tape.gradient(terms["loss"], variables)])
+  assert out[True][0]["embedding_loss"] > 0  # the hinge is active somewhere
+  for name, value in out[False][0].items():
+    assert out[True][0][name] == pytest.approx(value, rel=1e-5, abs=1e-5), name
+  for a, b in zip(out[True][1], out[False][1]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("attention", ["scaled", "none"])
 def test_score_items_is_minus_distance_to_every_item(attention):
   m = _model(attention=attention)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from maml_tf import sampler
 from maml_tf.sampler import PairSampler
 
 
@@ -26,7 +27,15 @@ def test_epoch_is_a_permutation_cut_into_full_batches():
   assert len(set(map(tuple, got))) == len(got) == s.steps_per_epoch * 32
 
 
-def test_negatives_are_never_train_items_and_stay_in_range():
+@pytest.fixture(params=["bitmap", "binary search"])
+def lookup(request, monkeypatch):
+  """Both ways the sampler tests (user, item) membership."""
+  if request.param == "binary search":
+    monkeypatch.setattr(sampler, "BITMAP_MAX_BITS", 0)
+  return request.param
+
+
+def test_negatives_are_never_train_items_and_stay_in_range(lookup):
   pairs = _pairs(n=600)
   s = PairSampler(pairs, batch_size=50, num_neg=4, seed=2)
   train = {}
@@ -38,6 +47,19 @@ def test_negatives_are_never_train_items_and_stay_in_range():
     assert negs.min() >= 0 and negs.max() < pairs[:, 1].max() + 1
     for u, row in zip(users.ravel(), negs.reshape(-1, 4)):
       assert not set(row.tolist()) & train[u]
+  assert (s._bitmap is not None) == (lookup == "bitmap")
+
+
+def test_both_lookups_draw_the_same_stream(monkeypatch):
+  # Dense enough that many negatives are redrawn, some more than once.
+  pairs = _pairs(seed=3, n_users=12, n_items=20, n=150)
+  a = PairSampler(pairs, batch_size=20, num_neg=6, seed=4)
+  monkeypatch.setattr(sampler, "BITMAP_MAX_BITS", 0)
+  b = PairSampler(pairs, batch_size=20, num_neg=6, seed=4)
+  assert a._bitmap is not None and b._bitmap is None
+  for epoch in range(4):
+    for x, y in zip(a.epoch(epoch), b.epoch(epoch)):
+      np.testing.assert_array_equal(x, y)
 
 
 def test_negatives_are_uniform_over_the_allowed_items():
@@ -72,9 +94,14 @@ def test_stream_is_a_pure_function_of_seed_and_step():
 def test_dataset_yields_the_same_batches():
   pairs = _pairs()
   s = PairSampler(pairs, 16, 2, seed=5)
-  for step, (u, i) in enumerate(s.dataset(3, 4), start=3):
-    np.testing.assert_array_equal(u.numpy(), s.batch(step)[0])
-    np.testing.assert_array_equal(i.numpy(), s.batch(step)[1])
+  spe = s.steps_per_epoch
+  # Within an epoch, and from mid-epoch across two epoch boundaries.
+  for start, n in ((3, 4), (spe - 2, spe + 3)):
+    got = list(s.dataset(start, n))
+    assert len(got) == n
+    for step, (u, i) in enumerate(got, start=start):
+      np.testing.assert_array_equal(u.numpy(), s.batch(step)[0])
+      np.testing.assert_array_equal(i.numpy(), s.batch(step)[1])
 
 
 def test_rejects_impossible_settings():
