@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from maml_tf.errors import DataError, UsageError
+
 
 BITMAP_MAX_BITS = 1 << 28  # 32 MB
 
@@ -26,10 +28,10 @@ class PairSampler:
   def __init__(self, train_pairs, batch_size, num_neg, seed=0):
     pairs = np.asarray(train_pairs, np.int64)
     if pairs.ndim != 2 or pairs.shape[1] != 2 or not len(pairs):
-      raise ValueError("`train_pairs` must be a non-empty [n, 2] array. "
+      raise DataError("`train_pairs` must be a non-empty [n, 2] array. "
                        f"Received: shape={pairs.shape}")
     if len(pairs) < batch_size:
-      raise ValueError(f"`batch_size` must be <= the number of train pairs "
+      raise UsageError(f"`batch_size` must be <= the number of train pairs "
                        f"({len(pairs)}). Received: batch_size={batch_size}")
     self.pairs = pairs
     self.batch_size, self.num_neg, self.seed = int(batch_size), int(num_neg), int(seed)
@@ -48,8 +50,9 @@ class PairSampler:
     per_user = np.bincount(pairs[:, 0])
     if per_user.max() >= self.neg_range:
       user = int(per_user.argmax())
-      raise ValueError(f"user {user} has interacted with every item in "
-                       f"[0, {self.neg_range}): no negative can be sampled")
+      raise DataError(f"train: user {user} has interacted with every item in "
+                      f"[0, {self.neg_range}) (every item id up to the largest "
+                      f"in train): no negative can be sampled")
     self._cache = (None, None)
 
   @property

@@ -36,6 +36,19 @@ def _bad_id(value):
   return breaker
 
 
+def _user_knows_every_item(d):
+  """User 0 gets every train item: no negative can be drawn for them."""
+  lines = (d / "train.csv").read_text().splitlines()
+  test = (d / "test.csv").read_text().splitlines()
+  asins = {}
+  for line in lines[1:] + test[1:]:
+    item, _, _, asin = line.split(",")
+    asins[int(item)] = asin
+  top = max(int(line.split(",")[0]) for line in lines[1:])
+  extra = [f"{i},0,R0,{asins[i]}" for i in range(top + 1)]
+  (d / "train.csv").write_text("\n".join(lines + extra) + "\n")
+
+
 def _features(array):
   def breaker(d):
     np.save(d / "meta.npy", array)
@@ -82,6 +95,8 @@ CASES = [
     ("feature 1-D", _features(np.zeros(30, np.float32)), [], ["meta.npy"]),
     ("corrupt npy", _corrupt_npy, [], ["meta.npy"]),
     ("dict missing asins", _dict_missing_asins, [], ["meta.npy", "asin"]),
+    ("user knows every item", _user_knows_every_item, [],
+     ["train", "user 0", "every item", "no negative"]),
     ("unknown modality", lambda d: None, ["--modalities=meta,image"], ["image"]),
 ]
 
