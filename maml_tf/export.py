@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import re
 import shutil
@@ -346,7 +347,15 @@ def export_saved_model(model, dataset, export_dir, name, version=None, topk=10,
   try:
     graphs = ServingGraphs(model, dataset, topk, retrieve_candidates)
     archive = graphs.add_to(keras.export.ExportArchive())
-    archive.write_out(tmp, verbose=False)
+    # TensorFlow logs a few INFO lines per signature while saving (renamed
+    # inputs, sharding, fingerprint): noise for a user.
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    tf_log.setLevel(max(level, logging.WARNING))
+    try:
+      archive.write_out(tmp, verbose=False)
+    finally:
+      tf_log.setLevel(level)
     record = {
         "name": name, "n_users": model.n_users, "n_items": model.n_items,
         "embed_dim": model.embed_dim, "attention": model.attention_kind,
