@@ -14,7 +14,7 @@ import traceback
 
 from absl import flags
 
-from maml_tf.config import ATTENTIONS, DATASETS, MODES, Config
+from maml_tf.config import ATTENTIONS, DATASETS, MODES, STRATEGIES, Config
 from maml_tf.errors import MamlError, UsageError
 
 FLAGS = flags.FLAGS
@@ -74,7 +74,10 @@ HELP = {
     "export_name": "exported model name (default maml_<dataset>)",
     "export_topk": "k of the serving_default and retrieve signatures",
     "retrieve_candidates": "candidates the retrieve signature's index passes to re-ranking",
-    "jit_compile": "compile the train step and evaluation with XLA",
+    "jit_compile": "compile the train step and evaluation with XLA (the "
+                   "train step only with --strategy=default)",
+    "strategy": "tf.distribute strategy: default (one device), mirrored (this "
+                "machine's devices) or multi_worker (a cluster from TF_CONFIG)",
 }
 
 
@@ -82,8 +85,9 @@ def define_flags():
   """Defines one flag per Config field, same name, same default."""
   for field in dataclasses.fields(Config):
     name, default, help_ = field.name, getattr(_D, field.name), HELP[field.name]
-    if name in ("dataset", "mode", "attention"):
-      options = {"dataset": DATASETS, "mode": MODES, "attention": ATTENTIONS}[name]
+    if name in ("dataset", "mode", "attention", "strategy"):
+      options = {"dataset": DATASETS, "mode": MODES, "attention": ATTENTIONS,
+                 "strategy": STRATEGIES}[name]
       flags.DEFINE_string(name, default, f"{help_}. One of: {', '.join(options)}")
     elif isinstance(default, bool):
       flags.DEFINE_boolean(name, default, help_)

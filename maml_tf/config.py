@@ -18,6 +18,7 @@ from maml_tf.errors import UsageError
 MODES = ("faithful", "paper")
 ATTENTIONS = ("scaled", "softmax", "none")
 DATASETS = ("office", "custom")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -76,6 +77,7 @@ class Config:
   export_topk: int = 10
   retrieve_candidates: int = 200
   jit_compile: bool = True
+  strategy: str = "default"
 
   @property
   def alpha(self) -> float:
@@ -127,6 +129,7 @@ class Config:
     choice("dataset", DATASETS)
     choice("mode", MODES)
     choice("attention", ATTENTIONS)
+    choice("strategy", STRATEGIES)
     for flag in ("embed_dim", "hidden_layer_dim", "text_dim", "num_neg",
                  "batch_size", "train_steps", "eva_batches", "keep_checkpoints",
                  "export_topk", "retrieve_candidates"):

@@ -251,17 +251,49 @@ class MAML(keras.Model):
   # ---------------------------------------------------------------- training
   def train_step(self, data):
     users, items = data
+    # Under tf.distribute each replica holds 1/n of the global batch and the
+    # optimizer sums the replicas' gradients. The hinge is a sum over the
+    # batch, so its per-replica sums add up to the global one; the feature,
+    # covariance and L2 terms cover the whole tables on every replica, so
+    # each replica takes 1/n of them: the summed gradient is then exactly
+    # one device's gradient on the global batch.
+    n = tf.distribute.get_replica_context().num_replicas_in_sync
     with tf.GradientTape() as tape:
       terms = self.loss_terms(users, items, training=self.paper_mode)
+      objective = terms["loss"]
+      if n > 1:
+        emb = terms["embedding_loss"]
+        objective = emb + (terms["loss"] - emb) / n
     variables = self.trainable_variables
-    grads = tape.gradient(terms["loss"], variables)
+    grads = tape.gradient(objective, variables)
+    if n > 1:
+      # Reported values are averaged over replicas: n x the local hinge sum
+      # averages to the global sum.
+      terms["embedding_loss"] = terms["embedding_loss"] * n
+      terms["loss"] = tf.add_n([v for k, v in terms.items() if k != "loss"])
     # The release's gradients are dense (the feature and covariance terms
     # touch every row), and Adam then updates every row's moments.
     grads = [tf.convert_to_tensor(g) for g in grads]
     self.optimizer.apply(grads, variables)
     for name, value in terms.items():
       self.trackers[name].update_state(value)
-    return {name: tracker.result() for name, tracker in self.trackers.items()}
+    logs = {name: tracker.result() for name, tracker in self.trackers.items()}
+    if isinstance(tf.distribute.get_strategy(),
+                  tf.distribute.MultiWorkerMirroredStrategy):
+      # Keras averages the logs over all workers' replicas with a reduce
+      # along axis 0, which needs at least one dimension: one value each.
+      logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
+
+  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    # Under a tf.distribute strategy Keras's fit() first averages one input
+    # batch over the replicas to build the model symbolically; that reduce
+    # fails under MultiWorkerMirroredStrategy for integer batches. This
+    # model builds every layer at construction, so there is nothing to infer
+    # from data: only the optimizer is left to build.
+    if all(layer.built for layer in self._flatten_layers()):
+      iterator, data_batch = None, None
+    return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
   # ---------------------------------------------------------------- scoring
   def score_items(self, users, item_chunk=None):

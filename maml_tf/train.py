@@ -11,6 +11,7 @@ trained forever and printed test metrics each round, the port trains
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -30,6 +31,7 @@ import numpy as np
 from maml_tf import callbacks as callbacks_lib
 from maml_tf import checkpoint as checkpoint_lib
 from maml_tf import data as data_lib
+from maml_tf import distribute
 from maml_tf import evaluate as eval_lib
 from maml_tf import model as model_lib
 from maml_tf.config import Config
@@ -52,7 +54,7 @@ def load_data(config: Config) -> Dataset:
 RESUMABLE_CHANGES = frozenset({
     "workdir", "overwrite", "restore_from", "keep_checkpoints", "tensorboard",
     "export", "export_dir", "export_name", "export_topk", "retrieve_candidates",
-    "jit_compile", "cache_dir", "train_steps"})
+    "jit_compile", "cache_dir", "train_steps", "strategy"})
 RUN_FILES = ("metrics.json", "metrics.jsonl", "flags.txt")
 RUN_DIRS = (checkpoint_lib.CHECKPOINTS, "tensorboard")
 
@@ -124,8 +126,11 @@ def lock_workdir(workdir: str):
   return lock
 
 
-def prepare_workdir(config: Config) -> Optional[str]:
+def prepare_workdir(config: Config, read_only: bool = False) -> Optional[str]:
   """Readies the workdir; returns the checkpoint to resume from, or None.
+
+  With `read_only` (a non-chief worker asking about the chief's workdir)
+  nothing is written or cleared: it only decides, or refuses, the same way.
 
   - A finished run (metrics.json says "finished": true) is refused unless
     --overwrite, which clears it.
@@ -139,15 +144,17 @@ def prepare_workdir(config: Config) -> Optional[str]:
     UsageError: refused, or the folder is not writable.
   """
   workdir = config.workdir
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write-test-{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise UsageError(f"`--workdir` must be a writable folder. Received: "
-                     f"{workdir!r} ({e.strerror})") from None
+  if not read_only:
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+      with open(probe, "w"):
+        pass
+      os.remove(probe)
+    except OSError as e:
+      raise UsageError(f"`--workdir` must be a writable folder. Received: "
+                       f"{workdir!r} ({e.strerror})") from None
+  clear = (lambda _: None) if read_only else clear_workdir
   summary_path = os.path.join(workdir, "metrics.json")
   try:
     with open(summary_path) as f:
@@ -159,16 +166,16 @@ def prepare_workdir(config: Config) -> Optional[str]:
       raise UsageError(
           f"`--workdir` holds a finished run ({summary_path}); pass --overwrite"
           f" to replace it or choose another folder. Received: {workdir!r}")
-    clear_workdir(workdir)
+    clear(workdir)
     return None
   last = checkpoint_lib.last_prefix(workdir)
   if last is None:
-    clear_workdir(workdir)
+    clear(workdir)
     return None
   changed = changed_flags(workdir, config)
   if changed:
     if config.overwrite:
-      clear_workdir(workdir)
+      clear(workdir)
       return None
     shown = ", ".join(f"--{name}: {there} there, {here} here"
                       for name, there, here in changed[:3])
@@ -179,17 +186,27 @@ def prepare_workdir(config: Config) -> Optional[str]:
   return last
 
 
-def build_model(config: Config, ds: Dataset) -> model_lib.MAML:
-  features = ds.feature_matrix()
-  model = model_lib.from_config(
-      config, ds.n_users, ds.n_items, 0 if features is None else features.shape[1])
-  if features is not None:
-    model.set_item_features(features)
-  model.compile(
-      optimizer=keras.optimizers.Adam(
-          learning_rate=config.learning_rate, beta_1=0.9, beta_2=0.999,
-          epsilon=1e-8),
-      jit_compile=config.jit_compile)
+def build_model(config: Config, ds: Dataset, strategy=None) -> model_lib.MAML:
+  """The compiled model, its variables created under `strategy`'s scope
+  (None: no tf.distribute strategy, one device).
+
+  Under a tf.distribute strategy the train step is not XLA-compiled as a
+  whole (XLA cannot read a replica's variables placed on another device);
+  the fast path's fused kernels still are.
+  """
+  scope = contextlib.nullcontext() if strategy is None else strategy.scope()
+  with scope:
+    features = ds.feature_matrix()
+    model = model_lib.from_config(
+        config, ds.n_users, ds.n_items,
+        0 if features is None else features.shape[1])
+    if features is not None:
+      model.set_item_features(features)
+    model.compile(
+        optimizer=keras.optimizers.Adam(
+            learning_rate=config.learning_rate, beta_1=0.9, beta_2=0.999,
+            epsilon=1e-8),
+        jit_compile=config.jit_compile and strategy is None)
   return model
 
 
@@ -245,18 +262,33 @@ def train_and_evaluate(config: Config, dataset: Optional[Dataset] = None,
       rounds before it are kept and metrics.json says what happened.
   """
   config.validate()
+  # First: MultiWorkerMirroredStrategy must exist before other TF work.
+  strategy = distribute.make_strategy(config.strategy)
+  scratch = distribute.scratch_workdir(config.workdir, strategy)
+  resume_from = None
+  if scratch is not None:
+    # A non-chief worker: it resumes from the chief's checkpoint (or refuses
+    # as the chief will) and writes only to its own scratch folder.
+    resume_from = prepare_workdir(config, read_only=True)
+    config = dataclasses.replace(config, workdir=scratch, tensorboard=False,
+                                 export=False, overwrite=True, restore_from=None)
+    verbose = 0
   if config.tensorboard:
     _require_tensorboard()
   lock = lock_workdir(config.workdir)
   try:
-    return _train(config, dataset, verbose)
+    if scratch is not None:
+      clear_workdir(config.workdir)
+    else:
+      resume_from = prepare_workdir(config)
+    return _train(config, dataset, verbose, strategy, resume_from)
   finally:
     lock.close()
 
 
-def _train(config: Config, dataset: Optional[Dataset], verbose: int) -> dict:
+def _train(config: Config, dataset: Optional[Dataset], verbose: int,
+           strategy, resume_from: Optional[str]) -> dict:
   """`train_and_evaluate` once the workdir is locked."""
-  resume_from = prepare_workdir(config)
   keras.utils.set_random_seed(config.seed)
   ds = load_data(config) if dataset is None else data_lib.split_validation(
       dataset, config.validation_fraction, config.seed)
@@ -270,7 +302,7 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int) -> dict:
     for name, source in ds.feature_sources.items():
       print(f"  {name}: {source}", flush=True)
 
-  model = build_model(config, ds)
+  model = build_model(config, ds, strategy)
   checkpointer = checkpoint_lib.Checkpointer(model, config.workdir,
                                              config.keep_checkpoints)
   eva = config.eva_batches

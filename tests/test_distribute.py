@@ -1,0 +1,186 @@
+"""Training under tf.distribute computes one device's step on the global batch.
+
+- `mirrored` on 2 logical CPU devices (set up in a child process, since the
+  device layout is fixed once TensorFlow starts) against the default
+  strategy, same initial weights, same batches: same weights after each
+  step, same reported loss terms.
+- `multi_worker`: two worker processes on 127.0.0.1 (TF_CONFIG) train a tiny
+  dataset to the end through scripts/train.py; both hold the same weights,
+  the same as a single-process run of the same command.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from maml_tf import distribute
+from maml_tf.errors import UsageError
+from tests.test_cli import ROOT, SCRIPT, run, write_release_layout
+
+MIRRORED_CHILD = textwrap.dedent(r"""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import numpy as np
+    from maml_tf import model as model_lib
+    from maml_tf.sampler import PairSampler
+
+    attention, features = sys.argv[1], sys.argv[2] == "1"
+    rng = np.random.default_rng(0)
+    pairs = np.unique(np.stack([rng.integers(0, 30, 240),
+                                rng.integers(0, 20, 240)], 1), axis=0)
+    item_features = rng.normal(size=(20, 6)).astype(np.float32)
+
+    def build(strategy):
+      with strategy.scope():
+        keras.utils.set_random_seed(0)
+        m = model_lib.MAML(30, 20, feature_dim=6 if features else 0,
+                           embed_dim=4, hidden_dim=16, attention=attention, seed=0)
+        if features:
+          m.set_item_features(item_features)
+        m.compile(optimizer=keras.optimizers.Adam(1e-2, epsilon=1e-8),
+                  jit_compile=False)
+      return m
+
+    sampler = PairSampler(pairs, 16, 3, seed=0)
+    out = {}
+    strategies = {"single": tf.distribute.get_strategy(),
+                  "mirrored": tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
+    for name, strategy in strategies.items():
+      m = build(strategy)
+      steps = []
+      for step in range(3):
+        hist = m.fit(sampler.dataset(step, 1), epochs=1, steps_per_epoch=1,
+                     verbose=0, shuffle=False)
+        steps.append({
+            "weights": [np.asarray(v.numpy()).tolist()
+                        for v in (m.user_embeddings, m.item_embeddings)],
+            "logs": {k: float(v[-1]) for k, v in hist.history.items()}})
+      out[name] = {"steps": steps,
+                   "replicas": strategy.num_replicas_in_sync}
+    json.dump(out, open(sys.argv[3], "w"))
+""")
+
+
+@pytest.mark.parametrize("attention,features", [("scaled", True), ("none", False)])
+def test_mirrored_step_equals_single_device_step(tmp_path, attention, features):
+  script = tmp_path / "child.py"
+  script.write_text(MIRRORED_CHILD)
+  out_path = tmp_path / "out.json"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+  proc = subprocess.run(
+      [sys.executable, str(script), attention, "1" if features else "0",
+       str(out_path)], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(out_path.read_text())
+  assert out["single"]["replicas"] == 1 and out["mirrored"]["replicas"] == 2
+  for one, two in zip(out["single"]["steps"], out["mirrored"]["steps"]):
+    for a, b in zip(one["weights"], two["weights"]):
+      np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-5, atol=1e-6)
+    # The reported terms are the global ones: the hinge summed over the
+    # whole batch, the whole-table terms counted once.
+    assert set(one["logs"]) == set(two["logs"])
+    for name, value in one["logs"].items():
+      assert two["logs"][name] == pytest.approx(value, rel=1e-5, abs=1e-5), name
+  # The steps did move the weights (else equality would prove nothing).
+  first, last = out["single"]["steps"][0], out["single"]["steps"][-1]
+  assert not np.allclose(first["weights"][0], last["weights"][0])
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _weights(workdir, step):
+  reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", f"ckpt-{step}"))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if k.startswith("model/") and "embeddings" in k}
+
+
+def test_two_local_workers_train_to_the_end_with_equal_weights(tmp_path):
+  data = tmp_path / "data"
+  features = write_release_layout(str(data))
+  common = ["--dataset=custom", f"--data_dir={data}",
+            f"--extra_features=meta={features}", "--embed_dim=8",
+            "--hidden_layer_dim=16", "--batch_size=16", "--num_neg=2",
+            "--train_steps=6", "--eva_batches=3", "--noexport", "--notensorboard",
+            f"--cache_dir={tmp_path / 'cache'}"]
+  workdir = tmp_path / "multi"
+  cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+  procs = []
+  for index in (1, 0):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    procs.append(subprocess.Popen(
+        [sys.executable, SCRIPT] + common + ["--strategy=multi_worker",
+                                             f"--workdir={workdir}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True))
+  try:
+    results = [p.communicate(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (_, err) in zip(procs, results):
+    assert p.returncode == 0, err[-3000:]
+  # The chief (worker 0) owns the workdir; worker 1 wrote to its scratch.
+  scratch = tmp_path / "multi.worker-1"
+  summary = json.loads((workdir / "metrics.json").read_text())
+  assert summary["finished"] is True and summary["last"]["step"] == 6
+  assert not (scratch / "tensorboard").exists()
+  chief, other = _weights(str(workdir), 6), _weights(str(scratch), 6)
+  assert set(chief) == set(other) and len(chief) == 2
+  for name in chief:
+    np.testing.assert_array_equal(chief[name], other[name])
+  # The same command on one process: the same training.
+  single = tmp_path / "single"
+  proc = run(common + [f"--workdir={single}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  alone = _weights(str(single), 6)
+  for name in chief:
+    np.testing.assert_allclose(chief[name], alone[name], rtol=1e-5, atol=1e-6)
+  records = lambda d: [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+  for a, b in zip(records(workdir), records(single)):
+    assert a["step"] == b["step"]
+    assert a["test"]["ndcg@10"] == pytest.approx(b["test"]["ndcg@10"], abs=1e-6)
+    for term, value in b["train"].items():
+      assert a["train"][term] == pytest.approx(value, rel=1e-4, abs=1e-4), term
+
+
+def test_multi_worker_needs_a_valid_tf_config(monkeypatch):
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  with pytest.raises(UsageError, match="TF_CONFIG environment variable"):
+    distribute.make_strategy("multi_worker")
+  monkeypatch.setenv("TF_CONFIG", "{not json")
+  with pytest.raises(UsageError, match="must be JSON"):
+    distribute.make_strategy("multi_worker")
+  monkeypatch.setenv("TF_CONFIG", json.dumps(
+      {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}))
+  with pytest.raises(UsageError, match="`task`"):
+    distribute.make_strategy("multi_worker")
+
+
+def test_default_strategy_is_the_chief_with_no_scratch():
+  assert distribute.make_strategy("default") is None
+  assert distribute.task(None) == ("chief", 0)
+  assert distribute.is_chief(None)
+  assert distribute.scratch_workdir("runs/x", None) is None
+
+
+def test_cli_rejects_an_unknown_strategy(tmp_path):
+  proc = run(["--strategy=parameter_server", f"--workdir={tmp_path / 'w'}"])
+  assert proc.returncode == 2
+  assert "`--strategy` must be one of default, mirrored, multi_worker. " \
+         "Received: 'parameter_server'" in proc.stderr
