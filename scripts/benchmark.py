@@ -17,6 +17,8 @@ features of those sizes, which cost the same):
   of users, extrapolated.
 - serve: p50/p99 latency of the SavedModel's serving_default and retrieve
   signatures for 1 and 100 users, in-process.
+- workers: training throughput of 1 and of 2 local worker processes under
+  `--strategy=multi_worker` (TF_CONFIG on 127.0.0.1), same global batch.
 - scale: training throughput and per-user evaluation cost on synthetic
   catalogues of 10k and 100k items with Office's users-per-item and
   interactions-per-user densities.
@@ -79,13 +81,13 @@ def _config(**overrides):
   return Config(**base)
 
 
-def _train_throughput(ds, steps, fast=True):
+def _train_throughput(ds, steps, fast=True, strategy=None):
   import keras
   from maml_tf import train
   from maml_tf.sampler import PairSampler
   config = _config()
   keras.utils.set_random_seed(0)
-  model = train.build_model(config, ds)
+  model = train.build_model(config, ds, strategy)
   model.use_fastpath = fast
   sampler = PairSampler(ds.train, config.batch_size, config.num_neg, 0)
   times = []
@@ -182,9 +184,47 @@ def _serve_latency(ds, repeats):
   return out
 
 
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _workers(n, quick):
+  """Throughput of `n` local worker processes (MultiWorkerMirroredStrategy).
+
+  Each worker gets 1/n of every global batch of 5000; the figure is the
+  global pairs/s the chief measures.
+  """
+  cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(n)]}
+  procs = []
+  for index in range(n):
+    env = dict(os.environ, TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    cmd = [sys.executable, os.path.abspath(__file__), "--scenario=worker"]
+    if quick:
+      cmd.append("--quick")
+    procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  outs = [p.communicate(timeout=900) for p in procs]
+  line = [l for l in outs[0][0].splitlines() if l.startswith("RESULT ")]
+  if procs[0].returncode or not line:
+    raise RuntimeError(f"worker 0 failed: {outs[0][1][-1500:]}")
+  return json.loads(line[-1][len("RESULT "):])
+
+
 def run_scenario(name, quick):
   from maml_tf import data
   steps = 10 if quick else 40
+  if name == "worker":  # one worker of a `workers` scenario, TF_CONFIG set
+    from maml_tf import distribute
+    strategy = distribute.make_strategy("multi_worker")
+    ds = _synthetic(OFFICE_ITEMS)
+    return {"train": _train_throughput(ds, steps, strategy=strategy),
+            "peak_rss_mb": _peak_mb()}
+  if name == "workers":
+    return {"1": _workers(1, quick), "2": _workers(2, quick)}
   if name == "train":
     ds = _synthetic(OFFICE_ITEMS)
     result = {"fast": _train_throughput(ds, steps, fast=True),
@@ -246,6 +286,11 @@ def table(results):
         f"from {e['plain']['users']} users; plain/fast "
         f"{e['plain']['seconds_full'] / e['fast']['seconds_full']:.1f}x")
     row("eval peak RSS (MB)", f"{e['peak_rss_mb']:,.0f}")
+  if "workers" in r:
+    for n, w in sorted(r["workers"].items()):
+      row(f"train, {n} local worker(s) (multi_worker), pairs/s",
+          f"{w['train']['pairs_per_s']:,.0f}",
+          f"{w['train']['ms_per_step']:.0f} ms/step")
   if "serve" in r:
     for key, v in r["serve"].items():
       if isinstance(v, dict):
@@ -268,7 +313,7 @@ def main(argv):
     print("RESULT " + json.dumps(run_scenario(FLAGS.scenario, FLAGS.quick)))
     return 0
   results = {"machine": machine(), "quick": FLAGS.quick}
-  scenarios = ["train", "eval", "serve", "scale10000", "scale100000"]
+  scenarios = ["train", "eval", "serve", "workers", "scale10000", "scale100000"]
   for name in scenarios:
     start = time.perf_counter()
     cmd = [sys.executable, os.path.abspath(__file__), f"--scenario={name}"]
