@@ -285,7 +285,9 @@ class Checkpointer:
 
   def _build_optimizer(self):
     if not self.model.optimizer.built:
-      self.model.optimizer.build(self.model.trainable_variables)
+      # Under tf.distribute the slots must be created in the model's scope.
+      with self.model.distribute_strategy.scope():
+        self.model.optimizer.build(self.model.trainable_variables)
 
   def restore(self, prefix) -> int:
     """Restores weights, optimizer state and step; returns the step."""

@@ -5,8 +5,9 @@
   strategy, same initial weights, same batches: same weights after each
   step, same reported loss terms.
 - `multi_worker`: two worker processes on 127.0.0.1 (TF_CONFIG) train a tiny
-  dataset to the end through scripts/train.py; both hold the same weights,
-  the same as a single-process run of the same command.
+  dataset through scripts/train.py, are killed after a checkpoint, rerun,
+  resume and finish; both hold the same weights, the same as an
+  uninterrupted single-process run of the same command.
 """
 
 import json
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -109,15 +111,7 @@ def _weights(workdir, step):
           if k.startswith("model/") and "embeddings" in k}
 
 
-def test_two_local_workers_train_to_the_end_with_equal_weights(tmp_path):
-  data = tmp_path / "data"
-  features = write_release_layout(str(data))
-  common = ["--dataset=custom", f"--data_dir={data}",
-            f"--extra_features=meta={features}", "--embed_dim=8",
-            "--hidden_layer_dim=16", "--batch_size=16", "--num_neg=2",
-            "--train_steps=6", "--eva_batches=3", "--noexport", "--notensorboard",
-            f"--cache_dir={tmp_path / 'cache'}"]
-  workdir = tmp_path / "multi"
+def _start_workers(common, workdir):
   cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
   procs = []
   for index in (1, 0):
@@ -128,6 +122,37 @@ def test_two_local_workers_train_to_the_end_with_equal_weights(tmp_path):
                                              f"--workdir={workdir}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True))
+  return procs
+
+
+def test_two_local_workers_resume_after_kill_and_match_one_process(tmp_path):
+  data = tmp_path / "data"
+  features = write_release_layout(str(data))
+  common = ["--dataset=custom", f"--data_dir={data}",
+            f"--extra_features=meta={features}", "--embed_dim=8",
+            "--hidden_layer_dim=16", "--batch_size=16", "--num_neg=2",
+            "--train_steps=60", "--eva_batches=4", "--noexport", "--notensorboard",
+            f"--cache_dir={tmp_path / 'cache'}"]
+  workdir = tmp_path / "multi"
+  # Run 1: both workers are killed (SIGKILL) once the chief has written the
+  # checkpoint of step 8.
+  procs = _start_workers(common, workdir)
+  marker = workdir / "checkpoints" / "ckpt-8.index"
+  deadline = time.time() + 300
+  try:
+    while not marker.exists() and time.time() < deadline:
+      if any(p.poll() is not None for p in procs):
+        break
+      time.sleep(0.05)
+  finally:
+    for p in procs:
+      p.kill()
+      p.communicate()
+  assert marker.exists(), "the chief never wrote its step-8 checkpoint"
+  summary = workdir / "metrics.json"
+  assert not (summary.exists() and json.loads(summary.read_text())["finished"])
+  # Run 2: the same commands resume from the chief's checkpoint and finish.
+  procs = _start_workers(common, workdir)
   try:
     results = [p.communicate(timeout=300) for p in procs]
   finally:
@@ -135,25 +160,26 @@ def test_two_local_workers_train_to_the_end_with_equal_weights(tmp_path):
       p.kill()
   for p, (_, err) in zip(procs, results):
     assert p.returncode == 0, err[-3000:]
+  assert "Resuming from step" in results[1][0]
   # The chief (worker 0) owns the workdir; worker 1 wrote to its scratch.
   scratch = tmp_path / "multi.worker-1"
-  summary = json.loads((workdir / "metrics.json").read_text())
-  assert summary["finished"] is True and summary["last"]["step"] == 6
+  assert json.loads(summary.read_text())["finished"] is True
   assert not (scratch / "tensorboard").exists()
-  chief, other = _weights(str(workdir), 6), _weights(str(scratch), 6)
+  chief, other = _weights(str(workdir), 60), _weights(str(scratch), 60)
   assert set(chief) == set(other) and len(chief) == 2
   for name in chief:
     np.testing.assert_array_equal(chief[name], other[name])
-  # The same command on one process: the same training.
+  # The same command on one process, uninterrupted: the same training.
   single = tmp_path / "single"
   proc = run(common + [f"--workdir={single}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  alone = _weights(str(single), 6)
+  alone = _weights(str(single), 60)
   for name in chief:
-    np.testing.assert_allclose(chief[name], alone[name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(chief[name], alone[name], rtol=1e-5, atol=1e-5)
   records = lambda d: [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
-  for a, b in zip(records(workdir), records(single)):
-    assert a["step"] == b["step"]
+  multi, one = records(workdir), records(single)
+  assert [r["step"] for r in multi] == [r["step"] for r in one] == list(range(4, 61, 4))
+  for a, b in zip(multi, one):
     assert a["test"]["ndcg@10"] == pytest.approx(b["test"]["ndcg@10"], abs=1e-6)
     for term, value in b["train"].items():
       assert a["train"][term] == pytest.approx(value, rel=1e-4, abs=1e-4), term
