@@ -85,7 +85,8 @@ def model_variables(model) -> Dict[str, tf.Variable]:
   if model.fusion is not None:
     out["item_features"] = model.item_features
     out["fused_features"] = model.fused_features
-  for name, layer in (("fusion", model.fusion), ("attention", model.attention)):
+  for name in ("fusion", "attention", "relation"):
+    layer = getattr(model, name, None)
     if layer is not None:
       _layer_variables(layer, name, out)
   missing = {id(v) for v in model.variables} - {id(v) for v in out.values()}

@@ -14,7 +14,8 @@ import traceback
 
 from absl import flags
 
-from maml_tf.config import ATTENTIONS, DATASETS, MODES, STRATEGIES, Config
+from maml_tf.config import (ATTENTIONS, DATASETS, MODELS, MODES, NEGATIVE_RELATIONS,
+                            PROTOCOLS, STRATEGIES, Config)
 from maml_tf.errors import MamlError, UsageError
 
 FLAGS = flags.FLAGS
@@ -35,6 +36,16 @@ HELP = {
                  "or ~/.cache/maml_tf)",
     "validation_fraction": "share of each user's train items held out to select "
                            "the best round (0: the release's protocol)",
+    "model": "maml (attention over user, item and item features), lrml (LRML's "
+             "memory relation, no features) or cml (plain distance, no "
+             "features; same as --attention=none --modalities=)",
+    "memory_slots": "LRML: number of memory slots N (keys and slices)",
+    "negative_relation": "LRML: the negative pair reuses the positive pair's "
+                         "relation (positive, the authors' code) or gets its own",
+    "protocol": "evaluation protocol: release (full ranking on the release's "
+                "split) or loo (leave the last interaction out by time, ranked "
+                "among --loo_negatives sampled items; HR and nDCG)",
+    "loo_negatives": "items sampled per test user under --protocol=loo",
     "mode": "faithful (the release: only P and Q train) or paper (the networks "
             "train, dropout and L2 active)",
     "attention": "scaled (alpha=K), softmax (alpha=1) or none (plain CML distance)",
@@ -85,9 +96,11 @@ def define_flags():
   """Defines one flag per Config field, same name, same default."""
   for field in dataclasses.fields(Config):
     name, default, help_ = field.name, getattr(_D, field.name), HELP[field.name]
-    if name in ("dataset", "mode", "attention", "strategy"):
-      options = {"dataset": DATASETS, "mode": MODES, "attention": ATTENTIONS,
-                 "strategy": STRATEGIES}[name]
+    enums = {"dataset": DATASETS, "mode": MODES, "attention": ATTENTIONS,
+             "strategy": STRATEGIES, "model": MODELS, "protocol": PROTOCOLS,
+             "negative_relation": NEGATIVE_RELATIONS}
+    if name in enums:
+      options = enums[name]
       flags.DEFINE_string(name, default, f"{help_}. One of: {', '.join(options)}")
     elif isinstance(default, bool):
       flags.DEFINE_boolean(name, default, help_)

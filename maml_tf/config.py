@@ -19,6 +19,9 @@ MODES = ("faithful", "paper")
 ATTENTIONS = ("scaled", "softmax", "none")
 DATASETS = ("office", "custom")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+MODELS = ("maml", "lrml", "cml")
+NEGATIVE_RELATIONS = ("positive", "own")
+PROTOCOLS = ("release", "loo")
 MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -38,6 +41,7 @@ class Config:
   validation_fraction: float = 0.0
 
   # Model.
+  model: str = "maml"
   mode: str = "faithful"
   attention: str = "scaled"
   embed_dim: int = 64
@@ -47,6 +51,8 @@ class Config:
   attention_l2: float = 100.0
   feature_scaling: float = 1.0
   clip_norm: float = 1.0
+  memory_slots: int = 10
+  negative_relation: str = "positive"
 
   # Loss and optimiser.
   margin: float = 1.6
@@ -63,6 +69,8 @@ class Config:
   eva_batches: int = 400
   topk: Tuple[int, ...] = (10,)
   select_metric: str = "ndcg@10"
+  protocol: str = "release"
+  loo_negatives: int = 100
   seed: int = 0
 
   # Outputs.
@@ -87,7 +95,12 @@ class Config:
   @property
   def model_name(self) -> str:
     """The exported model's name: saved_models/<model_name>/<version>/."""
-    return self.export_name or f"maml_{self.dataset}"
+    return self.export_name or f"{self.model}_{self.dataset}"
+
+  @property
+  def uses_features(self) -> bool:
+    """MAML uses item features; CML and LRML have none."""
+    return self.model == "maml"
 
   @property
   def feature_paths(self) -> dict:
@@ -130,9 +143,13 @@ class Config:
     choice("mode", MODES)
     choice("attention", ATTENTIONS)
     choice("strategy", STRATEGIES)
+    choice("model", MODELS)
+    choice("negative_relation", NEGATIVE_RELATIONS)
+    choice("protocol", PROTOCOLS)
     for flag in ("embed_dim", "hidden_layer_dim", "text_dim", "num_neg",
                  "batch_size", "train_steps", "eva_batches", "keep_checkpoints",
-                 "export_topk", "retrieve_candidates"):
+                 "export_topk", "retrieve_candidates", "memory_slots",
+                 "loo_negatives"):
       number(flag, 1, integer=True)
     number("hidden_layer_dim", 2, integer=True)
     for flag in ("dropout", "attention_dropout"):
@@ -148,6 +165,9 @@ class Config:
     for k in self.topk:
       if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         fail("topk", "must be positive integers", ",".join(map(str, self.topk)))
+    if self.model == "lrml" and self.num_neg != 1:
+      fail("num_neg", "must be 1 with --model=lrml (one negative per positive, "
+           "as LRML trains)", self.num_neg)
     if self.train_steps % self.eva_batches:
       fail("train_steps", f"must be a multiple of --eva_batches "
            f"({self.eva_batches}), one evaluation per round", self.train_steps)
@@ -156,6 +176,9 @@ class Config:
         or int(k) not in self.topk):
       fail("select_metric", "must be ndcg|recall|hr|precision@k with k in "
            "--topk", self.select_metric)
+    if self.protocol == "loo" and metric not in ("ndcg", "hr"):
+      fail("select_metric", "must be ndcg@k or hr@k with --protocol=loo (its "
+           "only metrics)", self.select_metric)
     if self.modalities is not None:
       for name in self.modalities:
         if not MODALITY_NAME.match(name):

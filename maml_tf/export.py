@@ -18,7 +18,8 @@ float32; k = `topk` and N = `retrieve_candidates` are fixed at export):
 - `score`: `user_ids` [B], `item_ids` [B] -> `scores` [B] (= -d(u, i), known
   items not excluded) and `attention` [B, K], the pair's attention weights
   a = alpha * softmax(.) (all ones for a model with attention=none, whose
-  distance is the plain one).
+  distance is the plain one; for LRML, [B, N] the memory attention beta over
+  its N slots, whose distance is ||p + r - q||^2).
 - `retrieve` (two-stage): a TFRS BruteForce index over the plain Euclidean
   geometry (`maml_tf.retrieval`) picks the N nearest unknown items, then the
   attention re-ranks them: `user_ids` [B] -> `item_ids` [B, k], `scores`
@@ -71,6 +72,7 @@ import numpy as np
 import tensorflow as tf
 
 from maml_tf import evaluate as eval_lib
+from maml_tf import lrml as lrml_lib
 from maml_tf import model as model_lib
 from maml_tf.errors import UsageError
 
@@ -175,6 +177,9 @@ class ServingGraphs:
     q = tf.gather(model.item_embeddings, items)
     if items.shape.rank == 2:
       p = p[:, None, :]
+    relation = getattr(model, "relation", None)
+    if relation is not None:  # LRML: the memory attention over its N slots
+      return relation.attention(p, q), lrml_lib.relation_distance(p, q, relation(p, q))
     if model.attention is None:
       return None, model_lib.attentive_distance(None, p, q)
     user = model.attention.user_part(p)
@@ -357,7 +362,8 @@ def export_saved_model(model, dataset, export_dir, name, version=None, topk=10,
     finally:
       tf_log.setLevel(level)
     record = {
-        "name": name, "n_users": model.n_users, "n_items": model.n_items,
+        "name": name, "model": model.model_kind,
+        "n_users": model.n_users, "n_items": model.n_items,
         "embed_dim": model.embed_dim, "attention": model.attention_kind,
         "mode": model.mode, "topk": int(topk),
         "retrieve_candidates": int(retrieve_candidates),

@@ -17,6 +17,7 @@ the plain computation in tests/test_model.py:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import keras
@@ -116,6 +117,15 @@ class MAML(keras.Model):
   @property
   def paper_mode(self):
     return self.mode == "paper"
+
+  @property
+  def model_kind(self):
+    """"maml", or "cml" without attention (plain distance)."""
+    return "maml" if self.attention is not None else "cml"
+
+  def score_pairs(self, users, items):
+    """Scores -d(u, i) of users [B] against their own items [B, C]."""
+    return -self.pair_distances(users, items, self.item_fusion(False))
 
   @property
   def loss_names(self):
@@ -349,7 +359,16 @@ class MAML(keras.Model):
 
 
 def from_config(config, n_users, n_items, feature_dim):
-  """Builds the MAML of a `maml_tf.config.Config`."""
+  """Builds the model `config.model` names (MAML, LRML or CML)."""
+  if config.model == "lrml":
+    from maml_tf.lrml import LRML  # pylint: disable=g-import-not-at-top
+    return LRML(n_users, n_items, embed_dim=config.embed_dim,
+                memory_slots=config.memory_slots, margin=config.margin,
+                negative_relation=config.negative_relation,
+                clip_norm=config.clip_norm, seed=config.seed, name="lrml")
+  if config.model == "cml":
+    config = dataclasses.replace(config, attention="none")
+    feature_dim = 0
   return MAML(
       n_users, n_items, feature_dim=feature_dim, embed_dim=config.embed_dim,
       hidden_dim=config.hidden_layer_dim, attention=config.attention,

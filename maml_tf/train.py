@@ -43,10 +43,27 @@ log = logging.getLogger("maml_tf")
 
 
 def load_data(config: Config) -> Dataset:
-  """The dataset of a config, its modalities chosen and validation split."""
+  """The dataset of a config: its modalities chosen (none for CML and LRML),
+  re-split by the protocol, and its validation split held out."""
+  modalities, paths = config.modalities, config.feature_paths
+  if not config.uses_features:
+    if paths or modalities:
+      log.warning("--model=%s uses no item features; ignoring %s", config.model,
+                  ", ".join(sorted(paths) or modalities))
+    modalities, paths = (), {}
   ds = data_lib.load_dataset(
-      config.dataset, config.data_dir, config.modalities, config.feature_paths,
+      config.dataset, config.data_dir, modalities, paths,
       config.text_dim, config.seed, config.cache_dir)
+  return prepare_data(config, ds)
+
+
+def prepare_data(config: Config, ds: Dataset) -> Dataset:
+  """The protocol's split (leave-one-out by time for loo), then validation."""
+  if not config.uses_features and ds.features:
+    ds = dataclasses.replace(ds, features={}, feature_sources={})
+  if config.protocol == "loo":
+    from maml_tf import protocol as protocol_lib  # pylint: disable=g-import-not-at-top
+    ds = protocol_lib.leave_one_out(ds)
   return data_lib.split_validation(ds, config.validation_fraction, config.seed)
 
 
@@ -196,7 +213,7 @@ def build_model(config: Config, ds: Dataset, strategy=None) -> model_lib.MAML:
   """
   scope = contextlib.nullcontext() if strategy is None else strategy.scope()
   with scope:
-    features = ds.feature_matrix()
+    features = ds.feature_matrix() if config.uses_features else None
     model = model_lib.from_config(
         config, ds.n_users, ds.n_items,
         0 if features is None else features.shape[1])
@@ -215,6 +232,17 @@ def build_evaluators(config: Config, ds: Dataset, model, jit_compile=None):
   jit = config.jit_compile if jit_compile is None else jit_compile
   known = np.concatenate([ds.train, ds.valid]) if len(ds.valid) else ds.train
   evaluators = {}
+  if config.protocol == "loo":
+    from maml_tf import protocol as protocol_lib  # pylint: disable=g-import-not-at-top
+    # Candidates: the held-out item and --loo_negatives items the user never
+    # interacted with anywhere (train, validation or test).
+    every = np.concatenate([known, ds.test])
+    for split, target in (("valid", ds.valid), ("test", ds.test)):
+      if len(target):
+        evaluators[split] = protocol_lib.SampledEvaluator(
+            model, every, target, config.topk, n_neg=config.loo_negatives,
+            seed=config.seed + (1 if split == "valid" else 0))
+    return evaluators
   if len(ds.valid):
     evaluators["valid"] = eval_lib.Evaluator(model, ds.train, ds.valid,
                                              config.topk, jit_compile=jit)
@@ -290,8 +318,7 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
            strategy, resume_from: Optional[str]) -> dict:
   """`train_and_evaluate` once the workdir is locked."""
   keras.utils.set_random_seed(config.seed)
-  ds = load_data(config) if dataset is None else data_lib.split_validation(
-      dataset, config.validation_fraction, config.seed)
+  ds = load_data(config) if dataset is None else prepare_data(config, dataset)
   if config.batch_size > len(ds.train):
     raise UsageError(f"`--batch_size` must be <= the number of train pairs "
                      f"({len(ds.train)}). Received: {config.batch_size}")

@@ -247,3 +247,42 @@ def evaluate(scores, train_items, test_items, k):
       totals[name] += value
     n_users += 1
   return {name: total / n_users for name, total in totals.items()}
+
+
+# ------------------------------------------------------------------- LRML
+# Written from SPEC_LRML.md: s = p * q, beta = softmax(s K^T) over the N
+# memory slots, r = beta M, D = ||p + r - q||^2; the hinge
+# max(0, m + D(u, i+) - D(u, i-)) summed, the negative reusing the positive
+# pair's r in the authors' code.
+
+
+def lrml_relation(p, q, keys, memory):
+  """r for one pair: p, q [d]; keys, memory [N, d]."""
+  p, q, keys, memory = map(_as_f64, (p, q, keys, memory))
+  logits = [float(np.dot(p * q, keys[n])) for n in range(len(keys))]
+  top = max(logits)
+  weights = [math.exp(x - top) for x in logits]
+  total = sum(weights)
+  beta = [w / total for w in weights]
+  r = np.zeros(len(p))
+  for n, b in enumerate(beta):
+    r = r + b * memory[n]
+  return r, np.array(beta)
+
+
+def lrml_distance(p, q, r):
+  """||p + r - q||^2 for one pair."""
+  diff = _as_f64(p) + _as_f64(r) - _as_f64(q)
+  return float(sum(x * x for x in diff))
+
+
+def lrml_loss(P, Q, keys, memory, users, pos, neg, margin, shared_relation=True):
+  """Sum over the batch of max(0, m + D(u, i+) - D(u, i-))."""
+  total = 0.0
+  for u, i, j in zip(users, pos, neg):
+    r_pos, _ = lrml_relation(P[u], Q[i], keys, memory)
+    r_neg = r_pos if shared_relation else lrml_relation(P[u], Q[j], keys, memory)[0]
+    d_pos = lrml_distance(P[u], Q[i], r_pos)
+    d_neg = lrml_distance(P[u], Q[j], r_neg)
+    total += max(0.0, margin + d_pos - d_neg)
+  return total

@@ -113,6 +113,12 @@ def test_finished_workdir_is_not_silently_overwritten(tiny):
     (["--modalities=text,image"], "image"),
     (["--num_neg=two"], "num_neg"),
     (["--learning_rate=0"], "`--learning_rate` must be > 0. Received: 0"),
+    (["--model=bpr"], "`--model` must be one of maml, lrml, cml. Received: 'bpr'"),
+    (["--model=lrml"], "`--num_neg` must be 1 with --model=lrml"),
+    (["--protocol=ncf"], "`--protocol` must be one of release, loo. Received: 'ncf'"),
+    (["--protocol=loo", "--select_metric=recall@10"],
+     "`--select_metric` must be ndcg@k or hr@k with --protocol=loo"),
+    (["--memory_slots=0"], "`--memory_slots` must be >= 1. Received: 0"),
 ])
 def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
   proc = run(args + [f"--workdir={tmp_path / 'w'}", "--noexport",

@@ -1,0 +1,126 @@
+"""LRML: the memory layer's round trip, its distance and loss against the
+numpy oracle, a train step, and the CLI end to end (train, export, serve)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from maml_tf.lrml import LRML, MemoryRelation
+from tests import oracles
+
+N_USERS, N_ITEMS, K, SLOTS = 7, 9, 4, 3
+
+
+def _model(negative_relation="positive", seed=0):
+  keras.utils.set_random_seed(seed)
+  m = LRML(N_USERS, N_ITEMS, embed_dim=K, memory_slots=SLOTS, margin=0.5,
+           negative_relation=negative_relation, seed=seed)
+  m.compile(optimizer=keras.optimizers.Adam(1e-2, epsilon=1e-8))
+  return m
+
+
+def _np(v):
+  return np.asarray(keras.ops.convert_to_numpy(v), np.float64)
+
+
+def test_memory_layer_round_trip():
+  layer = MemoryRelation(slots=SLOTS, embed_dim=K, seed=3, name="rel")
+  layer.build()
+  clone = MemoryRelation.from_config(layer.get_config())
+  clone.build()
+  assert clone.get_config() == layer.get_config()
+  clone.set_weights(layer.get_weights())
+  p = np.random.default_rng(0).normal(size=(5, K)).astype(np.float32)
+  q = np.random.default_rng(1).normal(size=(5, K)).astype(np.float32)
+  np.testing.assert_allclose(clone(p, q), layer(p, q), rtol=1e-6)
+  restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+  assert isinstance(restored, MemoryRelation) and restored.slots == SLOTS
+
+
+def test_distance_and_attention_match_the_oracle():
+  m = _model()
+  P, Q = _np(m.user_embeddings), _np(m.item_embeddings)
+  keys, memory = _np(m.relation.keys), _np(m.relation.memory)
+  users = np.array([0, 3, 6], np.int32)
+  items = np.array([[1, 2, 8], [0, 4, 5], [7, 7, 3]], np.int32)
+  d = m.pair_distances(tf.constant(users), tf.constant(items)).numpy()
+  scores = m.score_items(tf.constant(users), item_chunk=4).numpy()
+  beta = m.pair_attention(tf.constant(users), tf.constant(items[:, 0])).numpy()
+  for row, u in enumerate(users):
+    for col, i in enumerate(items[row]):
+      r, b = oracles.lrml_relation(P[u], Q[i], keys, memory)
+      assert d[row, col] == pytest.approx(oracles.lrml_distance(P[u], Q[i], r), rel=1e-5)
+      if col == 0:
+        np.testing.assert_allclose(beta[row], b, rtol=1e-5)
+    for i in range(N_ITEMS):
+      r, _ = oracles.lrml_relation(P[u], Q[i], keys, memory)
+      assert scores[row, i] == pytest.approx(-oracles.lrml_distance(P[u], Q[i], r),
+                                             rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("negative_relation", ["positive", "own"])
+def test_loss_matches_the_oracle(negative_relation):
+  m = _model(negative_relation)
+  rng = np.random.default_rng(2)
+  users = rng.integers(0, N_USERS, 12).astype(np.int32)
+  items = rng.integers(0, N_ITEMS, (12, 2)).astype(np.int32)
+  terms = m.loss_terms(tf.constant(users), tf.constant(items))
+  expected = oracles.lrml_loss(
+      _np(m.user_embeddings), _np(m.item_embeddings), _np(m.relation.keys),
+      _np(m.relation.memory), users, items[:, 0], items[:, 1], 0.5,
+      shared_relation=negative_relation == "positive")
+  assert expected > 0
+  assert float(terms["embedding_loss"]) == pytest.approx(expected, rel=1e-5)
+  assert float(terms["loss"]) == float(terms["embedding_loss"])
+  assert set(terms) == {"loss", "embedding_loss"}
+
+
+def test_the_two_negative_relations_differ():
+  users = tf.constant([0, 1, 2, 3], tf.int32)
+  items = tf.constant([[1, 2], [3, 4], [5, 6], [7, 8]], tf.int32)
+  a = float(_model("positive").loss_terms(users, items)["loss"])
+  b = float(_model("own").loss_terms(users, items)["loss"])
+  assert a != pytest.approx(b, rel=1e-6)
+
+
+def test_train_step_moves_embeddings_and_memory_and_clips_rows():
+  m = _model()
+  before = {v.path: _np(v) for v in m.trainable_variables}
+  assert len(before) == 4  # P, Q, keys, memory
+  users = tf.constant([0, 1, 2, 3, 4, 5], tf.int32)
+  items = tf.constant([[1, 2], [3, 4], [5, 6], [7, 8], [0, 1], [2, 3]], tf.int32)
+  for _ in range(5):
+    logs = m.train_step((users, items))
+  assert set(logs) == {"loss", "embedding_loss"}
+  for v in m.trainable_variables:
+    assert not np.allclose(_np(v), before[v.path]), v.path
+  for table in (m.user_embeddings, m.item_embeddings):
+    assert np.linalg.norm(_np(table), axis=1).max() <= 1.0 + 1e-6
+
+
+def test_lrml_from_the_cli_trains_exports_and_serves(tmp_path):
+  from tests.test_cli import run, write_release_layout
+  data = tmp_path / "data"
+  write_release_layout(str(data))
+  workdir = tmp_path / "run"
+  proc = run(["--dataset=custom", f"--data_dir={data}", "--model=lrml",
+              "--num_neg=1", "--margin=0.5", "--memory_slots=5", "--embed_dim=8",
+              "--batch_size=16", "--train_steps=6", "--eva_batches=3",
+              "--notensorboard", f"--export_dir={tmp_path / 'exports'}",
+              f"--workdir={workdir}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads((workdir / "metrics.json").read_text())
+  assert summary["finished"] is True and summary["modalities"] == []
+  path = tmp_path / "exports" / "lrml_custom" / "1"
+  loaded = tf.saved_model.load(str(path))
+  out = loaded.signatures["score"](user_ids=tf.constant([0, 1], tf.int64),
+                                   item_ids=tf.constant([2, 3], tf.int64))
+  assert out["attention"].shape == (2, 5)  # the memory attention over 5 slots
+  np.testing.assert_allclose(out["attention"].numpy().sum(1), 1.0, rtol=1e-5)
+  rec = loaded.signatures["serving_default"](user_ids=tf.constant([0], tf.int64))
+  assert rec["item_ids"].shape == (1, 10)
+  info = json.loads((path / "assets.extra" / "export_info.json").read_text())
+  assert info["model"] == "lrml"
