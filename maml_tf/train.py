@@ -62,7 +62,7 @@ def prepare_data(config: Config, ds: Dataset) -> Dataset:
   if not config.uses_features and ds.features:
     ds = dataclasses.replace(ds, features={}, feature_sources={})
   if config.protocol == "loo":
-    from maml_tf import protocol as protocol_lib  # pylint: disable=g-import-not-at-top
+    from maml_tf import loo as protocol_lib  # pylint: disable=g-import-not-at-top
     ds = protocol_lib.leave_one_out(ds)
   return data_lib.split_validation(ds, config.validation_fraction, config.seed)
 
@@ -233,7 +233,7 @@ def build_evaluators(config: Config, ds: Dataset, model, jit_compile=None):
   known = np.concatenate([ds.train, ds.valid]) if len(ds.valid) else ds.train
   evaluators = {}
   if config.protocol == "loo":
-    from maml_tf import protocol as protocol_lib  # pylint: disable=g-import-not-at-top
+    from maml_tf import loo as protocol_lib  # pylint: disable=g-import-not-at-top
     # Candidates: the held-out item and --loo_negatives items the user never
     # interacted with anywhere (train, validation or test).
     every = np.concatenate([known, ds.test])
