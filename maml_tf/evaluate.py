@@ -355,8 +355,14 @@ def format_record(record, metric):
 def metrics_table(summary, ks) -> str:
   """The final table: best and last rounds, per split, x100 like the paper."""
   lines = [f"Selection: {summary['selection']}"]
-  header = f"{'round':<18}{'split':<7}" + "".join(
-      f"{m + '@' + str(k):>14}" for k in ks for m in METRICS)
+  # The metrics the records hold (all four for the release's protocol, HR
+  # and nDCG for leave-one-out), in METRICS order.
+  present = set()
+  for label in ("best", "last"):
+    for split in ("valid", "test"):
+      present.update((summary.get(label) or {}).get(split) or {})
+  names = [f"{m}@{k}" for k in ks for m in METRICS if f"{m}@{k}" in present]
+  header = f"{'round':<18}{'split':<7}" + "".join(f"{n:>14}" for n in names)
   lines.append(header)
   for label in ("best", "last"):
     record = summary.get(label)
@@ -365,8 +371,7 @@ def metrics_table(summary, ks) -> str:
     for split in ("valid", "test"):
       if split in record and record[split]:
         row = f"{label + ' (step ' + str(record['step']) + ')':<18}{split:<7}"
-        row += "".join(f"{100 * record[split][m + '@' + str(k)]:>14.3f}"
-                       for k in ks for m in METRICS)
+        row += "".join(f"{100 * record[split][n]:>14.3f}" for n in names)
         lines.append(row)
   lines.append("(metrics x100, as the paper prints them)")
   return "\n".join(lines)

@@ -88,7 +88,6 @@ def test_sampled_metrics_hand_computed():
 
 
 def test_sampled_metrics_match_an_oracle_on_random_scores():
-  rng = np.random.default_rng(0)
   scores = rng.integers(0, 20, size=(200, 11)).astype(np.float64)  # many ties
   for k in (1, 3, 10):
     hr = ndcg = 0.0
@@ -125,3 +124,40 @@ def test_sampled_evaluator_end_to_end():
   assert ev() == {"hr@10": 1.0, "ndcg@10": 1.0}
   assert loo.SampledEvaluator(_TableModel(-best), known, test, ks=(10,),
                               n_neg=20)() == {"hr@10": 0.0, "ndcg@10": 0.0}
+
+
+def test_final_table_shows_only_the_protocols_metrics():
+  from maml_tf.evaluate import metrics_table
+  record = {"step": 4, "test": {"hr@10": 0.5, "ndcg@10": 0.25}}
+  text = metrics_table({"selection": "s", "best": record, "last": record}, (10,))
+  header = text.splitlines()[1]
+  assert "hr@10" in header and "ndcg@10" in header and "recall" not in header
+  assert "50.000" in text and "25.000" in text
+
+
+def test_loo_protocol_from_the_cli(tmp_path):
+  import json
+  from tests.test_cli import run
+  data = tmp_path / "data"
+  data.mkdir()
+  for split, rows in (("train", range(0, 4)), ("test", range(4, 6))):
+    lines = ["itemID,userID,reviewerID,asin,unixReviewTime"]
+    for u in range(24):
+      items = np.random.default_rng(u).choice(150, size=6, replace=False)
+      for j in rows:
+        lines.append(f"{items[j]},{u},R{u},A{items[j]:04d},{1000 * j + u}")
+    (data / f"{split}.csv").write_text("\n".join(lines) + "\n")
+  workdir = tmp_path / "run"
+  proc = run(["--dataset=custom", f"--data_dir={data}", "--model=cml",
+              "--protocol=loo", "--loo_negatives=50", "--batch_size=16",
+              "--train_steps=4", "--eva_batches=2", "--validation_fraction=0.2",
+              "--noexport", "--notensorboard", f"--workdir={workdir}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [2, 4]
+  for r in records:
+    assert set(r["test"]) == {"hr@10", "ndcg@10"} and set(r["valid"]) == {"hr@10", "ndcg@10"}
+  summary = json.loads((workdir / "metrics.json").read_text())
+  assert "validation" in summary["selection"]
+  assert "hr@10" in proc.stdout and "recall@10" not in proc.stdout
+  assert "24 test pairs" in proc.stdout  # each user's latest interaction
