@@ -88,6 +88,7 @@ def test_sampled_metrics_hand_computed():
 
 
 def test_sampled_metrics_match_an_oracle_on_random_scores():
+  rng = np.random.default_rng(0)
   scores = rng.integers(0, 20, size=(200, 11)).astype(np.float64)  # many ties
   for k in (1, 3, 10):
     hr = ndcg = 0.0
