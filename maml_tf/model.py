@@ -229,12 +229,15 @@ class MAML(keras.Model):
     fused = self.item_fusion(training)
     if self._hardest_negative_path(items):
       # Gradient flows only through the positive and the closest negative:
-      # score all pairs without it, recompute those two with it (the
-      # backward pass then costs 2 pairs a row instead of 1 + W).
-      d = tf.stop_gradient(self.pair_distances(users, items, fused, training))
-      hardest = tf.argmin(d[:, 1:], axis=1, output_type=tf.int32) + 1
+      # score the negatives without it, then compute the positive and the
+      # closest negative with it (the backward pass then costs 2 pairs a
+      # row instead of 1 + W).
+      d_neg = tf.stop_gradient(
+          self.pair_distances(users, items[:, 1:], fused, training))
+      hardest = tf.argmin(d_neg, axis=1, output_type=tf.int32) + 1
       chosen = tf.stack([items[:, 0], tf.gather(items, hardest, batch_dims=1)], 1)
       d2 = self.pair_distances(users, chosen, fused, training)
+      d = tf.concat([tf.stop_gradient(d2[:, :1]), d_neg], 1)
       emb = losses.embedding_loss_hardest(d2[:, 0], d2[:, 1], d, self.margin,
                                           self.n_items, self.use_rank_weight)
     else:
