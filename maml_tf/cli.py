@@ -147,7 +147,10 @@ def config_from_flags() -> Config:
 
 def train_main():
   from maml_tf.train import train_and_evaluate  # heavy import after flag checks
-  train_and_evaluate(config_from_flags())
+  # The live progress bar on a terminal; one line per round when the output
+  # goes to a file or a pipe (the bar's redraws would flood a log).
+  verbose = 1 if sys.stdout.isatty() else 2
+  train_and_evaluate(config_from_flags(), verbose=verbose)
   return 0
 
 
