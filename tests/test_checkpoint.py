@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVA, STEPS = 3, 12
 FLAGS = dict(embed_dim=8, hidden_layer_dim=8, batch_size=32, num_neg=2,
              train_steps=STEPS, eva_batches=EVA, keep_checkpoints=10,
-             jit_compile=False, tensorboard=False, seed=3)
+             jit_compile=False, tensorboard=False, export=False, seed=3)
 
 
 def _write_layout(folder, seed=0, n_users=24, n_items=30, n=260):

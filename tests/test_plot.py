@@ -29,7 +29,8 @@ def _real_run(workdir):
   ds = data.from_arrays(pairs[:190], pairs[190:], n_users=24, n_items=30)
   config = Config(embed_dim=8, hidden_layer_dim=8, batch_size=32, num_neg=2,
                   train_steps=6, eva_batches=2, jit_compile=False,
-                  tensorboard=False, validation_fraction=0.2, workdir=workdir)
+                  tensorboard=False, export=False, validation_fraction=0.2,
+                  workdir=workdir)
   train.train_and_evaluate(config, dataset=ds, verbose=0)
 
 

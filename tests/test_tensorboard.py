@@ -38,7 +38,8 @@ def _dataset(seed=0, n_users=24, n_items=30, n=260, features=True):
 def _config(workdir, **overrides):
   flags = dict(embed_dim=8, hidden_layer_dim=8, batch_size=32, num_neg=2,
                train_steps=STEPS, eva_batches=EVA, jit_compile=False,
-               tensorboard=True, workdir=workdir, validation_fraction=0.2)
+               tensorboard=True, export=False, workdir=workdir,
+               validation_fraction=0.2)
   return Config(**dict(flags, **overrides))
 
 
