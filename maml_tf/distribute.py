@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+import socket
+from typing import List, Optional
 
 import tensorflow as tf
 
+from maml_tf.config import STRATEGIES
 from maml_tf.errors import UsageError
-
-STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 def _tf_config() -> dict:
@@ -73,6 +73,19 @@ def make_strategy(name: str) -> Optional[tf.distribute.Strategy]:
     return tf.distribute.MultiWorkerMirroredStrategy()
   raise UsageError(f"`--strategy` must be one of {', '.join(STRATEGIES)}. "
                    f"Received: {name!r}")
+
+
+def local_tf_configs(n: int) -> List[str]:
+  """TF_CONFIG values for n worker processes on this machine (free ports on
+  127.0.0.1), index i for worker i: for tests and benchmarks."""
+  ports = []
+  for _ in range(n):
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      ports.append(s.getsockname()[1])
+  cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+  return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+          for i in range(n)]
 
 
 def task(strategy: Optional[tf.distribute.Strategy]) -> tuple:

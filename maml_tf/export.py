@@ -179,7 +179,8 @@ class ServingGraphs:
       p = p[:, None, :]
     relation = getattr(model, "relation", None)
     if relation is not None:  # LRML: the memory attention over its N slots
-      return relation.attention(p, q), lrml_lib.relation_distance(p, q, relation(p, q))
+      beta = relation.attention(p, q)
+      return beta, lrml_lib.relation_distance(p, q, relation.relate(beta))
     if model.attention is None:
       return None, model_lib.attentive_distance(None, p, q)
     user = model.attention.user_part(p)

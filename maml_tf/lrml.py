@@ -27,9 +27,8 @@ import keras
 import tensorflow as tf
 
 from maml_tf import losses
-from maml_tf.model import MAML
-
-NEGATIVE_RELATIONS = ("positive", "own")
+from maml_tf.config import NEGATIVE_RELATIONS
+from maml_tf.model import MAML, map_item_chunks
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
@@ -57,10 +56,13 @@ class MemoryRelation(keras.layers.Layer):
     logits = tf.tensordot(s, tf.convert_to_tensor(self.keys), [[-1], [1]])
     return tf.nn.softmax(logits, axis=-1)
 
+  def relate(self, beta):
+    """r = beta M [..., d] from the attention beta [..., N]."""
+    return tf.tensordot(beta, tf.convert_to_tensor(self.memory), [[-1], [0]])
+
   def call(self, p, q):
     """r [..., d]."""
-    beta = self.attention(p, q)
-    return tf.tensordot(beta, tf.convert_to_tensor(self.memory), [[-1], [0]])
+    return self.relate(self.attention(p, q))
 
   def get_config(self):
     config = super().get_config()
@@ -127,20 +129,13 @@ class LRML(MAML):
   def score_items(self, users, item_chunk=None):
     """-D(u, i) of users [U] against every item: [U, n_items], in chunks."""
     p = tf.gather(self.user_embeddings, users)[:, None, :]
-    q_all = tf.convert_to_tensor(self.item_embeddings)
-    chunk = item_chunk or self.n_items
-    n_chunks = -(-self.n_items // chunk)
-    pad = n_chunks * chunk - self.n_items
-    q_split = tf.reshape(tf.pad(q_all, [[0, pad], [0, 0]]),
-                         [n_chunks, chunk, self.embed_dim])
 
-    def block(q):
-      q = q[None]
+    def block(args):
+      q = args[0][None]
       return -relation_distance(p, q, self.relation(p, q))
 
-    scores = tf.map_fn(block, q_split, fn_output_signature=tf.float32)
-    scores = tf.reshape(tf.transpose(scores, [1, 0, 2]), [tf.shape(p)[0], -1])
-    return scores[:, :self.n_items]
+    return map_item_chunks(block, (tf.convert_to_tensor(self.item_embeddings),),
+                           self.n_items, item_chunk)
 
   def get_config(self):
     return {"n_users": self.n_users, "n_items": self.n_items,

@@ -39,6 +39,27 @@ def attentive_distance(a, p, q):
   return tf.reduce_sum(tf.square(diff), axis=-1)
 
 
+def map_item_chunks(block, item_tensors, n_items, chunk=None):
+  """Scores [U, n_items] from `block`, run on the catalogue chunk by chunk.
+
+  `item_tensors` are per-item tensors [n_items, ...], padded to whole chunks
+  of `chunk` items (default: one chunk); `block(chunk_tensors)` returns the
+  [U, chunk] scores of one chunk. Memory stays at one chunk's intermediates.
+  """
+  chunk = chunk or n_items
+  n_chunks = -(-n_items // chunk)
+  pad = n_chunks * chunk - n_items
+
+  def split(t):
+    t = tf.pad(t, [[0, pad]] + [[0, 0]] * (len(t.shape) - 1))
+    return tf.reshape(t, [n_chunks, chunk] + t.shape[1:].as_list())
+
+  scores = tf.map_fn(block, tuple(split(t) for t in item_tensors),
+                     fn_output_signature=tf.float32)
+  scores = tf.reshape(tf.transpose(scores, [1, 0, 2]), [tf.shape(scores)[1], -1])
+  return scores[:, :n_items]
+
+
 @keras.saving.register_keras_serializable(package="maml_tf")
 class MAML(keras.Model):
   """Users and items in one metric space, with per-pair attention.
@@ -323,14 +344,6 @@ class MAML(keras.Model):
     user = self.attention.user_part(p)
     user = (user[0][:, None, :], user[1][:, None])
     proj, sq = self.item_side(self.item_fusion(False))
-    chunk = item_chunk or self.n_items
-    n_chunks = -(-self.n_items // chunk)
-    pad = n_chunks * chunk - self.n_items
-
-    def split(t):
-      t = tf.pad(t, [[0, pad]] + [[0, 0]] * (len(t.shape) - 1))
-      return tf.reshape(t, [n_chunks, chunk] + t.shape[1:].as_list())
-
     att = self.attention
 
     def block(args):
@@ -339,10 +352,7 @@ class MAML(keras.Model):
           user, (pr[None], s[None]), p[:, None, :], q[None], att.dense1.bias,
           att.dense2.kernel, att.dense2.bias, att.alpha)
 
-    scores = tf.map_fn(block, (split(q_all), split(proj), split(sq)),
-                       fn_output_signature=tf.float32)
-    scores = tf.reshape(tf.transpose(scores, [1, 0, 2]), [tf.shape(p)[0], -1])
-    return scores[:, :self.n_items]
+    return map_item_chunks(block, (q_all, proj, sq), self.n_items, item_chunk)
 
   def get_config(self):
     return {

@@ -184,24 +184,16 @@ def _serve_latency(ds, repeats):
   return out
 
 
-def _free_port():
-  import socket
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _workers(n, quick):
   """Throughput of `n` local worker processes (MultiWorkerMirroredStrategy).
 
   Each worker gets 1/n of every global batch of 5000; the figure is the
   global pairs/s the chief measures.
   """
-  cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(n)]}
+  from maml_tf import distribute
   procs = []
-  for index in range(n):
-    env = dict(os.environ, TF_CONFIG=json.dumps(
-        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+  for tf_config in distribute.local_tf_configs(n):
+    env = dict(os.environ, TF_CONFIG=tf_config)
     cmd = [sys.executable, os.path.abspath(__file__), "--scenario=worker"]
     if quick:
       cmd.append("--quick")

@@ -12,7 +12,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -99,12 +98,6 @@ def test_mirrored_step_equals_single_device_step(tmp_path, attention, features):
   assert not np.allclose(first["weights"][0], last["weights"][0])
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _weights(workdir, step):
   reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", f"ckpt-{step}"))
   return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
@@ -112,11 +105,9 @@ def _weights(workdir, step):
 
 
 def _start_workers(common, workdir):
-  cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
   procs = []
-  for index in (1, 0):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps(
-        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+  for tf_config in reversed(distribute.local_tf_configs(2)):  # worker 1 first
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=tf_config)
     procs.append(subprocess.Popen(
         [sys.executable, SCRIPT] + common + ["--strategy=multi_worker",
                                              f"--workdir={workdir}"],
