@@ -11,12 +11,16 @@ global training step (so a resumed run continues its curves):
 - scalars `<split>/<metric>` (e.g. `test/ndcg@10`, `valid/recall@10`) after
   every evaluation, from the `<split>_<metric>` entries the
   EvaluationCallback put into the epoch logs;
-- images `attention/user` and `attention/item` after every evaluation: the
-  K attention weights of one fixed user over the items they interacted with,
-  and of one fixed item across its users (the paper's Figure 3), skipped when
-  the model has no attention;
-- the embedding projector: the item embeddings Q (and the fused features F
-  when the model has item features) labelled with the dataset's item labels
+- images `<explanation>/user` and `<explanation>/item` after every
+  evaluation, for a model whose explanation is positional (MAML's K
+  attention weights, LRML's memory attention): the weights of one fixed user
+  over the items they interacted with, and of one fixed item across its
+  users (MAML's Figure 3);
+- for a model whose explanation has named columns (MARIO's modality
+  weights), a histogram and the mean of each column over a fixed sample of
+  train pairs after every evaluation;
+- the embedding projector: the model's item tables (`projector_tensors()`:
+  Q, and MAML's fused features F) labelled with the dataset's item labels
   (product titles for Office), refreshed after every evaluation.
 """
 
@@ -92,18 +96,16 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
 # ---------------------------------------------------------------- attention
 def attention_weights(model, users, items) -> np.ndarray:
-  """The K attention weights a(u, i) of each (users[j], items[j]) pair.
+  """The model's explanation of each (users[j], items[j]) pair: [n, E].
 
-  Uses the model's own attention layer on p_u, q_i and F_i: [n, K] whose rows
-  sum to alpha.
+  MAML: the K attention weights a(u, i) (rows sum to alpha); LRML: the
+  memory attention over its slots; MARIO: the modality weights. None when
+  the model has no explanation.
   """
   users = tf.constant(np.asarray(users, np.int32))
   items = tf.constant(np.asarray(items, np.int32))
-  p = tf.gather(model.user_embeddings, users)
-  q = tf.gather(model.item_embeddings, items)
-  fused = model.item_fusion(training=False)
-  f = None if fused is None else tf.gather(fused, items)
-  return np.asarray(model.attention(p, q, f, training=False))
+  _, explanation = model.score_pairs(users, items, explain=True)
+  return None if explanation is None else np.asarray(explanation)
 
 
 def heatmap_png(weights, row_labels, title, ylabel) -> bytes:
@@ -191,7 +193,7 @@ def truncate_events(logdir, step) -> int:
 
 
 class TensorBoardCallback(keras.callbacks.Callback):
-  """TensorBoard summaries of a MAML run (see the module docstring).
+  """TensorBoard summaries of a run (see the module docstring).
 
   Args:
     logdir: the event files' folder, <workdir>/tensorboard.
@@ -242,7 +244,8 @@ class TensorBoardCallback(keras.callbacks.Callback):
     if n % self.every and n != steps:
       return
     # logs hold each term's mean over the round so far: n * mean is the sum.
-    sums = {k: n * float(v) for k, v in (logs or {}).items() if k in TERMS}
+    terms = set(getattr(self.model, "loss_names", TERMS))
+    sums = {k: n * float(v) for k, v in (logs or {}).items() if k in terms}
     prev_n, prev_sums, prev_time = self._window
     now = time.perf_counter()
     step = self._epoch * self.eva_batches + n
@@ -262,7 +265,9 @@ class TensorBoardCallback(keras.callbacks.Callback):
         split, _, metric = key.partition("_")
         if split in SPLITS and metric:
           tf.summary.scalar(f"{split}/{metric}", float(value))
-      if self.model.attention is not None:
+      if self.model.explains and self.model.explanation_labels:
+        self._write_explanation_histograms(step)
+      elif self.model.explains:
         self._write_heatmaps(step)
     self._save_projector(step)
     self.writer.flush()
@@ -279,7 +284,7 @@ class TensorBoardCallback(keras.callbacks.Callback):
              f"({len(shown)} of {len(items)}), step {step}")
     png = heatmap_png(weights, [item_label(i, self.item_labels) for i in shown],
                       title, "item")
-    tf.summary.image("attention/user", tf.image.decode_png(png, 3)[None])
+    tf.summary.image(f"{self.model.explanation_name}/user", tf.image.decode_png(png, 3)[None])
 
     item = pick_most_active(pairs, 1)
     users = np.unique(pairs[pairs[:, 1] == item, 0])
@@ -290,16 +295,28 @@ class TensorBoardCallback(keras.callbacks.Callback):
     title = (f"attention of {name} across its users ({len(shown)} of "
              f"{len(users)}), step {step}")
     png = heatmap_png(weights, [f"user {u}" for u in shown], title, "user")
-    tf.summary.image("attention/item", tf.image.decode_png(png, 3)[None])
+    tf.summary.image(f"{self.model.explanation_name}/item", tf.image.decode_png(png, 3)[None])
+
+  def _write_explanation_histograms(self, step):
+    """Per named column (e.g. each modality), the distribution of its
+    weight over a fixed sample of train pairs."""
+    pairs = self.train_pairs
+    if not len(pairs):
+      return
+    rng = np.random.default_rng(0)
+    sample = pairs[rng.choice(len(pairs), min(len(pairs), 4096), replace=False)]
+    weights = attention_weights(self.model, sample[:, 0], sample[:, 1])
+    name = self.model.explanation_name
+    for j, label in enumerate(self.model.explanation_labels):
+      tf.summary.histogram(f"{name}/{label}", weights[:, j])
+      tf.summary.scalar(f"{name}/{label}_mean", float(weights[:, j].mean()))
 
   # ------------------------------------------------------------ projector
   def _setup_projector(self):
     from tensorboard.plugins import projector  # pylint: disable=g-import-not-at-top
 
     model = self.model
-    tensors = {"item_embeddings": model.item_embeddings}
-    if model.fusion is not None:
-      tensors["fused_features"] = model.fused_features
+    tensors = model.projector_tensors()
     with open(os.path.join(self.logdir, "metadata.tsv"), "w",
               encoding="utf-8") as f:
       if self.item_labels is None:

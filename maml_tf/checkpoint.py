@@ -52,7 +52,8 @@ def _layer_variables(layer, prefix, out, depth=0):
 
   E.g. "fusion/dense1/kernel", "attention/seed_generator": the layer's own
   weights, then the weights of the layers and the states of the
-  SeedGenerators (dropout) held in its attributes, recursively.
+  SeedGenerators (dropout) held in its attributes (also inside dicts and
+  lists of layers, as "encoders/text/..."), recursively.
   """
   own = (getattr(layer, "_trainable_variables", []) +
          getattr(layer, "_non_trainable_variables", []))
@@ -61,34 +62,49 @@ def _layer_variables(layer, prefix, out, depth=0):
   if depth > 3:
     return
   for attr, value in sorted(vars(layer).items()):
-    if isinstance(value, keras.random.SeedGenerator):
-      out.setdefault(f"{prefix}/{attr}", value.state)
-    elif isinstance(value, keras.layers.Layer) and not attr.startswith("_"):
-      _layer_variables(value, f"{prefix}/{attr}", out, depth + 1)
+    _attribute_variables(value, f"{prefix}/{attr}", attr, out, depth + 1)
+
+
+def _attribute_variables(value, name, attr, out, depth):
+  if attr.startswith("_"):
+    return
+  if isinstance(value, keras.random.SeedGenerator):
+    out.setdefault(name, value.state)
+  elif isinstance(value, keras.layers.Layer):
+    _layer_variables(value, name, out, depth)
+  elif isinstance(value, dict):
+    for key, item in sorted(value.items()):
+      if isinstance(item, keras.layers.Layer):
+        _layer_variables(item, f"{name}/{key}", out, depth)
+  elif isinstance(value, (list, tuple)):
+    for i, item in enumerate(value):
+      if isinstance(item, keras.layers.Layer):
+        _layer_variables(item, f"{name}/{i}", out, depth)
 
 
 def model_variables(model) -> Dict[str, tf.Variable]:
-  """Every variable of a MAML model, under a stable name.
+  """Every variable of a model, under a stable name.
 
   The names do not depend on the order in which Keras numbered layers in
-  this process, so any process that builds the same model can restore.
+  this process, so any process that builds the same model can restore:
+  the tables are "user_embeddings" and "item_embeddings", a variable the
+  model holds itself is named by its attribute ("item_features"), a layer's
+  variables by the attribute path ("fusion/dense1/kernel",
+  "attention/seed_generator", the dropout's random state).
 
   Args:
-    model: a `maml_tf.model.MAML`.
-
-  Returns:
-    name -> variable, e.g. "user_embeddings", "fusion/dense1/kernel",
-    "attention/seed_generator" (the dropout's random state).
+    model: a `maml_tf.models.base.RankingModel`.
   """
   out = {"user_embeddings": model.user_embeddings,
          "item_embeddings": model.item_embeddings}
-  if model.fusion is not None:
-    out["item_features"] = model.item_features
-    out["fused_features"] = model.fused_features
-  for name in ("fusion", "attention", "relation"):
-    layer = getattr(model, name, None)
-    if layer is not None:
-      _layer_variables(layer, name, out)
+  tables = {id(model.user_table), id(model.item_table)}
+  for attr, value in sorted(vars(model).items()):
+    if attr.startswith("_") or id(value) in tables:
+      continue
+    if isinstance(value, keras.Variable):
+      out.setdefault(attr, value)
+    else:
+      _attribute_variables(value, attr, attr, out, 0)
   missing = {id(v) for v in model.variables} - {id(v) for v in out.values()}
   if missing:
     names = [v.path for v in model.variables if id(v) in missing]
@@ -188,10 +204,10 @@ def restore(model, path_or_workdir: str, which: str = "best",
 
   Build the model first with `maml_tf.train.build_model(config, dataset)`.
   The stored fused features F are recomputed from the restored fusion
-  network (`model.refresh_fused_features()`).
+  network (`model.after_restore()`).
 
   Args:
-    model: a `maml_tf.model.MAML` of the same shape as the saved one.
+    model: a `RankingModel` of the same shape as the saved one.
     path_or_workdir: see `resolve`.
     which: "best" (the selected round) or "last", for a workdir.
     optimizer: also restore the optimizer state (to continue training).
@@ -219,7 +235,7 @@ def restore(model, path_or_workdir: str, which: str = "best",
     detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise UsageError(f"{prefix}: does not fit this model (different dataset, "
                      f"modalities or sizes?): {detail[:300]}") from None
-  model.refresh_fused_features()
+  model.after_restore()
   return int(step.numpy())
 
 
@@ -270,7 +286,7 @@ class Checkpointer:
   """Saves and restores a run's checkpoints in <workdir>/checkpoints.
 
   Args:
-    model: the compiled MAML being trained.
+    model: the compiled model being trained.
     workdir: the run's folder.
     keep: how many of the latest rounds to keep (the best is kept apart).
   """
@@ -300,7 +316,7 @@ class Checkpointer:
       detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise UsageError(f"{prefix}: does not fit this model (different dataset, "
                        f"modalities or sizes?): {detail[:300]}") from None
-    self.model.refresh_fused_features()
+    self.model.after_restore()
     return int(self.step.numpy())
 
   def save(self, step) -> str:
@@ -309,7 +325,7 @@ class Checkpointer:
     if getattr(self.model, "paper_mode", False):
       # Training recomputes F in paper mode and leaves the stored copy stale;
       # store the F of the saved fusion weights (a restore recomputes it too).
-      self.model.refresh_fused_features()
+      self.model.after_restore()
     self.step.assign(int(step))
     with quiet_tf_logs():
       return self.manager.save(checkpoint_number=int(step))

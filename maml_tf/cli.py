@@ -16,6 +16,7 @@ from absl import flags
 
 from maml_tf.config import (ATTENTIONS, DATASETS, MODELS, MODES, NEGATIVE_RELATIONS,
                             PROTOCOLS, STRATEGIES, Config)
+from maml_tf import models as models_lib
 from maml_tf.errors import MamlError, UsageError
 
 FLAGS = flags.FLAGS
@@ -36,9 +37,8 @@ HELP = {
                  "or ~/.cache/maml_tf)",
     "validation_fraction": "share of each user's train items held out to select "
                            "the best round (0: the release's protocol)",
-    "model": "maml (attention over user, item and item features), lrml (LRML's "
-             "memory relation, no features) or cml (plain distance, no "
-             "features; same as --attention=none --modalities=)",
+    "model": "the model: " + "; ".join(
+        f"{spec.name} ({spec.help})" for spec in models_lib.SPECS),
     "memory_slots": "LRML: number of memory slots N (keys and slices)",
     "negative_relation": "LRML: the negative pair reuses the positive pair's "
                          "relation (positive, the authors' code) or gets its own",

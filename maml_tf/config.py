@@ -13,13 +13,14 @@ import os
 import re
 from typing import Optional, Tuple
 
+from maml_tf import models as models_lib
 from maml_tf.errors import UsageError
 
 MODES = ("faithful", "paper")
 ATTENTIONS = ("scaled", "softmax", "none")
 DATASETS = ("office", "custom")
 STRATEGIES = ("default", "mirrored", "multi_worker")
-MODELS = ("maml", "lrml", "cml")
+MODELS = models_lib.NAMES
 NEGATIVE_RELATIONS = ("positive", "own")
 PROTOCOLS = ("release", "loo")
 MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -99,8 +100,8 @@ class Config:
 
   @property
   def uses_features(self) -> bool:
-    """MAML uses item features; CML and LRML have none."""
-    return self.model == "maml"
+    """Whether the model reads item features (the registry says)."""
+    return models_lib.spec(self.model).uses_features
 
   @property
   def feature_paths(self) -> dict:
@@ -165,9 +166,9 @@ class Config:
     for k in self.topk:
       if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         fail("topk", "must be positive integers", ",".join(map(str, self.topk)))
-    if self.model == "lrml" and self.num_neg != 1:
-      fail("num_neg", "must be 1 with --model=lrml (one negative per positive, "
-           "as LRML trains)", self.num_neg)
+    if models_lib.spec(self.model).one_negative and self.num_neg != 1:
+      fail("num_neg", f"must be 1 with --model={self.model} (it trains on one "
+           "negative per positive)", self.num_neg)
     if self.train_steps % self.eva_batches:
       fail("train_steps", f"must be a multiple of --eva_batches "
            f"({self.eva_batches}), one evaluation per round", self.train_steps)

@@ -106,8 +106,7 @@ class Evaluator:
                user_chunk=None, item_chunk=None, jit_compile=True):
     n_users, n_items = model.n_users, model.n_items
     self.model, self.ks, self.kmax = model, tuple(ks), max(ks)
-    width = 5 * model.embed_dim if model.attention is not None else model.embed_dim
-    auto_users, auto_items = default_chunks(n_items, width)
+    auto_users, auto_items = default_chunks(n_items, model.score_width)
     self.user_chunk = user_chunk or auto_users
     self.item_chunk = item_chunk or auto_items
     self.excl_ptr, self.excl_items = group_by_user(exclude_pairs, n_users)

@@ -11,19 +11,21 @@ Signatures (method `tensorflow/serving/predict`; ids are int64, scores
 float32; k = `topk` and N = `retrieve_candidates` are fixed at export):
 
 - `serving_default` (recommend): `user_ids` [B] -> `item_ids` [B, k],
-  `scores` [B, k]. Full attentive scoring of every item, the user's known
+  `scores` [B, k]. The model's full scoring of every item, the user's known
   items (train, plus validation when the run held some out) excluded; ties go
   to the lower item id; where a user has fewer than k unknown items the tail
   is item -1 with score -inf.
-- `score`: `user_ids` [B], `item_ids` [B] -> `scores` [B] (= -d(u, i), known
-  items not excluded) and `attention` [B, K], the pair's attention weights
-  a = alpha * softmax(.) (all ones for a model with attention=none, whose
-  distance is the plain one; for LRML, [B, N] the memory attention beta over
-  its N slots, whose distance is ||p + r - q||^2).
-- `retrieve` (two-stage): a TFRS BruteForce index over the plain Euclidean
-  geometry (`maml_tf.retrieval`) picks the N nearest unknown items, then the
-  attention re-ranks them: `user_ids` [B] -> `item_ids` [B, k], `scores`
-  [B, k] (attentive scores, as in `serving_default`).
+- `score`: `user_ids` [B], `item_ids` [B] -> `scores` [B] (known items not
+  excluded) and, for a model with an explanation, that explanation under the
+  model's `explanation_name` (e.g. `attention` [B, K], the pair's attention
+  weights; see the model's module, and `export_info.json` for its name and
+  column labels).
+- `retrieve` (two-stage): a TFRS BruteForce index over the model's
+  `retrieval_space` (plain Euclid over P and Q for the metric models, the
+  dot product for the dot-product ones; `maml_tf.retrieval`) picks the N
+  best unknown items, then the model's own score re-ranks them: `user_ids`
+  [B] -> `item_ids` [B, k], `scores` [B, k] (the same scores as
+  `serving_default`).
 
 An id outside [0, n) fails inside the graph with InvalidArgumentError naming
 the input, the rule and the range (checked before any cast or gather, so a
@@ -32,20 +34,18 @@ outputs. Large batches run in blocks of users, so a request's memory stays
 bounded.
 
 The SavedModel is written with `keras.export.ExportArchive` and carries all
-it needs as variables: the embeddings and attention weights, the known items
-as a CSR (`known_indptr`, `known_items`) and the TFRS index. It loads with
-plain `tf.saved_model.load` (or TF Serving), without maml_tf, Keras or TFRS.
+it needs as variables: the model's weights, its `serving_tables()` (every
+tensor constant at serving time, computed once here: e.g. an attention's
+item half, a graph model's propagated tables, so no graph is needed at
+serving time), the known items as a CSR (`known_indptr`, `known_items`) and
+the TFRS index. It loads with plain `tf.saved_model.load` (or TF Serving),
+without maml_tf, Keras or TFRS.
 
-The serving graphs use the model's own layers and functions
-(`AlphaAttention.user_part` / `combine`, `MAML.item_side`,
-`model.attentive_distance`, `MAML.score_items` for attention=none): the
-attention is not reimplemented here. They do NOT go through
-`maml_tf.fastpath`, whose `jit_compile=True` kernels would put XLA clusters
-(`_XlaMustCompile`) into the SavedModel, which TF Serving's CPU build refuses
-unless started with the experimental `--xla_cpu_compilation_enabled`. The
-item half of the attention's first layer (`MAML.item_side`, which depends
-only on frozen weights at serving time) is computed once here and stored, so
-a request computes only the user half and the pairs.
+The serving graphs are the model's own `serve_*` methods, plain TensorFlow
+ops: nothing is reimplemented here. They must not go through XLA-compiled
+kernels (`jit_compile=True` would put `_XlaMustCompile` clusters into the
+SavedModel, which TF Serving's CPU build refuses unless started with the
+experimental `--xla_cpu_compilation_enabled`).
 
 Beside the SavedModel, `assets.extra/export_info.json` records what was
 exported (sizes, k, N, dtypes, the run's flags when known); from that folder
@@ -72,8 +72,6 @@ import numpy as np
 import tensorflow as tf
 
 from maml_tf import evaluate as eval_lib
-from maml_tf import lrml as lrml_lib
-from maml_tf import model as model_lib
 from maml_tf.errors import UsageError
 
 SIGNATURES = ("serving_default", "score", "retrieve")
@@ -117,11 +115,13 @@ class ServingGraphs:
   """The three serving functions of one model, and the tables they need.
 
   Construction computes, in eager mode, everything that is fixed at serving
-  time: the known items as a CSR, the attention's item half, the TFRS index.
-  The methods are traced into the SavedModel.
+  time: the known items as a CSR, the model's `serving_tables()` (e.g. the
+  attention's item half, propagated graph tables), the TFRS index over the
+  model's `retrieval_space`. The methods are traced into the SavedModel;
+  they compute through the model's plain-ops `serve_*` methods.
 
   Args:
-    model: a `maml_tf.model.MAML`.
+    model: a `maml_tf.models.base.RankingModel`.
     dataset: its Dataset; train + valid pairs are the known items.
     topk: k of `recommend` and `retrieve`.
     retrieve_candidates: N, the candidates `retrieve` re-ranks.
@@ -144,20 +144,16 @@ class ServingGraphs:
     self.known_ptr = tf.Variable(indptr, trainable=False, name="known_indptr")
     self.known_items = tf.Variable(items.astype(np.int32), trainable=False,
                                    name="known_items")
-    self.item_proj = self.item_sq = None
-    if model.attention is not None:
-      proj, sq = model.item_side(model.item_fusion(False))
-      self.item_proj = tf.Variable(proj, trainable=False, name="item_attention_proj")
-      self.item_sq = tf.Variable(sq, trainable=False, name="item_attention_sqnorm")
+    self.tables = {name: tf.Variable(value, trainable=False, name=f"serving_{name}")
+                   for name, value in model.serving_tables().items()}
     # A request's largest tensors hold ~`budget` floats at most: full scoring
-    # [users, item chunk, 5K] (scores only without attention), re-ranking
-    # [users, N, 5K] (N x K without attention).
-    k = model.embed_dim
-    full, pairs = (5 * k, 5 * k) if model.attention is not None else (1, k)
+    # [users, item chunk, width], re-ranking [users, N, width].
+    width = max(1, int(model.serving_width))
     self.item_chunk = max(1, min(int(item_chunk), self.n_items))
-    self.user_chunk = max(1, min(512, budget // (self.item_chunk * full)))
-    self.retrieve_chunk = max(1, min(512, budget // (self.n_candidates * pairs)))
-    self.index = retrieval.build_index(model.item_embeddings.numpy())
+    self.user_chunk = max(1, min(512, budget // (self.item_chunk * width)))
+    self.retrieve_chunk = max(1, min(512, budget // (self.n_candidates * width)))
+    metric, vectors = model.retrieval_space(self.tables)
+    self.index = retrieval.build_index(np.asarray(vectors), metric=metric)
 
   # ------------------------------------------------------------- helpers
   def _known_lists(self, users):
@@ -171,57 +167,13 @@ class ServingGraphs:
                       tf.fill([tf.shape(users)[0], 1], self.n_items)], 1)
 
   def _pairs(self, users, items):
-    """(attention [..., K] or None, d [...]) for users [B], items [B] / [B, N]."""
-    model = self.model
-    p = tf.gather(model.user_embeddings, users)
-    q = tf.gather(model.item_embeddings, items)
-    if items.shape.rank == 2:
-      p = p[:, None, :]
-    relation = getattr(model, "relation", None)
-    if relation is not None:  # LRML: the memory attention over its N slots
-      beta = relation.attention(p, q)
-      return beta, lrml_lib.relation_distance(p, q, relation.relate(beta))
-    if model.attention is None:
-      return None, model_lib.attentive_distance(None, p, q)
-    user = model.attention.user_part(p)
-    item = (tf.gather(self.item_proj, items), tf.gather(self.item_sq, items))
-    a = model.attention.combine(user, item)
-    return a, model_lib.attentive_distance(a, p, q)
-
-  def _user_block_scores(self, users):
-    """Scores of users [b] against every item, item chunk by item chunk."""
-    model, att = self.model, self.model.attention
-    p = tf.gather(model.user_embeddings, users)
-    proj, sq = att.user_part(p)
-    user = (proj[:, None, :], sq[:, None])
-    q_all = tf.convert_to_tensor(model.item_embeddings)
-
-    def chunk_scores(args):
-      q, iproj, isq = args
-      a = att.combine(user, (iproj[None], isq[None]))
-      return -model_lib.attentive_distance(a, p[:, None, :], q[None])
-
-    if self.item_chunk >= self.n_items:
-      return chunk_scores((q_all, self.item_proj, self.item_sq))
-    chunk = self.item_chunk
-    n_chunks = -(-self.n_items // chunk)
-    pad = n_chunks * chunk - self.n_items
-
-    def split(t):
-      t = tf.pad(t, [[0, pad]] + [[0, 0]] * (t.shape.rank - 1))
-      return tf.reshape(t, [n_chunks, chunk] + t.shape[1:].as_list())
-
-    scores = tf.map_fn(
-        chunk_scores, (split(q_all), split(self.item_proj), split(self.item_sq)),
-        fn_output_signature=tf.TensorSpec([None, chunk], tf.float32))
-    scores = tf.reshape(tf.transpose(scores, [1, 0, 2]), [tf.shape(p)[0], -1])
-    return scores[:, :self.n_items]
+    """(scores [...], explanation [..., E] or None) for users [B], items [B] / [B, N]."""
+    return self.model.serve_pairs(self.tables, users, items)
 
   def _all_scores(self, users):
     """[b, n_items] scores of a block of users against every item."""
-    if self.model.attention is None:
-      return self.model.score_items(users)  # plain ops: no fastpath, no XLA
-    return self._user_block_scores(users)
+    item_chunk = None if self.item_chunk >= self.n_items else self.item_chunk
+    return self.model.serve_items(self.tables, users, item_chunk)
 
   def _by_blocks(self, fn, users, block):
     """fn(users [b]) -> {name: [b, k]} over blocks of at most `block` users.
@@ -259,11 +211,11 @@ class ServingGraphs:
     return self._best(scores)
 
   def _retrieve_block(self, users):
-    p = tf.gather(self.model.user_embeddings, users)
+    queries = self.model.serve_queries(self.tables, users)
     first, candidates = retrieval.nearest_excluding(
-        self.index, p, self._known_lists(users), self.n_candidates)
-    _, d = self._pairs(users, candidates)
-    scores = tf.where(tf.equal(first, -float("inf")), -float("inf"), -d)
+        self.index, queries, self._known_lists(users), self.n_candidates)
+    scores, _ = self._pairs(users, candidates)
+    scores = tf.where(tf.equal(first, -float("inf")), -float("inf"), scores)
     return self._best(scores, candidates)
 
   # ---------------------------------------------------- the signatures
@@ -280,10 +232,11 @@ class ServingGraphs:
     with tf.control_dependencies([same]):
       users = _check_ids(user_ids, "user_ids", self.n_users)
       items = _check_ids(item_ids, "item_ids", self.n_items)
-    a, d = self._pairs(users, items)
-    if a is None:
-      a = tf.ones([tf.shape(users)[0], self.model.embed_dim])
-    return {"scores": -d, "attention": a}
+    scores, explanation = self._pairs(users, items)
+    out = {"scores": scores}
+    if explanation is not None:
+      out[self.model.explanation_name] = explanation
+    return out
 
   def retrieve(self, user_ids):
     """retrieve: N Euclidean candidates from the TFRS index, re-ranked."""
@@ -315,7 +268,7 @@ def export_saved_model(model, dataset, export_dir, name, version=None, topk=10,
   """Writes `export_dir/name/version/`, a SavedModel for TF Serving.
 
   Args:
-    model: a built `maml_tf.model.MAML` (its weights are read now).
+    model: a built `RankingModel` (its weights are read now).
     dataset: the `Dataset` it was trained on (its known items are excluded).
     export_dir: base folder of exports.
     name: the model's name (the folder TF Serving's MODEL_NAME points at).
@@ -363,14 +316,16 @@ def export_saved_model(model, dataset, export_dir, name, version=None, topk=10,
     finally:
       tf_log.setLevel(level)
     record = {
-        "name": name, "model": model.model_kind,
-        "n_users": model.n_users, "n_items": model.n_items,
-        "embed_dim": model.embed_dim, "attention": model.attention_kind,
-        "mode": model.mode, "topk": int(topk),
+        "name": name, **model.describe(), "topk": int(topk),
         "retrieve_candidates": int(retrieve_candidates),
         "known_pairs": int(graphs.known_items.shape[0]),
         "max_known_per_user": graphs.max_known,
         "id_dtype": ID_DTYPE.name, "signatures": list(SIGNATURES),
+        "retrieval_metric": graphs.index.metric,
+        "explanation": (None if not model.explains else {
+            "output": model.explanation_name,
+            "labels": (None if model.explanation_labels is None
+                       else list(model.explanation_labels))}),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
         "tensorflow": tf.__version__, "keras": keras.__version__,

@@ -4,6 +4,8 @@
   modalities into the embedding space (SPEC §2.2).
 - `AlphaAttention`: the per (user, item) attention over the K embedding
   dimensions, alpha * softmax (SPEC §2.3).
+- `TableEmbedding`: a user or item table (a Keras `Embedding`), with the
+  `UnitBall` constraint for the metric-learning models.
 - `UnitBall`: the post-update clip of every embedding row to norm <= c,
   with `tf.clip_by_norm` semantics (SPEC §3).
 
@@ -65,6 +67,43 @@ class UnitBall(keras.constraints.Constraint):
 
   def get_config(self):
     return {"clip_norm": self.clip_norm}
+
+
+@keras.saving.register_keras_serializable(package="maml_tf")
+class TableEmbedding(keras.layers.Embedding):
+  """An embedding table, rows ~ N(0, stddev^2), optionally kept in a ball.
+
+  With `clip_norm` set, every row is clipped to norm <= clip_norm after each
+  optimiser update (`UnitBall`, the metric-learning models' constraint);
+  with None the table is unconstrained (the dot-product models). `seed` is
+  an int or a shared `keras.random.SeedGenerator` (then tables built in turn
+  draw from one stream).
+  """
+
+  def __init__(self, rows, dim, stddev=0.1, clip_norm=None, seed=None, **kwargs):
+    if int(rows) < 1 or int(dim) < 1:
+      raise ValueError("`rows` and `dim` must be >= 1. Received: "
+                       f"rows={rows}, dim={dim}")
+    if not stddev > 0:
+      raise ValueError(f"`stddev` must be > 0. Received: stddev={stddev}")
+    self.stddev, self.clip_norm = float(stddev), clip_norm
+    self._seed = seed
+    super().__init__(
+        int(rows), int(dim),
+        embeddings_initializer=keras.initializers.RandomNormal(
+            stddev=self.stddev, seed=seed),
+        embeddings_constraint=None if clip_norm is None else UnitBall(clip_norm),
+        **kwargs)
+
+  def get_config(self):
+    config = super().get_config()
+    for key in ("embeddings_initializer", "embeddings_constraint", "input_dim",
+                "output_dim"):
+      config.pop(key, None)
+    config.update(rows=self.input_dim, dim=self.output_dim, stddev=self.stddev,
+                  clip_norm=self.clip_norm,
+                  seed=self._seed if isinstance(self._seed, int) else None)
+    return config
 
 
 def _dense(units, activation, name):

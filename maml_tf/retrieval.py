@@ -107,35 +107,45 @@ def euclidean_candidates(q):
   return tf.concat([2.0 * q, tf.ones_like(sq), -sq], -1)
 
 
-def build_index(item_embeddings, name="euclidean_index"):
-  """A TFRS BruteForce index whose scores are -||p - q||^2.
+METRICS = ("euclidean", "dot")
+
+
+def build_index(item_embeddings, name="euclidean_index", metric="euclidean"):
+  """A TFRS BruteForce index over the item vectors.
 
   Args:
     item_embeddings: float [n_items, K], row i = item i (its identifier).
     name: the layer's name.
+    metric: "euclidean" (scores -||p - q||^2, through the augmented vectors
+      above) or "dot" (scores <p, q>, the dot-product models' own score).
 
   Returns:
-    A `tfrs.layers.factorized_top_k.BruteForce`; query it with
-    `euclidean_queries(p)` (or use `nearest`).
+    A `tfrs.layers.factorized_top_k.BruteForce`; query it with `nearest`.
   """
+  if metric not in METRICS:
+    raise ValueError(f"`metric` must be one of {', '.join(METRICS)}. "
+                     f"Received: metric={metric!r}")
   q = tf.convert_to_tensor(item_embeddings, tf.float32)
   if q.shape.rank != 2:
     raise ValueError("`item_embeddings` must have shape [n_items, K]. "
                      f"Received: shape={q.shape}")
   index = tfrs.layers.factorized_top_k.BruteForce(name=name)
-  index.index(euclidean_candidates(q),
-              identifiers=tf.range(q.shape[0], dtype=tf.int32))
+  candidates = euclidean_candidates(q) if metric == "euclidean" else q
+  index.index(candidates, identifiers=tf.range(q.shape[0], dtype=tf.int32))
   index.n_items = int(q.shape[0])
+  index.metric = metric
   return index
 
 
 def nearest(index, p, k):
-  """(-||p - q||^2 [B, k'], item ids [B, k'] int32), nearest first.
+  """(scores [B, k'], item ids [B, k'] int32), best first: -||p - q||^2 for
+  a euclidean index, <p, q> for a dot one.
 
   k' = min(k, n_items); `k` may be a tensor.
   """
   k = tf.minimum(tf.cast(k, tf.int32), index.n_items)
-  return index(euclidean_queries(p), k=k)
+  queries = euclidean_queries(p) if index.metric == "euclidean" else p
+  return index(queries, k=k)
 
 
 def nearest_excluding(index, p, known, n):
@@ -147,7 +157,7 @@ def nearest_excluding(index, p, known, n):
 
   Args:
     index: from `build_index`.
-    p: float [B, K] user embeddings.
+    p: float [B, K] the users' query vectors.
     known: int32 [B, M + 1]: each user's known item ids sorted ascending,
       padded at the end with n_items (at least one padding column).
     n: how many candidates to keep (a Python int).

@@ -1,6 +1,6 @@
 """`train_and_evaluate(config)`: the whole run, as plain function calls.
 
-flags -> Config -> Dataset -> PairSampler -> MAML.fit with the evaluation,
+flags -> Config -> Dataset -> PairSampler -> model.fit with the evaluation,
 checkpoint and TensorBoard callbacks -> in the workdir: metrics.jsonl,
 metrics.json, flags.txt, checkpoints/ (best/ apart) and tensorboard/.
 
@@ -33,7 +33,7 @@ from maml_tf import checkpoint as checkpoint_lib
 from maml_tf import data as data_lib
 from maml_tf import distribute
 from maml_tf import evaluate as eval_lib
-from maml_tf import model as model_lib
+from maml_tf import models as models_lib
 from maml_tf.config import Config
 from maml_tf.dataset_types import Dataset
 from maml_tf.errors import UsageError
@@ -203,8 +203,9 @@ def prepare_workdir(config: Config, read_only: bool = False) -> Optional[str]:
   return last
 
 
-def build_model(config: Config, ds: Dataset, strategy=None) -> model_lib.MAML:
-  """The compiled model, its variables created under `strategy`'s scope
+def build_model(config: Config, ds: Dataset, strategy=None):
+  """The compiled model `config.model` names (`maml_tf.models`), its
+  variables created under `strategy`'s scope
   (None: no tf.distribute strategy, one device).
 
   Under a tf.distribute strategy the train step is not XLA-compiled as a
@@ -213,12 +214,7 @@ def build_model(config: Config, ds: Dataset, strategy=None) -> model_lib.MAML:
   """
   scope = contextlib.nullcontext() if strategy is None else strategy.scope()
   with scope:
-    features = ds.feature_matrix() if config.uses_features else None
-    model = model_lib.from_config(
-        config, ds.n_users, ds.n_items,
-        0 if features is None else features.shape[1])
-    if features is not None:
-      model.set_item_features(features)
+    model = models_lib.build(config, ds)
     model.compile(
         optimizer=keras.optimizers.Adam(
             learning_rate=config.learning_rate, beta_1=0.9, beta_2=0.999,

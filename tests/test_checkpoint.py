@@ -396,7 +396,7 @@ def test_nan_loss_stops_with_step_and_term(layout, reference, tmp_path,
 
 def test_guard_names_the_term_and_checks_weights():
   from maml_tf.callbacks import NonFiniteGuard
-  from maml_tf.model import MAML
+  from maml_tf.models.maml import MAML
   guard = NonFiniteGuard(eva_batches=3)
   guard.on_epoch_begin(2)
   guard.on_train_batch_end(0, {"loss": 1.0, "embedding_loss": 1.0})

@@ -33,7 +33,7 @@ MIRRORED_CHILD = textwrap.dedent(r"""
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
-    from maml_tf import model as model_lib
+    from maml_tf.models import maml as model_lib
     from maml_tf.sampler import PairSampler
 
     attention, features = sys.argv[1], sys.argv[2] == "1"

@@ -1,4 +1,4 @@
-"""`maml_tf.layers` and `maml_tf.model.attentive_distance` vs the oracles.
+"""`maml_tf.layers` and `maml_tf.models.maml.attentive_distance` vs the oracles.
 
 SPEC §2: the fusion MLP, the alpha-attention and the attentive distance, fed
 the package layers' own (random) weights; SPEC §3: the unit-ball clip.
@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from maml_tf import layers
-from maml_tf import model
+from maml_tf.models import maml as model
 
 try:
   from tests import oracles

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf.lrml import LRML, MemoryRelation
+from maml_tf.models.lrml import LRML, MemoryRelation
 from tests import oracles
 
 N_USERS, N_ITEMS, K, SLOTS = 7, 9, 4, 3

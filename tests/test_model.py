@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf.model import MAML
+from maml_tf.models.maml import MAML
 from tests import oracles
 
 N_USERS, N_ITEMS, FEAT, K, H = 9, 7, 6, 4, 32

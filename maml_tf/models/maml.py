@@ -17,8 +17,6 @@ the plain computation in tests/test_model.py:
 
 from __future__ import annotations
 
-import dataclasses
-import math
 
 import keras
 import numpy as np
@@ -27,6 +25,8 @@ import tensorflow as tf
 from maml_tf import layers as layers_lib
 from maml_tf import fastpath
 from maml_tf import losses
+from maml_tf.models import base
+from maml_tf.models.base import map_item_chunks
 
 TERMS_ORDER = ("loss", "embedding_loss", "feature_loss", "cov_loss", "l2_loss")
 
@@ -39,29 +39,8 @@ def attentive_distance(a, p, q):
   return tf.reduce_sum(tf.square(diff), axis=-1)
 
 
-def map_item_chunks(block, item_tensors, n_items, chunk=None):
-  """Scores [U, n_items] from `block`, run on the catalogue chunk by chunk.
-
-  `item_tensors` are per-item tensors [n_items, ...], padded to whole chunks
-  of `chunk` items (default: one chunk); `block(chunk_tensors)` returns the
-  [U, chunk] scores of one chunk. Memory stays at one chunk's intermediates.
-  """
-  chunk = chunk or n_items
-  n_chunks = -(-n_items // chunk)
-  pad = n_chunks * chunk - n_items
-
-  def split(t):
-    t = tf.pad(t, [[0, pad]] + [[0, 0]] * (len(t.shape) - 1))
-    return tf.reshape(t, [n_chunks, chunk] + t.shape[1:].as_list())
-
-  scores = tf.map_fn(block, tuple(split(t) for t in item_tensors),
-                     fn_output_signature=tf.float32)
-  scores = tf.reshape(tf.transpose(scores, [1, 0, 2]), [tf.shape(scores)[1], -1])
-  return scores[:, :n_items]
-
-
 @keras.saving.register_keras_serializable(package="maml_tf")
-class MAML(keras.Model):
+class MAML(base.RankingModel):
   """Users and items in one metric space, with per-pair attention.
 
   Call `set_item_features(x)` once after construction when the model has
@@ -72,39 +51,41 @@ class MAML(keras.Model):
   item in column 0 and the W sampled negatives after it.
   """
 
+  NAME = "maml"
+  BATCH_SUM_TERMS = ("embedding_loss",)
+  SEARCH_SPACE = {
+      "learning_rate": ("float", 1e-4, 1e-2, "log"),
+      "margin": ("float", 0.5, 2.5, "linear"),
+      "feature_l2_reg": ("float", 0.0, 10.0, "linear"),
+      "cov_loss_weight": ("float", 0.0, 10.0, "linear"),
+      "num_neg": ("int", 2, 10),
+      "embed_dim": ("choice", [32, 64, 128]),
+      "attention_l2": ("float", 1e-3, 100.0, "log"),
+      "dropout": ("float", 0.0, 0.5, "linear"),
+  }
+
   def __init__(self, n_users, n_items, feature_dim=0, embed_dim=64,
                hidden_dim=256, attention="scaled", mode="faithful",
                margin=1.6, feature_l2_reg=5.0, use_rank_weight=True,
                use_cov_loss=True, cov_loss_weight=5.0, dropout=0.2,
                attention_dropout=0.05, attention_l2=100.0,
                feature_scaling=1.0, clip_norm=1.0, seed=None, **kwargs):
-    super().__init__(**kwargs)
+    super().__init__(n_users, n_items, embed_dim=embed_dim, clip_norm=clip_norm,
+                     seed=seed, **kwargs)
     if mode not in ("faithful", "paper"):
       raise ValueError(f"`mode` must be faithful or paper. Received: mode={mode!r}")
     if attention not in ("scaled", "softmax", "none"):
       raise ValueError("`attention` must be scaled, softmax or none. "
                        f"Received: attention={attention!r}")
-    self.n_users, self.n_items = int(n_users), int(n_items)
-    self.feature_dim, self.embed_dim = int(feature_dim), int(embed_dim)
+    self.feature_dim = int(feature_dim)
     self.hidden_dim, self.attention_kind, self.mode = int(hidden_dim), attention, mode
     self.margin, self.feature_l2_reg = float(margin), float(feature_l2_reg)
     self.use_rank_weight, self.use_cov_loss = bool(use_rank_weight), bool(use_cov_loss)
     self.cov_loss_weight, self.dropout = float(cov_loss_weight), float(dropout)
     self.attention_dropout, self.attention_l2 = float(attention_dropout), float(attention_l2)
-    self.feature_scaling, self.clip_norm, self.seed = float(feature_scaling), float(clip_norm), seed
+    self.feature_scaling = float(feature_scaling)
     paper = mode == "paper"
     k = self.embed_dim
-    seeds = keras.random.SeedGenerator(seed) if seed is not None else None
-
-    def table(rows, name):
-      init = keras.initializers.RandomNormal(
-          stddev=1.0 / math.sqrt(k), seed=None if seeds is None else seeds)
-      return self.add_weight(shape=(rows, k), initializer=init, name=name,
-                             constraint=layers_lib.UnitBall(self.clip_norm))
-
-    self.user_embeddings = table(self.n_users, "user_embeddings")
-    self.item_embeddings = table(self.n_items, "item_embeddings")
-
     self.fusion = None
     if self.feature_dim:
       self.item_features = self.add_weight(
@@ -131,8 +112,7 @@ class MAML(keras.Model):
     # The hand-derived gradient of fastpath.py (faithful mode only); False
     # gives the plain autodiff computation, for tests and benchmarks.
     self.use_fastpath = True
-    self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
-    self.built = True
+    self.finish_init()
 
   # ---------------------------------------------------------------- setup
   @property
@@ -140,12 +120,18 @@ class MAML(keras.Model):
     return self.mode == "paper"
 
   @property
-  def model_kind(self):
-    """"maml", or "cml" without attention (plain distance)."""
-    return "maml" if self.attention is not None else "cml"
+  def explains(self):
+    return self.attention is not None
 
-  def score_pairs(self, users, items):
-    """Scores -d(u, i) of users [B] against their own items [B, C]."""
+  @property
+  def score_width(self):
+    return 5 * self.embed_dim if self.attention is not None else self.embed_dim
+
+  def score_pairs(self, users, items, explain=False):
+    """Scores -d(u, i) of users [B] against their own items [B, C]; with
+    `explain`, (scores [B], attention [B, K]) of pairs with items [B]."""
+    if explain:
+      return self.serve_pairs(self.serving_tables(), users, items)
     return -self.pair_distances(users, items, self.item_fusion(False))
 
   @property
@@ -173,6 +159,9 @@ class MAML(keras.Model):
     self.refresh_fused_features()
     if init_items:
       self.item_embeddings.assign(self.fused_features)
+
+  def after_restore(self):
+    self.refresh_fused_features()
 
   def refresh_fused_features(self):
     """Recomputes the stored F (needed after the fusion weights change)."""
@@ -246,7 +235,10 @@ class MAML(keras.Model):
     return tf.reshape(attentive_distance(a, flat(p), flat(q)), tf.shape(items))
 
   def loss_terms(self, users, items, training=False):
-    """Every loss term of one step (SPEC §3) as a dict; "loss" is the total."""
+    """Every loss term of one step (SPEC §3) as a dict; "loss" is the total.
+
+    Dropout is active only in paper mode (faithful mode's is inert)."""
+    training = bool(training) and self.paper_mode
     fused = self.item_fusion(training)
     if self._hardest_negative_path(items):
       # Gradient flows only through the positive and the closest negative:
@@ -277,58 +269,6 @@ class MAML(keras.Model):
     terms["loss"] = tf.add_n(list(terms.values()))
     return terms
 
-  def call(self, inputs, training=False):
-    """Scores -d(u, i) for inputs (users [B], items [B, N])."""
-    users, items = inputs
-    return -self.pair_distances(users, items, self.item_fusion(training), training)
-
-  # ---------------------------------------------------------------- training
-  def train_step(self, data):
-    users, items = data
-    # Under tf.distribute each replica holds 1/n of the global batch and the
-    # optimizer sums the replicas' gradients. The hinge is a sum over the
-    # batch, so its per-replica sums add up to the global one; the feature,
-    # covariance and L2 terms cover the whole tables on every replica, so
-    # each replica takes 1/n of them: the summed gradient is then exactly
-    # one device's gradient on the global batch.
-    n = tf.distribute.get_replica_context().num_replicas_in_sync
-    with tf.GradientTape() as tape:
-      terms = self.loss_terms(users, items, training=self.paper_mode)
-      objective = terms["loss"]
-      if n > 1:
-        emb = terms["embedding_loss"]
-        objective = emb + (terms["loss"] - emb) / n
-    variables = self.trainable_variables
-    grads = tape.gradient(objective, variables)
-    if n > 1:
-      # Reported values are averaged over replicas: n x the local hinge sum
-      # averages to the global sum.
-      terms["embedding_loss"] = terms["embedding_loss"] * n
-      terms["loss"] = tf.add_n([v for k, v in terms.items() if k != "loss"])
-    # The release's gradients are dense (the feature and covariance terms
-    # touch every row), and Adam then updates every row's moments.
-    grads = [tf.convert_to_tensor(g) for g in grads]
-    self.optimizer.apply(grads, variables)
-    for name, value in terms.items():
-      self.trackers[name].update_state(value)
-    logs = {name: tracker.result() for name, tracker in self.trackers.items()}
-    if isinstance(tf.distribute.get_strategy(),
-                  tf.distribute.MultiWorkerMirroredStrategy):
-      # Keras averages the logs over all workers' replicas with a reduce
-      # along axis 0, which needs at least one dimension: one value each.
-      logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
-    return logs
-
-  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-    # Under a tf.distribute strategy Keras's fit() first averages one input
-    # batch over the replicas to build the model symbolically; that reduce
-    # fails under MultiWorkerMirroredStrategy for integer batches. This
-    # model builds every layer at construction, so there is nothing to infer
-    # from data: only the optimizer is left to build.
-    if all(layer.built for layer in self._flatten_layers()):
-      iterator, data_batch = None, None
-    return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
   # ---------------------------------------------------------------- scoring
   def score_items(self, users, item_chunk=None):
     """Scores of users [U] against every item: [U, n_items].
@@ -339,8 +279,7 @@ class MAML(keras.Model):
     p = tf.gather(self.user_embeddings, users)
     q_all = tf.convert_to_tensor(self.item_embeddings)
     if self.attention is None:
-      sq = tf.reduce_sum(tf.square(p), -1)[:, None] + tf.reduce_sum(tf.square(q_all), -1)[None]
-      return -(sq - 2.0 * tf.matmul(p, q_all, transpose_b=True))
+      return -plain_sq_distances(p, q_all)
     user = self.attention.user_part(p)
     user = (user[0][:, None, :], user[1][:, None])
     proj, sq = self.item_side(self.item_fusion(False))
@@ -353,6 +292,70 @@ class MAML(keras.Model):
           att.dense2.kernel, att.dense2.bias, att.alpha)
 
     return map_item_chunks(block, (q_all, proj, sq), self.n_items, item_chunk)
+
+  # ---------------------------------------------------------------- serving
+  def serving_tables(self):
+    tables = super().serving_tables()
+    if self.attention is not None:
+      proj, sq = self.item_side(self.item_fusion(False))
+      tables.update(item_attention_proj=proj, item_attention_sqnorm=sq)
+    return tables
+
+  def _serve_attention(self, tables, p, items):
+    user = self.attention.user_part(p)
+    if items.shape.rank == 2:
+      user = (user[0][:, None, :], user[1][:, None])
+    item = (tf.gather(tables["item_attention_proj"], items),
+            tf.gather(tables["item_attention_sqnorm"], items))
+    return self.attention.combine(user, item)
+
+  def serve_pairs(self, tables, users, items):
+    """(-d(u, i), the pair's attention [.., K]; ones without attention)."""
+    p = tf.gather(tables["users"], users)
+    q = tf.gather(tables["items"], items)
+    if items.shape.rank == 2:
+      p_b = p[:, None, :]
+    else:
+      p_b = p
+    if self.attention is None:
+      d = attentive_distance(None, p_b, q)
+      return -d, tf.ones(tf.concat([tf.shape(d), [self.embed_dim]], 0))
+    a = self._serve_attention(tables, p, items)
+    return -attentive_distance(a, p_b, q), a
+
+  def serve_items(self, tables, users, item_chunk=None):
+    p = tf.gather(tables["users"], users)
+    q_all = tables["items"]
+    if self.attention is None:
+      return -plain_sq_distances(p, q_all)
+    att = self.attention
+    proj, sq = att.user_part(p)
+    user = (proj[:, None, :], sq[:, None])
+
+    def block(args):
+      q, iproj, isq = args
+      a = att.combine(user, (iproj[None], isq[None]))
+      return -attentive_distance(a, p[:, None, :], q[None])
+
+    return map_item_chunks(
+        block, (q_all, tables["item_attention_proj"], tables["item_attention_sqnorm"]),
+        self.n_items, item_chunk)
+
+  def retrieval_space(self, tables):
+    # With alpha = K a uniform attention is all ones: the attentive distance
+    # is then the plain one, so plain Euclid ranks like uniform attention.
+    return "euclidean", tables["items"]
+
+  def projector_tensors(self):
+    tensors = super().projector_tensors()
+    if self.fusion is not None:
+      tensors["fused_features"] = self.fused_features
+    return tensors
+
+  def describe(self):
+    out = super().describe()
+    out.update(attention=self.attention_kind, mode=self.mode)
+    return out
 
   def get_config(self):
     return {
@@ -370,25 +373,28 @@ class MAML(keras.Model):
         "seed": self.seed, "name": self.name,
     }
 
+  @classmethod
+  def from_run_config(cls, config, dataset):
+    """The model of a run: `config` a `maml_tf.config.Config`, `dataset` its
+    Dataset (the item features are set, and Q = F as the release does)."""
+    features = dataset.feature_matrix()
+    model = cls(
+        dataset.n_users, dataset.n_items,
+        feature_dim=0 if features is None else features.shape[1],
+        embed_dim=config.embed_dim, hidden_dim=config.hidden_layer_dim,
+        attention=config.attention, mode=config.mode, margin=config.margin,
+        feature_l2_reg=config.feature_l2_reg,
+        use_rank_weight=config.use_rank_weight,
+        use_cov_loss=config.use_cov_loss, cov_loss_weight=config.cov_loss_weight,
+        dropout=config.dropout, attention_dropout=config.attention_dropout,
+        attention_l2=config.attention_l2, feature_scaling=config.feature_scaling,
+        clip_norm=config.clip_norm, seed=config.seed, name="maml")
+    if features is not None:
+      model.set_item_features(features)
+    return model
 
-def from_config(config, n_users, n_items, feature_dim):
-  """Builds the model `config.model` names (MAML, LRML or CML)."""
-  if config.model == "lrml":
-    from maml_tf.lrml import LRML  # pylint: disable=g-import-not-at-top
-    return LRML(n_users, n_items, embed_dim=config.embed_dim,
-                memory_slots=config.memory_slots, margin=config.margin,
-                negative_relation=config.negative_relation,
-                clip_norm=config.clip_norm, seed=config.seed, name="lrml")
-  if config.model == "cml":
-    config = dataclasses.replace(config, attention="none")
-    feature_dim = 0
-  return MAML(
-      n_users, n_items, feature_dim=feature_dim, embed_dim=config.embed_dim,
-      hidden_dim=config.hidden_layer_dim, attention=config.attention,
-      mode=config.mode, margin=config.margin,
-      feature_l2_reg=config.feature_l2_reg,
-      use_rank_weight=config.use_rank_weight,
-      use_cov_loss=config.use_cov_loss, cov_loss_weight=config.cov_loss_weight,
-      dropout=config.dropout, attention_dropout=config.attention_dropout,
-      attention_l2=config.attention_l2, feature_scaling=config.feature_scaling,
-      clip_norm=config.clip_norm, seed=config.seed, name="maml")
+
+def plain_sq_distances(p, q):
+  """||p_u - q_i||^2 for p [U, K], q [n, K] -> [U, n] (one matmul)."""
+  sq = tf.reduce_sum(tf.square(p), -1)[:, None] + tf.reduce_sum(tf.square(q), -1)[None]
+  return sq - 2.0 * tf.matmul(p, q, transpose_b=True)

@@ -14,11 +14,11 @@ positive pair, and reuses it for the negative (`negative_relation=
 "positive"`, the default here); `"own"` gives the negative pair its own r.
 P and Q are clipped to the unit ball after each step; Adam.
 
-`LRML` is a `MAML` with no item features and no attention whose distance is
-the memory relation's: it shares MAML's training loop, sampler, evaluation,
-checkpoints, TensorBoard logging and export, and overrides only what the
-distance touches (`pair_distances`, `score_items`, `loss_terms`). Its loss
-has no feature or covariance term.
+`LRML` is a `RankingModel` (unit-ball tables P and Q, the shared training
+loop, sampler, evaluation, checkpoints, TensorBoard logging and export) that
+adds the memory relation. Its loss has no feature or covariance term. The
+`score` signature's explanation is the memory attention beta over the N
+slots.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ import keras
 import tensorflow as tf
 
 from maml_tf import losses
-from maml_tf.config import NEGATIVE_RELATIONS
-from maml_tf.model import MAML, map_item_chunks
+from maml_tf.models import base
+from maml_tf.models.base import map_item_chunks
+
+NEGATIVE_RELATIONS = ("positive", "own")
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
@@ -76,8 +78,17 @@ def relation_distance(p, q, r):
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
-class LRML(MAML):
-  """LRML: MAML's framework with the memory relation as the distance."""
+class LRML(base.RankingModel):
+  """LRML: unit-ball tables and the memory relation as the distance."""
+
+  NAME = "lrml"
+  BATCH_SUM_TERMS = ("embedding_loss",)
+  SEARCH_SPACE = {
+      "learning_rate": ("float", 1e-4, 1e-2, "log"),
+      "margin": ("float", 0.1, 1.0, "linear"),
+      "memory_slots": ("int", 5, 50),
+      "embed_dim": ("choice", [32, 64, 128]),
+  }
 
   def __init__(self, n_users, n_items, embed_dim=64, memory_slots=10,
                margin=0.5, negative_relation="positive", clip_norm=1.0,
@@ -85,27 +96,40 @@ class LRML(MAML):
     if negative_relation not in NEGATIVE_RELATIONS:
       raise ValueError("`negative_relation` must be positive or own. "
                        f"Received: {negative_relation!r}")
-    for key in ("feature_dim", "attention", "use_cov_loss", "mode"):
-      kwargs.pop(key, None)
+    super().__init__(n_users, n_items, embed_dim=embed_dim, clip_norm=clip_norm,
+                     seed=seed, **kwargs)
+    base.check_positive("margin", margin)
+    self.margin = float(margin)
     self.memory_slots = int(memory_slots)
     self.negative_relation = negative_relation
-    super().__init__(n_users, n_items, feature_dim=0, embed_dim=embed_dim,
-                     attention="none", mode="faithful", margin=margin,
-                     use_rank_weight=False, use_cov_loss=False,
-                     clip_norm=clip_norm, seed=seed, **kwargs)
     self.relation = MemoryRelation(self.memory_slots, self.embed_dim, seed=seed,
                                    name="relation")
     self.relation.build()
+    self.finish_init()
 
   @property
-  def model_kind(self):
-    return "lrml"
+  def loss_names(self):
+    return ["loss", "embedding_loss"]
 
-  def pair_distances(self, users, items, fused=None, training=False):
+  @property
+  def explains(self):
+    return True
+
+  @property
+  def score_width(self):
+    return 2 * self.embed_dim + self.memory_slots
+
+  def pair_distances(self, users, items):
     """D(u, i) for users [B] and items [B, N], each pair its own relation."""
     p = tf.gather(self.user_embeddings, users)[:, None, :]
     q = tf.gather(self.item_embeddings, items)
     return relation_distance(p, q, self.relation(p, q))
+
+  def score_pairs(self, users, items, explain=False):
+    """-D(u, i) [B, C]; with `explain`, (-D [B], beta [B, N slots])."""
+    if explain:
+      return self.serve_pairs(self.serving_tables(), users, items)
+    return -self.pair_distances(users, items)
 
   def pair_attention(self, users, items):
     """The memory attention beta [B, N slots] of pairs users [B], items [B]."""
@@ -128,17 +152,49 @@ class LRML(MAML):
 
   def score_items(self, users, item_chunk=None):
     """-D(u, i) of users [U] against every item: [U, n_items], in chunks."""
-    p = tf.gather(self.user_embeddings, users)[:, None, :]
+    return self.serve_items({"users": self.user_embeddings,
+                             "items": self.item_embeddings}, users, item_chunk)
+
+  def serve_items(self, tables, users, item_chunk=None):
+    p = tf.gather(tables["users"], users)[:, None, :]
 
     def block(args):
       q = args[0][None]
       return -relation_distance(p, q, self.relation(p, q))
 
-    return map_item_chunks(block, (tf.convert_to_tensor(self.item_embeddings),),
+    return map_item_chunks(block, (tf.convert_to_tensor(tables["items"]),),
                            self.n_items, item_chunk)
 
+  def serve_pairs(self, tables, users, items):
+    p = tf.gather(tables["users"], users)
+    q = tf.gather(tables["items"], items)
+    if items.shape.rank == 2:
+      p = p[:, None, :]
+    beta = self.relation.attention(p, q)
+    return -relation_distance(p, q, self.relation.relate(beta)), beta
+
+  def retrieval_space(self, tables):
+    # The relation moves the user by r (||r|| bounded by the slices); plain
+    # Euclid over P and Q is the cheap first stage, re-ranked with r.
+    return "euclidean", tables["items"]
+
+  def describe(self):
+    out = super().describe()
+    out.update(memory_slots=self.memory_slots,
+               negative_relation=self.negative_relation)
+    return out
+
   def get_config(self):
-    return {"n_users": self.n_users, "n_items": self.n_items,
-            "embed_dim": self.embed_dim, "memory_slots": self.memory_slots,
-            "margin": self.margin, "negative_relation": self.negative_relation,
-            "clip_norm": self.clip_norm, "seed": self.seed, "name": self.name}
+    config = self.base_config()
+    config.update(memory_slots=self.memory_slots, margin=self.margin,
+                  negative_relation=self.negative_relation,
+                  clip_norm=self.clip_norm)
+    return config
+
+  @classmethod
+  def from_run_config(cls, config, dataset):
+    return cls(dataset.n_users, dataset.n_items, embed_dim=config.embed_dim,
+               memory_slots=config.memory_slots, margin=config.margin,
+               negative_relation=config.negative_relation,
+               clip_norm=config.clip_norm, seed=config.seed, name="lrml")
+
