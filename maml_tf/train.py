@@ -366,6 +366,13 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
       config.select_metric, modalities=ds.modalities,
       progress=None if verbose == 1 else False, patience=config.patience)
   evaluation.extra_summary["protocol"] = protocol_info
+  is_refit = "refit" in protocol_info
+  if is_refit:
+    # No selection inside a --refit run: its last round is its result (the
+    # best/ copy it keeps is by test, for resuming only; never reported).
+    evaluation.extra_summary["selection"] = (
+        "none: a --refit run (train + validation, for the selected round's "
+        "steps); its last round is the result")
   if resume_from is not None:
     evaluation.resume(start_step)
     best = evaluation.best_record()
@@ -467,7 +474,7 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
   eval_lib.write_json_atomic(os.path.join(config.workdir, "metrics.json"), summary)
   if verbose:
     print(eval_lib.metrics_table(summary, config.topk), flush=True)
-    if best is not None:
+    if best is not None and not is_refit:
       how = summary["best_checkpoint"]
       print(f"Best checkpoint: {os.path.join(config.workdir, best['path'])} "
             f"(step {best['step']}, selected by {how['selected_by']} "

@@ -445,3 +445,15 @@ def test_new_flags_usage_errors_exit_2_with_one_line(layout, tmp_path, args,
   assert "Traceback" not in proc.stderr
   assert len(proc.stderr.strip().splitlines()[-1]) > 0
   assert not (tmp_path / "w" / "metrics.jsonl").exists()
+
+
+def test_refit_exports_the_refit_model(scripted, tmp_path):
+  from maml_tf import export as export_lib
+  config = _config(tmp_path / "run", refit=True, export=True,
+                   export_dir=str(tmp_path / "exports"), export_name="toy")
+  summary = train.train_and_evaluate(config, _tiny(), verbose=0)
+  info = export_lib.load_info(summary["export"])
+  assert info["which"] == "refit" and info["step"] == 2 * EVA
+  assert "+valid" in info["dataset"]  # seen items: train + validation
+  inner = json.loads((tmp_path / "run" / "refit" / "metrics.json").read_text())
+  assert inner["selection"].startswith("none: a --refit run")
