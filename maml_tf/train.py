@@ -518,13 +518,13 @@ def _refit(config: Config, ds: Dataset, protocol_info: dict, steps: int,
   try:
     with open(os.path.join(workdir, "metrics.json")) as f:
       previous = json.load(f)
-    if (previous.get("finished") is True
-        and previous.get("last", {}).get("step") == steps):
-      summary = previous  # finished before the main run was interrupted
-    else:
-      refit_config = dataclasses.replace(refit_config, overwrite=True)
+    if previous.get("finished") is True:
+      if previous.get("last", {}).get("step") == steps:
+        summary = previous  # finished before the main run was interrupted
+      else:  # a refit of another best round: replace it
+        refit_config = dataclasses.replace(refit_config, overwrite=True)
   except (OSError, ValueError, AttributeError):
-    pass
+    pass  # none yet, or an interrupted one: prepare_workdir resumes it
   if summary is None:
     if verbose:
       print(f"Refit: training a fresh model on train + validation "

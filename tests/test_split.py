@@ -208,17 +208,22 @@ class _ScriptedValid:
 
 class _WeightsTest:
   """A test "metric" that is a function of the weights only: equal numbers
-  mean equal weights."""
+  mean equal weights. state["refit_fail_at"]: raises at that step of a
+  refit run (one built without validation), once."""
 
   n_users = 1
 
-  def __init__(self, model, log):
-    self.model, self.log = model, log
+  def __init__(self, model, state):
+    self.model, self.state, self.log = model, state, state["log"]
 
   def __call__(self, progress=False):
+    step = int(self.model.optimizer.iterations.numpy())
+    if (self.state.get("refit_fail_at") == step
+        and "valid" not in self.state["last_build"]):  # a refit run
+      self.state["refit_fail_at"] = None
+      raise KeyboardInterrupt("killed during the refit")
     weights = _fingerprint(self.model)
-    self.log.append(("test", int(self.model.optimizer.iterations.numpy()),
-                     weights))
+    self.log.append(("test", step, weights))
     value = float(sum(np.abs(w).sum() for w in weights))
     return {f"{m}@{k}": value for m in ("recall", "ndcg") for k in (10, 20)}
 
@@ -230,9 +235,10 @@ def scripted(monkeypatch):
   state = {"log": [], "fail_at": None}
 
   def build(config, ds, model, jit_compile):
-    out = {"test": _WeightsTest(model, state["log"])}
+    out = {"test": _WeightsTest(model, state)}
     if len(ds.valid):
       out["valid"] = _ScriptedValid(model, state)
+    state["last_build"] = set(out)
     return out
 
   monkeypatch.setattr(split_lib, "build_evaluators", build)
@@ -363,6 +369,29 @@ def test_refit_trains_on_train_and_valid_for_the_best_step(scripted, tmp_path):
   train.train_and_evaluate(_config(tmp_path, refit=False, overwrite=True),
                            _tiny(), verbose=0)
   assert not refit_dir.exists()
+
+
+def test_a_run_killed_during_refit_resumes_the_refit(scripted, tmp_path):
+  reference = train.train_and_evaluate(
+      _config(tmp_path / "reference", refit=True), _tiny(), verbose=0)
+  # Killed in the refit's second round (the main run had stopped, the refit
+  # had checkpointed step EVA): the rerun trains no main round and resumes
+  # the refit from its checkpoint.
+  workdir = tmp_path / "killed"
+  scripted["refit_fail_at"] = 2 * EVA
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(_config(workdir, refit=True), _tiny(), verbose=0)
+  refit_dir = workdir / "refit"
+  assert [r["step"] for r in _records(refit_dir)] == [EVA]
+  assert json.loads((workdir / "metrics.json").read_text())["finished"] is False
+  scripted["log"].clear()
+  summary = train.train_and_evaluate(_config(workdir, refit=True), _tiny(),
+                                     verbose=0)
+  assert not [s for s, _, _ in scripted["log"] if s == "valid"]  # no main round
+  inner = json.loads((refit_dir / "metrics.json").read_text())
+  assert inner["started_from_step"] == EVA and inner["finished"] is True
+  for label in ("best", "refit"):
+    assert summary["results"][label]["test"] == reference["results"][label]["test"]
 
 
 def test_refit_uses_the_real_evaluators_end_to_end(tmp_path):
