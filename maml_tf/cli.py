@@ -109,9 +109,13 @@ def define_flags():
     name, default, help_ = field.name, getattr(_D, field.name), HELP[field.name]
     if name in PROTOCOL_DEFAULTED:
       # Unset (None) means the protocol's default, which Config fills in.
-      shown = "; ".join(f"{p}: {v if not isinstance(v, tuple) else ','.join(map(str, v))}"
-                        for p, v in ((p, d[name]) for p, d in PROTOCOL_DEFAULTS.items()))
-      help_ = f"{help_} (default per --protocol, {shown})"
+      shown = []
+      for protocol, defaults in PROTOCOL_DEFAULTS.items():
+        value = defaults[name]
+        if isinstance(value, tuple):
+          value = ",".join(map(str, value))
+        shown.append(f"{protocol}: {value}")
+      help_ = f"{help_} (default per --protocol, {'; '.join(shown)})"
       if name == "patience":
         flags.DEFINE_integer(name, None, help_)
       elif name == "topk":

@@ -486,3 +486,17 @@ def test_refit_exports_the_refit_model(scripted, tmp_path):
   assert "+valid" in info["dataset"]  # seen items: train + validation
   inner = json.loads((tmp_path / "run" / "refit" / "metrics.json").read_text())
   assert inner["selection"].startswith("none: a --refit run")
+
+
+def test_a_flags_txt_from_before_these_flags_resumes_unchanged(tmp_path):
+  """A run recorded without --patience / --refit lines has the same flags
+  as today's defaults: resuming it is not refused as "other settings"."""
+  config = Config(workdir=str(tmp_path))
+  old = [line for line in config.to_flagfile().splitlines()
+         if not line.startswith(("--patience", "--refit", "--norefit"))]
+  assert len(old) == len(config.to_flagfile().splitlines()) - 2
+  (tmp_path / "flags.txt").write_text("\n".join(old) + "\n")
+  assert train.changed_flags(str(tmp_path), config) == []
+  # A real difference is still caught.
+  other = Config(workdir=str(tmp_path), topk=(10, 20))
+  assert [name for name, _, _ in train.changed_flags(str(tmp_path), other)] == ["topk"]
