@@ -144,8 +144,7 @@ def test_config_refuses_bad_values_in_one_line(overrides, message):
 class _TableModel:
   """Scores from a fixed [users, items] table (what the Evaluator calls)."""
 
-  attention = None
-  embed_dim = 4
+  score_width = 1  # floats per (user, item) pair
 
   def __init__(self, table):
     self.table = tf.constant(table, tf.float32)
