@@ -79,6 +79,14 @@ def relation_distance(p, q, r):
 class LRML(MAML):
   """LRML: MAML's framework with the memory relation as the distance."""
 
+  # Hyper-parameter search space (scripts/tune.py); the form is MAML's.
+  SEARCH_SPACE = {
+      "learning_rate": ("float", 1e-4, 1e-2, "log"),
+      "margin": ("float", 0.1, 1.0, "linear"),
+      "memory_slots": ("int", 5, 50),
+      "embed_dim": ("choice", [32, 64, 128]),
+  }
+
   def __init__(self, n_users, n_items, embed_dim=64, memory_slots=10,
                margin=0.5, negative_relation="positive", clip_norm=1.0,
                seed=None, **kwargs):

@@ -72,6 +72,28 @@ class MAML(keras.Model):
   item in column 0 and the W sampled negatives after it.
   """
 
+  # Hyper-parameter search space (scripts/tune.py): flag -> ("float", lo, hi,
+  # "log"|"linear") | ("int", lo, hi) | ("choice", [values]), an optional
+  # last {flag: value} dict limiting an entry to runs with those flags.
+  SEARCH_SPACE = {
+      "learning_rate": ("float", 1e-4, 1e-2, "log"),
+      "margin": ("float", 0.5, 2.5, "linear"),
+      "feature_l2_reg": ("float", 0.0, 10.0, "linear"),
+      "cov_loss_weight": ("float", 0.0, 10.0, "linear"),
+      "num_neg": ("int", 2, 10),
+      "embed_dim": ("choice", [32, 64, 128]),
+      "attention_l2": ("float", 1e-2, 1e3, "log", {"mode": "paper"}),
+      "dropout": ("float", 0.0, 0.5, "linear", {"mode": "paper"}),
+  }
+  # --model=cml is this class without features or attention (until it has
+  # its own class): the terms those would weight are left out.
+  CML_SEARCH_SPACE = {
+      "learning_rate": ("float", 1e-4, 1e-2, "log"),
+      "margin": ("float", 0.5, 2.5, "linear"),
+      "cov_loss_weight": ("float", 0.0, 10.0, "linear"),
+      "num_neg": ("int", 2, 10),
+  }
+
   def __init__(self, n_users, n_items, feature_dim=0, embed_dim=64,
                hidden_dim=256, attention="scaled", mode="faithful",
                margin=1.6, feature_l2_reg=5.0, use_rank_weight=True,
