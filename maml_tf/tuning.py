@@ -253,6 +253,11 @@ def parse_spec(name: str, spec, source: str) -> Param:
     when, spec = tuple(sorted(spec[-1].items())), spec[:-1]
   if not spec or spec[0] not in KINDS:
     raise bad("must start with one of " + ", ".join(KINDS))
+  allowed = ("choice",) + ({int: ("int",), float: ("float",)}.get(kind, ()))
+  if spec[0] not in allowed:
+    flag_kind = {bool: "an on/off", int: "an integer", float: "a float",
+                 str: "a text"}[kind]
+    raise bad(f"must be {' or '.join(allowed)} for {flag_kind} flag")
   if spec[0] == "choice":
     if len(spec) != 2 or not isinstance(spec[1], (list, tuple)) or not spec[1]:
       raise bad("must be (\"choice\", [values])")
@@ -263,15 +268,11 @@ def parse_spec(name: str, spec, source: str) -> Param:
   if spec[0] == "int":
     if len(spec) != 3:
       raise bad("must be (\"int\", low, high)")
-    if kind is not int:
-      raise bad(f"must be a {kind.__name__} entry: the flag is not an integer")
     low, high = (_cast(v, int, name, source) for v in spec[1:])
     sampling = "linear"
   else:
     if len(spec) != 4 or spec[3] not in SAMPLINGS:
       raise bad("must be (\"float\", low, high, \"log\"|\"linear\")")
-    if kind is not float:
-      raise bad(f"must be a {kind.__name__} entry: the flag is not a float")
     low, high = (_cast(v, float, name, source) for v in spec[1:3])
     sampling = spec[3]
     if sampling == "log" and low <= 0:
@@ -328,6 +329,9 @@ def build_space(base: Config, entries: Sequence[str] = ()) -> List[Param]:
     UsageError: an unknown or bad entry, an empty space, or an entry whose
       values the base run would refuse (e.g. num_neg for a model that takes 1).
   """
+  parsed = [(text,) + parse_entry(text) for text in entries]
+  for text, name, _ in parsed:  # before the model's module (TensorFlow) loads
+    _field_type(name, f"--search_space={text}")
   source = f"the search space of --model={base.model}"
   declared = {name: parse_spec(name, spec, source)
               for name, spec in search_space(base.model).items()}
@@ -335,8 +339,7 @@ def build_space(base: Config, entries: Sequence[str] = ()) -> List[Param]:
     params = [p for p in declared.values() if p.applies_to(base)]
   else:
     params, seen = [], set()
-    for text in entries:
-      name, spec = parse_entry(text)
+    for text, name, spec in parsed:
       if name in seen:
         _fail("search_space", f"names {name} twice", ",".join(entries))
       seen.add(name)
@@ -344,7 +347,6 @@ def build_space(base: Config, entries: Sequence[str] = ()) -> List[Param]:
         params.append(parse_spec(name, spec, f"--search_space={text}"))
         continue
       if name not in declared:
-        _field_type(name, f"--search_space={text}")  # a flag at all?
         _fail("search_space", f"names a flag --model={base.model}'s space does "
               f"not declare ({', '.join(declared) or 'none'}); give its range "
               f"as {name}=float:LO:HI[:log], int:LO:HI or choice:A|B", text)
@@ -651,11 +653,12 @@ class Search:
     self.records = [self.record(oracle.trials[k]) for k in sorted(oracle.trials)]
     _write_atomic(os.path.join(self.tune_dir, TRIALS_JSONL),
                   "".join(json.dumps(r) + "\n" for r in self.records))
-    best_trials = [t for t in oracle.get_best_trials(1) if t.score is not None]
-    best = None
-    if best_trials:
-      best = next(r for r in self.records
-                  if r["trial_id"] == best_trials[0].trial_id)
+    # The highest objective; the earliest trial of equals (keras-tuner's
+    # order of equals depends on the order its files were listed).
+    done = [r for r in self.records if r["status"] == "COMPLETED"
+            and r["objective"]["value"] is not None]
+    best = max(done, key=lambda r: r["objective"]["value"], default=None)
+    if best is not None:
       _write_atomic(os.path.join(self.tune_dir, BEST_FLAGS),
                     self.best_flagfile(best))
     return {"trials": self.records, "best": best}
