@@ -527,8 +527,9 @@ class Search:
                        f"pass --overwrite to start afresh or choose another "
                        f"folder. Received: {self.settings.tune_dir!r}")
     if there is not None and there.get("search") != here:
+      differs = _difference(there.get("search") or {}, here)
       raise UsageError(
-          f"`--tune_dir` holds another search ({_difference(there.get('search') or {}, here)}); "
+          f"`--tune_dir` holds another search ({differs}); "
           f"rerun its command to resume it, pass --overwrite to start afresh, "
           f"or choose another folder. Received: {self.settings.tune_dir!r}")
     _write_atomic(path, json.dumps(
@@ -601,7 +602,6 @@ class Search:
       parent = values.get("tuner/trial_id")
       if parent is not None and values.get("tuner/initial_epoch", 0) > 0:
         overrides["restore_from"] = self.trial_workdir(parent)
-    label = f"trial {trial.trial_id}"
     try:
       config = apply_values(self.base, values, self.params, **overrides)
       summary = _finished(config, train_lib)
@@ -609,15 +609,13 @@ class Search:
         summary = train_lib.train_and_evaluate(config, self.dataset,
                                                verbose=self.verbose)
     except MamlError as e:
-      if self.verbose:
-        print(f"{label} failed: {e}", flush=True)
-      raise kt_errors.FailedTrialError(f"{label}: {e}") from None
+      raise kt_errors.FailedTrialError(str(e)) from None
     best = summary.get("best") or {}
     value = (best.get("valid") or {}).get(self.base.select_metric)
     if summary.get("select_split") != "valid" or value is None:
       raise kt_errors.FailedTrialError(
-          f"{label}: no validation round was evaluated (no user kept a "
-          f"validation item); raise --validation_fraction")
+          "no validation round was evaluated (no user kept a validation "
+          "item); raise --validation_fraction")
     return {self.objective: float(value)}
 
   # Reports.
@@ -650,7 +648,9 @@ class Search:
   def write_reports(self) -> dict:
     """Rewrites trials.jsonl and best.flags from the oracle's trials."""
     oracle = self.tuner.oracle
-    self.records = [self.record(oracle.trials[k]) for k in sorted(oracle.trials)]
+    order = [k for k in oracle.start_order if k in oracle.trials]
+    order += sorted(set(oracle.trials) - set(order))
+    self.records = [self.record(oracle.trials[k]) for k in order]
     _write_atomic(os.path.join(self.tune_dir, TRIALS_JSONL),
                   "".join(json.dumps(r) + "\n" for r in self.records))
     # The highest objective; the earliest trial of equals (keras-tuner's
@@ -680,8 +680,8 @@ class Search:
         "# Searched: " + ", ".join(p.describe() for p in self.params),
         "# Best values: " + ", ".join(f"--{k}={_show(v)}"
                                       for k, v in best["values"].items()),
-        f"# Run: python scripts/train.py --flagfile={os.path.join(self.tune_dir, BEST_FLAGS)}"
-        " [--workdir=...]",
+        "# Run: python scripts/train.py --flagfile="
+        f"{os.path.join(self.tune_dir, BEST_FLAGS)} [--workdir=...]",
     ]
     return "\n".join(header) + "\n" + config.to_flagfile()
 
@@ -723,6 +723,9 @@ def _make_tuner(search: Search):
     def on_trial_end(self, trial):
       super().on_trial_end(trial)  # the oracle records and saves the trial
       search.write_reports()
+      if search.verbose and str(trial.status) == "FAILED":
+        print(f"Trial {trial.trial_id} failed: {_failure_message(trial)}",
+              flush=True)
 
   oracle = search._oracle()  # pylint: disable=protected-access
   oracle.verbose = 1 if search.verbose else 0

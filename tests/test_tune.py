@@ -307,7 +307,8 @@ def test_killed_search_resumes_and_best_flags_train(tiny):
   assert best == next(r for r in records if r["objective"]["value"] == top)
 
   # best.flags runs directly and reproduces the best trial.
-  assert text.startswith("# The best trial") and "2 trials x 8 steps = 16 training steps" in text
+  assert text.startswith("# The best trial")
+  assert "2 trials x 8 steps = 16 training steps" in text
   assert "validation ndcg@10" in text
   workdir = root / "from_best"
   proc = run_train([f"--flagfile={best_flags}", f"--workdir={workdir}"])
