@@ -317,3 +317,31 @@ def test_killed_search_resumes_and_best_flags_train(tiny):
   assert again["best"]["valid"] == pytest.approx(best["valid"], abs=1e-6)
   assert again["best"]["test"] == pytest.approx(best["test_of_that_round"],
                                                 abs=1e-6)
+
+
+def test_a_trial_whose_run_finished_unrecorded_is_not_trained_again(tiny):
+  """A kill after a trial's run finished but before keras-tuner recorded
+  the trial: the rerun retries the trial and reads the finished run."""
+  root, _ = tiny
+  tune_dir = root / "unrecorded"
+  base = base_config(root)
+  settings = tuning.TuneSettings(tune_dir=str(tune_dir), max_trials=1,
+                                 search_space=("margin",))
+  first = tuning.search(base, settings, verbose=0)["trials"][0]
+  rounds = (tune_dir / "trials" / "0" / "metrics.jsonl").read_text()
+  # Put the oracle back to "trial 0 running", as the kill would leave it.
+  state_path = tune_dir / "keras_tuner" / "oracle.json"
+  state = json.loads(state_path.read_text())
+  assert state["end_order"] == ["0"] and not state["ongoing_trials"]
+  state["end_order"], state["ongoing_trials"] = [], {"tuner0": "0"}
+  state["run_times"] = {}
+  state_path.write_text(json.dumps(state))
+  trial_path = tune_dir / "keras_tuner" / "trial_0" / "trial.json"
+  trial = json.loads(trial_path.read_text())
+  trial["status"], trial["score"] = "RUNNING", None
+  trial_path.write_text(json.dumps(trial))
+
+  again = tuning.search(base, settings, verbose=0)["trials"]
+  assert len(again) == 1 and again[0]["status"] == "COMPLETED"
+  assert again[0]["objective"] == first["objective"]
+  assert (tune_dir / "trials" / "0" / "metrics.jsonl").read_text() == rounds
