@@ -27,6 +27,10 @@ setup(
         "absl-py>=2.1,<3",
         "matplotlib>=3.8,<4",
         "tensorboard>=2.21,<2.22",
+        # scripts/tune.py: keras-tuner's oracles; its Bayesian optimisation
+        # needs scikit-learn (and scipy, which scikit-learn brings).
+        "keras-tuner>=1.4,<1.5",
+        "scikit-learn>=1.9,<2",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100"],

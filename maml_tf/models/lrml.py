@@ -83,6 +83,7 @@ class LRML(base.RankingModel):
 
   NAME = "lrml"
   BATCH_SUM_TERMS = ("embedding_loss",)
+  # Hyper-parameter search space (scripts/tune.py); the form is MAML's.
   SEARCH_SPACE = {
       "learning_rate": ("float", 1e-4, 1e-2, "log"),
       "margin": ("float", 0.1, 1.0, "linear"),

@@ -53,6 +53,9 @@ class MAML(base.RankingModel):
 
   NAME = "maml"
   BATCH_SUM_TERMS = ("embedding_loss",)
+  # Hyper-parameter search space (scripts/tune.py): flag -> ("float", lo, hi,
+  # "log"|"linear") | ("int", lo, hi) | ("choice", [values]), an optional
+  # last {flag: value} dict limiting an entry to runs with those flags.
   SEARCH_SPACE = {
       "learning_rate": ("float", 1e-4, 1e-2, "log"),
       "margin": ("float", 0.5, 2.5, "linear"),
@@ -60,8 +63,8 @@ class MAML(base.RankingModel):
       "cov_loss_weight": ("float", 0.0, 10.0, "linear"),
       "num_neg": ("int", 2, 10),
       "embed_dim": ("choice", [32, 64, 128]),
-      "attention_l2": ("float", 1e-3, 100.0, "log"),
-      "dropout": ("float", 0.0, 0.5, "linear"),
+      "attention_l2": ("float", 1e-2, 1e3, "log", {"mode": "paper"}),
+      "dropout": ("float", 0.0, 0.5, "linear", {"mode": "paper"}),
   }
 
   def __init__(self, n_users, n_items, feature_dim=0, embed_dim=64,

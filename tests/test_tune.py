@@ -1,0 +1,347 @@
+"""Hyper-parameter search: spaces -> keras-tuner, trials as real runs on tiny
+data, the CLI killed and resumed, best.flags run by scripts/train.py, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from maml_tf import tuning
+from maml_tf.config import Config
+from maml_tf.errors import UsageError
+from tests.test_cli import ROOT, run as run_train, write_release_layout
+
+TUNE = os.path.join(ROOT, "scripts", "tune.py")
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """A tiny dataset and a base flagfile with a validation split."""
+  root = tmp_path_factory.mktemp("tune")
+  data = root / "data"
+  features = write_release_layout(str(data), n_users=40, n_items=50)
+  flagfile = root / "base.flags"
+  flagfile.write_text("\n".join([
+      "--dataset=custom", f"--data_dir={data}",
+      f"--extra_features=meta={features}", "--embed_dim=8",
+      "--hidden_layer_dim=16", "--batch_size=16", "--num_neg=2",
+      "--train_steps=4", "--eva_batches=2", "--topk=5,10",
+      "--validation_fraction=0.25", "--notensorboard", "--nojit_compile",
+      "--noexport", f"--export_dir={root / 'exports'}",
+      f"--cache_dir={root / 'cache'}", "--workdir=/nonexistent/ignored"]) + "\n")
+  return root, flagfile
+
+
+def base_config(root, **changes):
+  values = dict(dataset="custom", data_dir=str(root / "data"),
+                extra_features=(f"meta={root / 'data' / 'meta.npy'}",),
+                embed_dim=8, hidden_layer_dim=16, batch_size=16, num_neg=2,
+                train_steps=4, eva_batches=2, topk=(5, 10),
+                validation_fraction=0.25, tensorboard=False, jit_compile=False,
+                export=False, cache_dir=str(root / "cache"))
+  values.update(changes)
+  return Config(**values).validate()
+
+
+def run_tune(args, timeout=300):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, TUNE] + args, cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+# --- Spaces ------------------------------------------------------------------
+
+
+def test_every_declared_space_converts_and_its_values_make_valid_runs():
+  for model, extra in (("maml", {}), ("maml", {"mode": "paper"}),
+                       ("cml", {}), ("lrml", {"num_neg": 1})):
+    base = Config(model=model, validation_fraction=0.1, **extra)
+    declared = tuning.search_space(model)
+    assert declared, model
+    params = tuning.build_space(base)
+    hp = tuning.to_hyperparameters(params)
+    assert [p.name for p in hp.space] == [p.name for p in params]
+    for p, h in zip(params, hp.space):
+      assert type(h).__name__.lower() == p.kind
+      assert p.kind in ("float", "int", "choice")
+      if p.kind == "choice":
+        assert list(h.values) == list(p.values) == list(declared[p.name][1])
+      else:
+        assert (h.min_value, h.max_value) == (p.low, p.high) == tuple(
+            declared[p.name][1:3])
+        assert h.sampling == p.sampling
+    # Random draws applied to the base give valid Configs of the right types.
+    for seed in range(5):
+      values = {h.name: h.random_sample(seed) for h in hp.space}
+      config = tuning.apply_values(base, values, params)
+      for name, value in values.items():
+        assert getattr(config, name) == value
+        assert type(getattr(config, name)) is type(getattr(Config(), name))
+
+
+def test_conditional_entries_follow_the_base_run():
+  faithful = {p.name for p in tuning.build_space(Config(validation_fraction=0.1))}
+  paper = {p.name for p in tuning.build_space(
+      Config(validation_fraction=0.1, mode="paper"))}
+  assert paper - faithful == {"attention_l2", "dropout"}
+  with pytest.raises(UsageError, match=r"`--search_space` entry dropout "
+                     r"applies only with --mode=paper"):
+    tuning.build_space(Config(validation_fraction=0.1), ["dropout"])
+
+
+def test_search_space_flag_restricts_and_overrides():
+  base = Config(validation_fraction=0.1)
+  params = tuning.build_space(base, ["margin", "learning_rate=float:1e-3:1e-1:log",
+                                     "embed_dim=choice:16|24",
+                                     "use_rank_weight=choice:true|false",
+                                     "hidden_layer_dim=int:32:64"])
+  assert [p.describe() for p in params] == [
+      "margin=float:0.5:2.5:linear", "learning_rate=float:0.001:0.1:log",
+      "embed_dim=choice:16|24", "use_rank_weight=choice:true|false",
+      "hidden_layer_dim=int:32:64"]
+  hp = tuning.to_hyperparameters(params)
+  assert [type(h).__name__ for h in hp.space] == [
+      "Float", "Float", "Choice", "Choice", "Int"]
+  assert hp.space[3].values == [True, False]
+
+
+@pytest.mark.parametrize("entries, message", [
+    (["bogus"], "`--search_space` names no flag of a run"),
+    (["clip_norm"], "names a flag --model=maml's space does not declare"),
+    (["margin=float:2:1"], "entry margin must have low < high"),
+    (["learning_rate=float:0:1:log"], "must have low > 0 with log sampling"),
+    (["num_neg=float:1:3"], "entry num_neg must be choice or int for an "
+     "integer flag"),
+    (["attention=int:1:3"], "must be choice for a text flag"),
+    (["margin=float:a:1"], "entry margin must have float bounds"),
+    (["embed_dim=choice:8|8"], "must not repeat a value"),
+    (["margin=normal:0:1"], "must be margin=float:LO:HI"),
+    (["train_steps=int:10:20"], "is a flag a search may not vary"),
+    (["dropout=float:0:1.5"], "`--search_space` entry dropout=float:0.0:1.5:linear "
+     "allows values the run refuses: `--dropout` must be < 1. Received: 1.5"),
+    (["margin", "margin"], "names margin twice"),
+])
+def test_bad_search_space_entries_are_one_line_errors(entries, message):
+  with pytest.raises(UsageError) as e:
+    tuning.build_space(Config(validation_fraction=0.1), entries)
+  assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_declared_space_is_checked_against_the_model():
+  # LRML trains on one negative: a num_neg range is refused up front.
+  with pytest.raises(UsageError, match="`--num_neg` must be 1 with --model=lrml"):
+    tuning.build_space(Config(validation_fraction=0.1, model="lrml", num_neg=1),
+                       ["num_neg=int:1:3"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max_trials=0"], "error: `--max_trials` must be >= 1. Received: 0"),
+    (["--tuner=grid"], "error: `--tuner` must be one of random, bayesian, "
+     "hyperband. Received: 'grid'"),
+    (["--validation_fraction=0"], "error: `--validation_fraction` must be > 0 "
+     "to tune"),
+    (["--tuner_seed=0"], "error: `--tuner_seed` must be >= 1. Received: 0"),
+    (["--search_space=marginn"], "error: `--search_space` names no flag of a "
+     "run"),
+])
+def test_cli_usage_errors_exit_2_with_one_line(tiny, tmp_path, args, message):
+  _, flagfile = tiny
+  proc = run_tune([f"--flagfile={flagfile}", f"--tune_dir={tmp_path / 't'}"]
+                  + args)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "t" / "trials").exists()
+
+
+# --- Searches ----------------------------------------------------------------
+
+
+def _flags(workdir):
+  with open(os.path.join(workdir, "flags.txt")) as f:
+    return f.read()
+
+
+def test_hyperband_maps_epochs_to_rounds_and_continues_from_checkpoints(tiny):
+  root, _ = tiny
+  # max_epochs = 4 steps / 2 per round = 2; with factor 2 the first bracket
+  # trains two trials one round each, then the better one a second round.
+  base = base_config(root)
+  settings = tuning.TuneSettings(tune_dir=str(root / "hb"), tuner="hyperband",
+                                 max_trials=3, hyperband_factor=2,
+                                 search_space=("margin",))
+  result = tuning.search(base, settings, verbose=0)
+  records = result["trials"]
+  assert [r["status"] for r in records] == ["COMPLETED"] * 3
+  continued = 0
+  for r in records:
+    hb = r["hyperband"]
+    # One keras-tuner epoch is one round of --eva_batches steps.
+    assert f"--train_steps={hb['epochs'] * 2}\n" in _flags(r["workdir"])
+    summary = json.loads(open(os.path.join(r["workdir"], "metrics.json")).read())
+    assert summary["last"]["step"] == hb["epochs"] * 2
+    if "trial_id" in hb:  # continues an earlier trial from its checkpoint
+      continued += 1
+      assert summary["started_from_step"] == hb["initial_epoch"] * 2
+      parent = next(p for p in records if p["trial_id"] == hb["trial_id"])
+      assert parent["values"] == r["values"]
+    assert r["objective"]["value"] == summary["best"]["valid"]["ndcg@10"]
+  assert continued >= 1
+  # Another search in the same folder is refused, not mixed in.
+  with pytest.raises(UsageError, match="`--tune_dir` holds another search"):
+    tuning.search(base, tuning.TuneSettings(tune_dir=str(root / "hb"),
+                                            max_trials=2), verbose=0)
+
+
+def test_a_failing_trial_fails_alone_and_is_reported(tiny):
+  root, _ = tiny
+  base = base_config(root)
+  # 120 train pairs: batch_size 100000 is refused by the run, 16 trains.
+  settings = tuning.TuneSettings(tune_dir=str(root / "bayes"), tuner="bayesian",
+                                 max_trials=2,
+                                 search_space=("batch_size=choice:16|100000",))
+  result = tuning.search(base, settings, verbose=0)
+  by_size = {r["values"]["batch_size"]: r for r in result["trials"]}
+  assert set(by_size) == {16, 100000}
+  failed = by_size[100000]
+  assert failed["status"] == "FAILED"
+  assert "`--batch_size` must be <= the number of train pairs" in failed["message"]
+  assert "\n" not in failed["message"]
+  assert by_size[16]["status"] == "COMPLETED"
+  assert result["best"]["trial_id"] == by_size[16]["trial_id"]
+  best_flags = (root / "bayes" / "best.flags").read_text()
+  assert "\n--batch_size=16\n" in best_flags
+
+
+def _trial_state(tune_dir):
+  """(finished trial ids, ids of unfinished runs that have a checkpoint)."""
+  done, partial = [], []
+  trials = os.path.join(tune_dir, "trials")
+  for trial_id in sorted(os.listdir(trials)) if os.path.isdir(trials) else []:
+    workdir = os.path.join(trials, trial_id)
+    try:
+      with open(os.path.join(workdir, "metrics.json")) as f:
+        finished = json.load(f).get("finished") is True
+    except (OSError, ValueError):
+      continue
+    checkpoints = os.path.join(workdir, "checkpoints")
+    has_ckpt = os.path.isdir(checkpoints) and any(
+        n.startswith("ckpt-") and n.endswith(".index")
+        for n in os.listdir(checkpoints))
+    (done if finished else partial if has_ckpt else []).append(trial_id)
+  return done, partial
+
+
+def test_killed_search_resumes_and_best_flags_train(tiny):
+  root, flagfile = tiny
+  tune_dir = root / "killed"
+  args = [f"--flagfile={flagfile}", f"--tune_dir={tune_dir}", "--max_trials=2",
+          "--train_steps=8", "--search_space=learning_rate,margin,num_neg"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  log = open(root / "killed.log", "w")
+  proc = subprocess.Popen([sys.executable, TUNE] + args, cwd=ROOT, env=env,
+                          stdout=log, stderr=subprocess.STDOUT)
+  try:
+    # Kill once a trial has finished and a later one is part-way (its run
+    # has a checkpoint but is not finished).
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+      done, partial = _trial_state(str(tune_dir))
+      if done and partial:
+        break
+      time.sleep(0.02)
+    assert proc.poll() is None, "the search ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    log.close()
+  done, partial = _trial_state(str(tune_dir))
+  assert done and partial
+  kept = {t: (tune_dir / "trials" / t / "metrics.jsonl").read_text()
+          for t in done}
+  interrupted = partial[0]
+
+  proc = run_tune(args)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert "Reloading Tuner" in proc.stdout
+  records = read_jsonl(tune_dir / "trials.jsonl")
+  assert [r["trial_id"] for r in records] == ["0", "1"]
+  assert all(r["status"] == "COMPLETED" for r in records)
+  # The finished trials were not run again: their rounds are untouched.
+  for t, text in kept.items():
+    assert (tune_dir / "trials" / t / "metrics.jsonl").read_text() == text
+  # The interrupted trial's run went on from its own checkpoint.
+  summary = json.loads((tune_dir / "trials" / interrupted / "metrics.json")
+                       .read_text())
+  assert summary["finished"] is True and summary["started_from_step"] >= 2
+  assert [r["step"] for r in read_jsonl(
+      tune_dir / "trials" / interrupted / "metrics.jsonl")] == [2, 4, 6, 8]
+  # Each trial's run has its values; the objective is its best validation round.
+  for r in records:
+    text = _flags(r["workdir"])
+    for name, value in r["values"].items():
+      assert f"--{name}={value}\n" in text
+    assert "--noexport\n" in text
+    run_summary = json.loads(open(os.path.join(r["workdir"], "metrics.json")).read())
+    assert run_summary["select_split"] == "valid"
+    assert r["objective"]["value"] == run_summary["best"]["valid"]["ndcg@10"]
+    assert r["test_of_that_round"] == run_summary["best"]["test"]
+  # best.flags names the best trial: the highest objective, earliest of equals.
+  best_flags = tune_dir / "best.flags"
+  text = best_flags.read_text()
+  best = records[int(text.split("The best trial (")[1].split(")")[0])]
+  top = max(r["objective"]["value"] for r in records)
+  assert best["objective"]["value"] == top
+  assert best == next(r for r in records if r["objective"]["value"] == top)
+
+  # best.flags runs directly and reproduces the best trial.
+  assert text.startswith("# The best trial")
+  assert "2 trials x 8 steps = 16 training steps" in text
+  assert "validation ndcg@10" in text
+  workdir = root / "from_best"
+  proc = run_train([f"--flagfile={best_flags}", f"--workdir={workdir}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  again = json.loads((workdir / "metrics.json").read_text())
+  assert again["best"]["valid"] == pytest.approx(best["valid"], abs=1e-6)
+  assert again["best"]["test"] == pytest.approx(best["test_of_that_round"],
+                                                abs=1e-6)
+
+
+def test_a_trial_whose_run_finished_unrecorded_is_not_trained_again(tiny):
+  """A kill after a trial's run finished but before keras-tuner recorded
+  the trial: the rerun retries the trial and reads the finished run."""
+  root, _ = tiny
+  tune_dir = root / "unrecorded"
+  base = base_config(root)
+  settings = tuning.TuneSettings(tune_dir=str(tune_dir), max_trials=1,
+                                 search_space=("margin",))
+  first = tuning.search(base, settings, verbose=0)["trials"][0]
+  rounds = (tune_dir / "trials" / "0" / "metrics.jsonl").read_text()
+  # Put the oracle back to "trial 0 running", as the kill would leave it.
+  state_path = tune_dir / "keras_tuner" / "oracle.json"
+  state = json.loads(state_path.read_text())
+  assert state["end_order"] == ["0"] and not state["ongoing_trials"]
+  state["end_order"], state["ongoing_trials"] = [], {"tuner0": "0"}
+  state["run_times"] = {}
+  state_path.write_text(json.dumps(state))
+  trial_path = tune_dir / "keras_tuner" / "trial_0" / "trial.json"
+  trial = json.loads(trial_path.read_text())
+  trial["status"], trial["score"] = "RUNNING", None
+  trial_path.write_text(json.dumps(trial))
+
+  again = tuning.search(base, settings, verbose=0)["trials"]
+  assert len(again) == 1 and again[0]["status"] == "COMPLETED"
+  assert again[0]["objective"] == first["objective"]
+  assert (tune_dir / "trials" / "0" / "metrics.jsonl").read_text() == rounds
