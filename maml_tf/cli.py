@@ -14,8 +14,8 @@ import traceback
 
 from absl import flags
 
-from maml_tf.config import (ATTENTIONS, DATASETS, MODELS, MODES, NEGATIVE_RELATIONS,
-                            PROTOCOLS, STRATEGIES, Config)
+from maml_tf.config import (ATTENTIONS, DATA_FORMATS, DATASETS, MODELS, MODES,
+                            NEGATIVE_RELATIONS, PROTOCOLS, STRATEGIES, Config)
 from maml_tf.errors import MamlError, UsageError
 
 FLAGS = flags.FLAGS
@@ -36,6 +36,16 @@ HELP = {
                  "or ~/.cache/maml_tf)",
     "validation_fraction": "share of each user's train items held out to select "
                            "the best round (0: the release's protocol)",
+    "data_format": "format of --data_dir: release (train.csv, test.csv, "
+                   "optional valid.csv), recbole (<name>.inter, optional "
+                   "<name>.item, or <name>.train/.valid/.test.inter), mmrec "
+                   "(<name>.inter with x_label, image_feat.npy, text_feat.npy), "
+                   "npz (train.npz, test.npz, optional valid.npz scipy sparse "
+                   "user x item matrices) or auto (detected from the files)",
+    "min_rating": "keep only interactions rated at least this (needs a rating "
+                  "column); unset keeps all",
+    "kcore": "iterated k-core filter: drop users and items with fewer than k "
+             "interactions until none is left (0: off)",
     "model": "maml (attention over user, item and item features), lrml (LRML's "
              "memory relation, no features) or cml (plain distance, no "
              "features; same as --attention=none --modalities=)",
@@ -98,10 +108,12 @@ def define_flags():
     name, default, help_ = field.name, getattr(_D, field.name), HELP[field.name]
     enums = {"dataset": DATASETS, "mode": MODES, "attention": ATTENTIONS,
              "strategy": STRATEGIES, "model": MODELS, "protocol": PROTOCOLS,
-             "negative_relation": NEGATIVE_RELATIONS}
+             "negative_relation": NEGATIVE_RELATIONS, "data_format": DATA_FORMATS}
     if name in enums:
       options = enums[name]
       flags.DEFINE_string(name, default, f"{help_}. One of: {', '.join(options)}")
+    elif name == "min_rating":
+      flags.DEFINE_float(name, default, help_)
     elif isinstance(default, bool):
       flags.DEFINE_boolean(name, default, help_)
     elif isinstance(default, int):

@@ -34,6 +34,7 @@ from maml_tf import data as data_lib
 from maml_tf import distribute
 from maml_tf import evaluate as eval_lib
 from maml_tf import model as model_lib
+from maml_tf import vocab as vocab_lib
 from maml_tf.config import Config
 from maml_tf.dataset_types import Dataset
 from maml_tf.errors import UsageError
@@ -53,7 +54,9 @@ def load_data(config: Config) -> Dataset:
     modalities, paths = (), {}
   ds = data_lib.load_dataset(
       config.dataset, config.data_dir, modalities, paths,
-      config.text_dim, config.seed, config.cache_dir)
+      config.text_dim, config.seed, config.cache_dir,
+      data_format=config.data_format, min_rating=config.min_rating,
+      kcore=config.kcore)
   return prepare_data(config, ds)
 
 
@@ -61,6 +64,15 @@ def prepare_data(config: Config, ds: Dataset) -> Dataset:
   """The protocol's split (leave-one-out by time for loo), then validation."""
   if not config.uses_features and ds.features:
     ds = dataclasses.replace(ds, features={}, feature_sources={})
+  if len(ds.valid) and config.validation_fraction > 0:
+    raise UsageError(f"`--validation_fraction` must be 0 when the data gives a "
+                     f"validation split ({ds.name} has {len(ds.valid)} "
+                     f"validation pairs, e.g. from valid.csv). Received: "
+                     f"{config.validation_fraction}")
+  if config.protocol == "release" and not len(ds.test):
+    raise UsageError(f"`--protocol=release` needs test pairs and {ds.name} has "
+                     f"none; give a split (test file) or use --protocol=split "
+                     f"(a per-user 8:1:1 split). Received: {config.protocol}")
   if config.protocol == "loo":
     from maml_tf import loo as protocol_lib  # pylint: disable=g-import-not-at-top
     ds = protocol_lib.leave_one_out(ds)
@@ -324,10 +336,13 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
                      f"({len(ds.train)}). Received: {config.batch_size}")
   _write_text_atomic(os.path.join(config.workdir, "flags.txt"),
                      config.to_flagfile())
+  vocab_lib.write_vocab(config.workdir, ds)
   if verbose:
     print(ds.summary(), flush=True)
-    for name, source in ds.feature_sources.items():
-      print(f"  {name}: {source}", flush=True)
+    for note in ds.notes:
+      print(f"  {note}", flush=True)
+    for source in ds.feature_sources.values():  # each starts "<name>: "
+      print(f"  {source}", flush=True)
 
   model = build_model(config, ds, strategy)
   checkpointer = checkpoint_lib.Checkpointer(model, config.workdir,
