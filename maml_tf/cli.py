@@ -8,7 +8,9 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import sys
 import traceback
 
@@ -20,6 +22,13 @@ from maml_tf.errors import MamlError, UsageError
 
 FLAGS = flags.FLAGS
 _D = Config()
+# TensorFlow's C++ start-up lines (the CUDA probe, oneDNN and CPU-feature
+# notices, "Unable to register cuDNN factory", ...) are written to the
+# process's stderr before TF_CPP_MIN_LOG_LEVEL takes effect. They are hidden
+# unless the user set TF_CPP_MIN_LOG_LEVEL themselves (then TF's own knob
+# decides) or passed --debug.
+TF_LOG_SET_BY_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HELP = {
     "dataset": "office (the embedded Office data) or custom (--data_dir in the "
@@ -157,7 +166,35 @@ def config_from_flags() -> Config:
   return Config(**values).validate()
 
 
+@contextlib.contextmanager
+def native_stderr_hidden(hide: bool):
+  """Points file descriptor 2 at /dev/null inside the block (C++ writes go
+  there directly, past sys.stderr); restores it on the way out."""
+  if not hide:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def import_tensorflow_quietly():
+  """Imports TF and probes its devices with the start-up lines hidden."""
+  with native_stderr_hidden(not TF_LOG_SET_BY_USER and not FLAGS.debug):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.list_physical_devices()
+
+
 def train_main():
+  import_tensorflow_quietly()
   from maml_tf.train import train_and_evaluate  # heavy import after flag checks
   # The live progress bar on a terminal; one line per round when the output
   # goes to a file or a pipe (the bar's redraws would flood a log).
