@@ -134,37 +134,36 @@ def read_release_rows(path: str, allow_raw: bool = True) -> Rows:
   rating_col = next((c for c in RATING_COLUMNS if c in header), None)
   wanted = [c for c in (item_col, user_col, "asin", "unixReviewTime",
                         rating_col) if c and c in header]
-  table = tables.read_table(path, header, header_line, dict.fromkeys(wanted))
-  cols = table.columns
+  ints = [] if raw else [item_col, user_col]
+  if "unixReviewTime" in wanted:
+    ints.append("unixReviewTime")
+  table = tables.read_table(path, header, header_line, wanted,
+                            int_columns=ints)
   found = []
   if raw:
-    users, items = (_raw_id_column(cols[c]) for c in (user_col, item_col))
+    users, items = (tables.stripped(table, c) for c in (user_col, item_col))
     found += [(_first(items == ""), item_col, "must not be empty"),
               (_first(users == ""), user_col, "must not be empty")]
   else:
-    items, bad_i = tables.id_column(cols[item_col])
-    users, bad_u = tables.id_column(cols[user_col])
+    items, bad_i = tables.table_ids(table, item_col)
+    users, bad_u = tables.table_ids(table, user_col)
     found += [(bad_i, item_col, tables.id_rule),
               (bad_u, user_col, tables.id_rule)]
   times = ratings = None
-  if "unixReviewTime" in cols:
-    times, bad = tables.time_column(cols["unixReviewTime"])
+  if "unixReviewTime" in wanted:
+    times, bad = tables.table_times(table, "unixReviewTime")
     found.append((bad, "unixReviewTime", _TIME_RULE))
   if rating_col:
-    ratings, bad = tables.float_column(cols[rating_col])
+    ratings, bad = tables.float_column(table.cells(rating_col))
     found.append((bad, rating_col, _RATING_RULE))
   tables.first_error(table, found)
   asins = None
-  if "asin" in cols:
-    asins = np.array([a.strip() or None for a in cols["asin"]], object)
+  if "asin" in wanted:
+    asins = tables.stripped(table, "asin")
+    if not asins.all():  # '' -> None
+      asins = asins.copy()
+      asins[asins == ""] = None
   return Rows(path, users, items, table.lines, asins, times, ratings, raw)
-
-
-def _raw_id_column(cells: np.ndarray) -> np.ndarray:
-  """Raw ids: cells stripped of surrounding blanks."""
-  out = np.empty(len(cells), object)
-  out[:] = [c.strip() for c in cells]
-  return out
 
 
 def _first(mask: np.ndarray) -> Optional[int]:
@@ -640,7 +639,7 @@ def _read_item_table(path: str, columns: Sequence[str],
   table = tables.read_table(path, header, header_line,
                             list(dict.fromkeys(wanted + header)), "\t",
                             quoting)
-  items, bad = tables.id_column(table.columns["itemID"])
+  items, bad = tables.table_ids(table, "itemID")
   tables.first_error(table, [(bad, "itemID", tables.id_rule)])
   too_big = items >= inter.n_items
   if too_big.any():

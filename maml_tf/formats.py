@@ -177,8 +177,8 @@ def read_recbole_inter(path: str) -> data_lib.Rows:
             if c in names]
   table = tables.read_table(path, names, line, wanted, **_TSV)
   cols = table.columns
-  users = np.array([c.strip() for c in cols["user_id"]], object)
-  items = np.array([c.strip() for c in cols["item_id"]], object)
+  users = tables.stripped(table, "user_id")
+  items = tables.stripped(table, "item_id")
   found = [(data_lib._first(users == ""), "user_id", "must not be empty"),
            (data_lib._first(items == ""), "item_id", "must not be empty")]
   ratings = times = None
@@ -419,11 +419,12 @@ def read_mmrec_inter(path: str) -> Dict[str, data_lib.Rows]:
   tables.check_header(path, header, line, ("userID", "itemID", "x_label"))
   wanted = [c for c in ("userID", "itemID", "x_label", "rating", "timestamp")
             if c in header]
-  table = tables.read_table(path, header, line, wanted, **_TSV)
+  table = tables.read_table(path, header, line, wanted,
+                            int_columns=("userID", "itemID", "x_label"), **_TSV)
   cols = table.columns
-  users, bad_u = tables.id_column(cols["userID"])
-  items, bad_i = tables.id_column(cols["itemID"])
-  labels, bad_l = tables.id_column(cols["x_label"])
+  users, bad_u = tables.table_ids(table, "userID")
+  items, bad_i = tables.table_ids(table, "itemID")
+  labels, bad_l = tables.table_ids(table, "x_label")
   if labels is not None and (labels > 2).any():
     bad_l = int(np.argmax(labels > 2))
   found = [(bad_u, "userID", tables.id_rule), (bad_i, "itemID", tables.id_rule),

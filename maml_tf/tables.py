@@ -47,18 +47,32 @@ class Table:
     header_line: the header's line number (1-based).
     columns: name -> object array of str cells ('' for an empty cell).
     lines: int64 line number of each row.
+    ints: name -> int64 values of the columns asked for as integers that
+      pandas' C parser read as plain integers with nothing to doubt (see
+      `read_table`); their cells are read only if `cells` asks.
+    blank_free: no cell of the file has a space or tab (nothing to strip).
   """
   path: str
   header: List[str]
   header_line: int
   columns: Dict[str, np.ndarray]
   lines: np.ndarray
+  ints: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  blank_free: bool = False
+  sep: str = ","
+  quoting: int = csv.QUOTE_MINIMAL
 
   def __len__(self) -> int:
     return len(self.lines)
 
   def has(self, name: str) -> bool:
-    return name in self.columns
+    return name in self.columns or name in self.ints
+
+  def cells(self, name: str) -> np.ndarray:
+    """The str cells of a column (read again if only its ints were kept)."""
+    if name not in self.columns:
+      self.columns[name] = _read_column(self, name)
+    return self.columns[name]
 
   def fail(self, row: int, column: str, rule: str, cell) -> None:
     raise DataError(f"{self.path}: line {int(self.lines[row])}: column "
@@ -114,8 +128,17 @@ def check_header(path: str, header: Sequence[str], header_line: int,
 
 def read_table(path: str, header: Sequence[str], header_line: int,
                columns: Sequence[str], sep: str = ",",
-               quoting: int = csv.QUOTE_MINIMAL) -> Table:
+               quoting: int = csv.QUOTE_MINIMAL,
+               int_columns: Sequence[str] = ()) -> Table:
   """Reads the named columns (all in `header`) of every non-blank data row.
+
+  `int_columns` (a subset of `columns`) are first left to pandas' C parser
+  to read as integers. Its result is kept (in `Table.ints`) only when it
+  cannot differ from reading the cells as text and checking them: the
+  column came out as int64 and the file has no `+` and no `-0` anywhere
+  (the C parser reads "+5" as 5 and "-0" as 0; "1.0", "1e3", "", "x" or a
+  Unicode digit make the column float or text, never int64). Otherwise the
+  column is read as text like the others and the caller checks each cell.
 
   Raises:
     DataError: not UTF-8, malformed, or a row with fewer fields than needed
@@ -124,9 +147,16 @@ def read_table(path: str, header: Sequence[str], header_line: int,
   """
   index = {c: list(header).index(c) for c in columns}
   use = sorted({0} | set(index.values()))
+  want_int = {index[c] for c in int_columns}
+  ints = {}
+  blank_free = False
   try:
-    cols, lines = _read_fast(path, len(header), header_line, use, sep,
-                             quoting)
+    n_lines, seen = _scan_bytes(path)
+    blank_free = not (seen[b" "] or seen[b"\t"] and sep != "\t")
+    trust = not (seen[b"+"] or seen[b"-0"])
+    cols, lines, int_cols = _read_fast(path, len(header), header_line, use,
+                                       sep, quoting, want_int if trust else
+                                       set(), n_lines)
     if cols is None:
       cols, lines, n_fields = _read_slow(path, header_line, use, sep, quoting)
       short = n_fields < use[-1] + 1
@@ -134,6 +164,8 @@ def read_table(path: str, header: Sequence[str], header_line: int,
         k = int(np.argmax(short))
         raise DataError(f"{path}: line {int(lines[k])}: has {int(n_fields[k])}"
                         f" fields, the header has {len(header)}")
+    else:
+      ints = {c: int_cols[i] for c, i in index.items() if i in int_cols}
   except UnicodeDecodeError as e:
     raise DataError(f"{path}: is not UTF-8 text (byte {e.start}: "
                     f"{e.reason})") from e
@@ -142,47 +174,89 @@ def read_table(path: str, header: Sequence[str], header_line: int,
   except OSError as e:
     raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
   return Table(path, list(header), header_line,
-               {c: cols[i] for c, i in index.items()}, lines)
+               {c: cols[i] for c, i in index.items() if i in cols}, lines,
+               ints, blank_free, sep, quoting)
 
 
-def _count_lines(path: str) -> int:
-  n, last = 0, b"\n"
+_MARKS = (b" ", b"\t", b"+", b"-0")
+
+
+def _scan_bytes(path: str):
+  """(physical lines, {mark: whether the file has it})."""
+  n, last, seen, tail = 0, b"\n", dict.fromkeys(_MARKS, False), b""
   with open(path, "rb") as f:
     while True:
       chunk = f.read(_CHUNK)
       if not chunk:
         break
       n += chunk.count(b"\n")
-      last = chunk[-1:]
-  return n + (last != b"\n")
+      both = tail + chunk  # a mark may straddle two chunks
+      for mark in _MARKS:
+        seen[mark] = seen[mark] or mark in both
+      last, tail = chunk[-1:], chunk[-1:]
+  return n + (last != b"\n"), seen
 
 
-def _read_fast(path, n_header, header_line, use, sep, quoting):
-  """pandas' C parser; (None, None) when the slow path must decide."""
+def _read_fast(path, n_header, header_line, use, sep, quoting, want_int,
+               n_lines):
+  """pandas' C parser; (None, None, None) when the slow path must decide."""
+  dtype = {i: str for i in use if i not in want_int}
   try:
     frame = pd.read_csv(
         path, sep=sep, header=None, names=list(range(n_header)), usecols=use,
-        skiprows=header_line, dtype=str, keep_default_na=False, na_values=[],
-        skip_blank_lines=False, quoting=quoting, encoding="utf-8",
-        engine="c", index_col=False)
-  except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
-    # Every row shorter than the header, no data rows, or a quoting problem:
+        skiprows=header_line, dtype=dtype, keep_default_na=False,
+        na_values=[], skip_blank_lines=False, quoting=quoting,
+        encoding="utf-8", engine="c", index_col=False)
+  except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError,
+          IndexError):
+    # Every row shorter than the header, no data rows (pandas 3 raises
+    # IndexError with a dtype for an empty file), or a quoting problem:
     # the csv module says exactly what and where. (UnicodeDecodeError is a
     # ValueError too: re-raised as is.)
     if sys.exc_info()[0] is UnicodeDecodeError:
       raise
-    return None, None
+    return None, None, None
   n = len(frame)
-  if n != _count_lines(path) - header_line:
-    return None, None  # a quoted field spans lines: rows != lines
-  cols = {i: frame[i].to_numpy(dtype=object) for i in use}
-  last = cols[use[-1]]
-  suspect = last == ""
-  if use[-1] == 0:
-    suspect |= np.char.strip(last.astype(str)) == ""
-  if suspect.any():
-    return None, None  # blank or short rows look alike here
-  return cols, np.arange(header_line + 1, header_line + 1 + n, dtype=np.int64)
+  if n != n_lines - header_line:
+    return None, None, None  # a quoted field spans lines: rows != lines
+  cols, int_cols = {}, {}
+  for i in use:
+    if i in want_int and frame[i].dtype == np.int64:
+      int_cols[i] = frame[i].to_numpy()
+    elif i in want_int:  # not plain integers: the cells as text
+      cols[i] = None
+    else:
+      cols[i] = frame[i].to_numpy(dtype=object)
+  if any(v is None for v in cols.values()):
+    redo = [i for i, v in cols.items() if v is None]
+    again = pd.read_csv(
+        path, sep=sep, header=None, names=list(range(n_header)), usecols=redo,
+        skiprows=header_line, dtype=str, keep_default_na=False, na_values=[],
+        skip_blank_lines=False, quoting=quoting, encoding="utf-8",
+        engine="c", index_col=False)
+    for i in redo:
+      cols[i] = again[i].to_numpy(dtype=object)
+  last = use[-1]
+  if last in cols:
+    suspect = cols[last] == ""
+    if last == 0:
+      suspect |= np.char.strip(cols[last].astype(str)) == ""
+    if suspect.any():
+      return None, None, None  # blank or short rows look alike here
+  return (cols, np.arange(header_line + 1, header_line + 1 + n,
+                          dtype=np.int64), int_cols)
+
+
+def _read_column(table: Table, name: str) -> np.ndarray:
+  """One column's cells as text, rows as in `table` (fast path only)."""
+  i = table.header.index(name)
+  frame = pd.read_csv(
+      table.path, sep=table.sep, header=None,
+      names=list(range(len(table.header))), usecols=[i],
+      skiprows=table.header_line, dtype=str, keep_default_na=False,
+      na_values=[], skip_blank_lines=False, quoting=table.quoting,
+      encoding="utf-8", engine="c", index_col=False)
+  return frame[i].to_numpy(dtype=object)
 
 
 def _read_slow(path, header_line, use, sep, quoting):
@@ -210,6 +284,35 @@ def _read_slow(path, header_line, use, sep, quoting):
 
 # ---------------------------------------------------------------------------
 # column parsers: (values, None) or (None, index of the first bad cell)
+
+
+def table_ids(table: Table, name: str):
+  """`id_column` of a table's column, from its C-parsed ints when kept."""
+  values = table.ints.get(name)
+  if values is not None:
+    bad = (values < 0) | (values > MAX_ID)
+    if not bad.any():
+      return values.astype(np.int64), None
+  return id_column(table.cells(name))
+
+
+def table_times(table: Table, name: str):
+  """`time_column` of a table's column, from its C-parsed ints when kept."""
+  values = table.ints.get(name)
+  if values is not None:
+    if not (np.abs(values) >= 10**18).any():
+      return values.astype(np.int64), None
+  return time_column(table.cells(name))
+
+
+def stripped(table: Table, name: str) -> np.ndarray:
+  """A text column's cells without surrounding blanks."""
+  cells = table.cells(name)
+  if table.blank_free:
+    return cells
+  out = np.empty(len(cells), object)
+  out[:] = [c.strip() for c in cells]
+  return out
 
 
 def id_column(cells: np.ndarray) -> Tuple[Optional[np.ndarray], Optional[int]]:
@@ -290,8 +393,8 @@ def first_error(table: Table, found: Sequence[Tuple[Optional[int], str, str]]):
             enumerate(found) if k is not None]
   if ranked:
     k, _, column, rule = min(ranked)
-    table.fail(k, column, rule(table.columns[column][k]) if callable(rule)
-               else rule, table.columns[column][k])
+    cell = table.cells(column)[k]
+    table.fail(k, column, rule(cell) if callable(rule) else rule, cell)
 
 
 def _one_line(err: BaseException) -> str:
@@ -300,4 +403,5 @@ def _one_line(err: BaseException) -> str:
 
 __all__ = ["MAX_ID", "Table", "check_file", "check_header", "first_error",
            "float_column", "id_column", "id_ok", "id_rule", "read_header",
-           "read_table", "time_column"]
+           "read_table", "stripped", "table_ids", "table_times",
+           "time_column"]
