@@ -289,10 +289,15 @@ def finish_interactions(
         keep = splits[s].ratings >= min_rating
         pairs[s] = pairs[s][keep]
         times[s] = None if times[s] is None else times[s][keep]
-    notes.append(f"--min_rating={min_rating:g}: {before} -> {_counts(pairs)}")
+  n_rows = sum(len(p) for p in pairs.values())
   for s in names:
     pairs[s], keep = _merge_duplicates(pairs[s], splits[s].path)
     times[s] = None if times[s] is None else times[s][keep]
+  if min_rating is not None:
+    n_dup = n_rows - sum(len(p) for p in pairs.values())
+    merged = f" ({n_dup:,} duplicate rows merged)" if n_dup else ""
+    notes.append(f"--min_rating={min_rating:g}: {before} -> "
+                 f"{_counts(pairs)}{merged}")
   if kcore:
     before = _counts(pairs)
     pairs, times, rounds = _kcore(pairs, times, kcore, n_u, n_i)
