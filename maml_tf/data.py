@@ -118,9 +118,11 @@ def read_interactions(
   return np.stack([rows.users, rows.items], 1), rows.asins, rows.times
 
 
-def read_release_rows(path: str, allow_raw: bool = True) -> Rows:
-  """`read_interactions`, also reading a rating column (`rating` or
-  `overall`) and, with `allow_raw`, files keyed by `reviewerID`/`asin`."""
+def read_release_rows(path: str, allow_raw: bool = True,
+                      ratings: bool = False) -> Rows:
+  """`read_interactions`, also reading, with `ratings`, a rating column
+  (`rating` or `overall`; otherwise such a column is ignored, as always)
+  and, with `allow_raw`, files keyed by `reviewerID`/`asin`."""
   path = tables.check_file(path, "CSV file")
   header, header_line = tables.read_header(path)
   if not header:
@@ -131,7 +133,8 @@ def read_release_rows(path: str, allow_raw: bool = True) -> Rows:
   tables.check_header(path, header, header_line,
                       RAW_ID_COLUMNS if raw else REQUIRED_COLUMNS)
   user_col, item_col = ("reviewerID", "asin") if raw else ("userID", "itemID")
-  rating_col = next((c for c in RATING_COLUMNS if c in header), None)
+  rating_col = ratings and next((c for c in RATING_COLUMNS if c in header),
+                                None)
   wanted = [c for c in (item_col, user_col, "asin", "unixReviewTime",
                         rating_col) if c and c in header]
   ints = [] if raw else [item_col, user_col]
@@ -149,12 +152,12 @@ def read_release_rows(path: str, allow_raw: bool = True) -> Rows:
     users, bad_u = tables.table_ids(table, user_col)
     found += [(bad_i, item_col, tables.id_rule),
               (bad_u, user_col, tables.id_rule)]
-  times = ratings = None
+  times = rating_values = None
   if "unixReviewTime" in wanted:
     times, bad = tables.table_times(table, "unixReviewTime")
     found.append((bad, "unixReviewTime", _TIME_RULE))
   if rating_col:
-    ratings, bad = tables.float_column(table.cells(rating_col))
+    rating_values, bad = tables.float_column(table.cells(rating_col))
     found.append((bad, rating_col, _RATING_RULE))
   tables.first_error(table, found)
   asins = None
@@ -163,7 +166,8 @@ def read_release_rows(path: str, allow_raw: bool = True) -> Rows:
     if not asins.all():  # '' -> None
       asins = asins.copy()
       asins[asins == ""] = None
-  return Rows(path, users, items, table.lines, asins, times, ratings, raw)
+  return Rows(path, users, items, table.lines, asins, times, rating_values,
+              raw)
 
 
 def _first(mask: np.ndarray) -> Optional[int]:
@@ -376,7 +380,7 @@ def _read_split(data_dir: str, min_rating: Optional[float] = None,
     path = os.path.join(data_dir, f"{s}.csv")
     if s == "valid" and not os.path.exists(path):
       continue
-    splits[s] = read_release_rows(path)
+    splits[s] = read_release_rows(path, ratings=min_rating is not None)
   if len(splits["test"].lines) == 0:
     logger.warning("%s: has no interactions; nothing to evaluate on",
                    splits["test"].path)

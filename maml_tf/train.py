@@ -85,7 +85,7 @@ RESUMABLE_CHANGES = frozenset({
     "export", "export_dir", "export_name", "export_topk", "retrieve_candidates",
     "jit_compile", "cache_dir", "train_steps", "strategy"})
 RUN_FILES = ("metrics.json", "metrics.jsonl", "flags.txt")
-RUN_DIRS = (checkpoint_lib.CHECKPOINTS, "tensorboard")
+RUN_DIRS = (checkpoint_lib.CHECKPOINTS, "tensorboard", vocab_lib.FOLDER)
 
 
 def read_flagfile(text: str) -> dict:

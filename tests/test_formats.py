@@ -480,3 +480,16 @@ def test_string_ids_end_to_end(tmp_path):
   # Each raw test pair maps back to itself through the written vocabulary.
   raw_pairs = {(users[u], items[i]) for u, i in ds.test}
   assert raw_pairs == {tuple(r) for r in rows["test"]}
+
+
+def test_release_rating_column_read_only_for_min_rating(tmp_path):
+  # Before --min_rating a rating column was never read: junk there still
+  # loads; asking to filter on it names the bad cell.
+  folder = _release(tmp_path, RELEASE_HEAD + "0,0,R,A0,5\n1,0,R,A1,n/a\n",
+                    RELEASE_HEAD + "1,1,R,A1,4\n")
+  assert len(data.load_release_layout(folder).train) == 2
+  with pytest.raises(DataError) as e:
+    data.load_release_layout(folder, min_rating=4)
+  assert str(e.value) == (f"{os.path.join(folder, 'train.csv')}: line 3: "
+                          f"column `rating` must be a finite number. "
+                          f"Received: 'n/a'")
