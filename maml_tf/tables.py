@@ -9,8 +9,11 @@ TSVs, RecBole and MMRec atomic files) goes through `read_table`, then the
 * the header is the first non-blank line; line numbers in messages count
   every physical line, header = its own line number (usually 1).
 
-Speed: pandas' C parser reads the columns a loader asks for as strings; the
-checks are vectorised. A file whose rows cannot be mapped one to one onto
+Speed: pandas' C parser reads the columns a loader asks for, integer id and
+time columns as int64 where that cannot differ from checking their text (see
+`read_table`), the others as strings; the checks are vectorised, and one
+pass over the file's bytes counts its lines and looks for the characters
+that decide those shortcuts. A file whose rows cannot be mapped one to one onto
 physical lines by pandas (quoted fields spanning lines), or that has rows
 shorter than the header or blank lines (the C parser pads those with empty
 cells, which would hide a missing field), is re-read row by row with the
@@ -152,7 +155,7 @@ def read_table(path: str, header: Sequence[str], header_line: int,
   blank_free = False
   try:
     n_lines, seen = _scan_bytes(path)
-    blank_free = not (seen[b" "] or seen[b"\t"] and sep != "\t")
+    blank_free = not (seen[b" "] or (seen[b"\t"] and sep != "\t"))
     trust = not (seen[b"+"] or seen[b"-0"])
     cols, lines, int_cols = _read_fast(path, len(header), header_line, use,
                                        sep, quoting, want_int if trust else
