@@ -454,10 +454,11 @@ def test_string_ids_end_to_end(tmp_path):
   folder = tmp_path / "d"
   folder.mkdir()
   head = [["user_id:token", "item_id:token"]]
-  rows = {"train": [], "test": []}
+  rows = {"train": [], "valid": [], "test": []}
   for u in range(12):
     for j, i in enumerate(rng.choice(15, 5, replace=False)):
-      rows["train" if j < 4 else "test"].append([f"user-{u}", f"sku:{i:03d}"])
+      split = "train" if j < 3 else ("valid", "test")[j - 3]
+      rows[split].append([f"user-{u}", f"sku:{i:03d}"])
   for split, r in rows.items():
     _write(folder, f"shop.{split}.inter", _tsv(head + r))
   _write(folder, "shop.item", _tsv(
@@ -470,16 +471,20 @@ def test_string_ids_end_to_end(tmp_path):
                   select_metric="ndcg@5", export=False, tensorboard=False)
   summary = train.train_and_evaluate(config, verbose=0)
   assert summary["finished"] is True
+  # The given validation split picks the best round.
+  assert "valid" in summary["selection"], summary["selection"]
   assert summary["modalities"] == ["vec"]
   back = vocab.load_vocab(str(workdir))
   users = list(back["users"].raw_ids())
   assert users == [f"user-{u}" for u in range(12)]
   items = list(back["items"].raw_ids())
-  assert sorted(items) == sorted({r[1] for r in rows["train"] + rows["test"]})
+  assert sorted(items) == sorted({r[1] for split in rows.values()
+                                  for r in split})
   ds = train.load_data(config)
   # Each raw test pair maps back to itself through the written vocabulary.
-  raw_pairs = {(users[u], items[i]) for u, i in ds.test}
-  assert raw_pairs == {tuple(r) for r in rows["test"]}
+  for split in ("valid", "test"):
+    raw_pairs = {(users[u], items[i]) for u, i in getattr(ds, split)}
+    assert raw_pairs == {tuple(r) for r in rows[split]}
 
 
 def test_release_rating_column_read_only_for_min_rating(tmp_path):
