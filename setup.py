@@ -24,6 +24,8 @@ setup(
         "tensorflow-recommenders==0.7.7",
         "gensim>=4.4,<4.5",
         "numpy>=2.0,<3",
+        "pandas>=2.2,<4",
+        "scipy>=1.11,<2",
         "absl-py>=2.1,<3",
         "matplotlib>=3.8,<4",
         "tensorboard>=2.21,<2.22",

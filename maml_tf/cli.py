@@ -8,20 +8,30 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import sys
 import traceback
 
 from absl import flags
 
-from maml_tf.config import (ATTENTIONS, DATASETS, MODELS, MODES, NEGATIVE_RELATIONS,
-                            PROTOCOL_DEFAULTS, PROTOCOLS, STRATEGIES, Config)
+from maml_tf.config import (ATTENTIONS, DATA_FORMATS, DATASETS, MODELS, MODES,
+                            NEGATIVE_RELATIONS, PROTOCOL_DEFAULTS, PROTOCOLS,
+                            STRATEGIES, Config)
 from maml_tf import models as models_lib
 from maml_tf.errors import MamlError, UsageError
 
 FLAGS = flags.FLAGS
 _D = Config()
 PROTOCOL_DEFAULTED = ("topk", "select_metric", "patience")
+# TensorFlow's C++ start-up lines (the CUDA probe, oneDNN and CPU-feature
+# notices, "Unable to register cuDNN factory", ...) are written to the
+# process's stderr before TF_CPP_MIN_LOG_LEVEL takes effect. They are hidden
+# unless the user set TF_CPP_MIN_LOG_LEVEL themselves (then TF's own knob
+# decides) or passed --debug.
+TF_LOG_SET_BY_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HELP = {
     "dataset": "office (the embedded Office data) or custom (--data_dir in the "
@@ -38,6 +48,16 @@ HELP = {
                  "or ~/.cache/maml_tf)",
     "validation_fraction": "share of each user's train items held out to select "
                            "the best round (0: the release's protocol)",
+    "data_format": "format of --data_dir: release (train.csv, test.csv, "
+                   "optional valid.csv), recbole (<name>.inter, optional "
+                   "<name>.item, or <name>.train/.valid/.test.inter), mmrec "
+                   "(<name>.inter with x_label, image_feat.npy, text_feat.npy), "
+                   "npz (train.npz, test.npz, optional valid.npz scipy sparse "
+                   "user x item matrices) or auto (detected from the files)",
+    "min_rating": "keep only interactions rated at least this (needs a rating "
+                  "column); unset keeps all",
+    "kcore": "iterated k-core filter: drop users and items with fewer than k "
+             "interactions until none is left (0: off)",
     "model": "the model: " + "; ".join(
         f"{spec.name} ({spec.help})" for spec in models_lib.SPECS),
     "memory_slots": "LRML: number of memory slots N (keys and slices)",
@@ -125,10 +145,12 @@ def define_flags():
       continue
     enums = {"dataset": DATASETS, "mode": MODES, "attention": ATTENTIONS,
              "strategy": STRATEGIES, "model": MODELS, "protocol": PROTOCOLS,
-             "negative_relation": NEGATIVE_RELATIONS}
+             "negative_relation": NEGATIVE_RELATIONS, "data_format": DATA_FORMATS}
     if name in enums:
       options = enums[name]
       flags.DEFINE_string(name, default, f"{help_}. One of: {', '.join(options)}")
+    elif name == "min_rating":
+      flags.DEFINE_float(name, default, help_)
     elif isinstance(default, bool):
       flags.DEFINE_boolean(name, default, help_)
     elif isinstance(default, int):
@@ -172,7 +194,35 @@ def config_from_flags() -> Config:
   return Config(**values).validate()
 
 
+@contextlib.contextmanager
+def native_stderr_hidden(hide: bool):
+  """Points file descriptor 2 at /dev/null inside the block (C++ writes go
+  there directly, past sys.stderr); restores it on the way out."""
+  if not hide:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def import_tensorflow_quietly():
+  """Imports TF and probes its devices with the start-up lines hidden."""
+  with native_stderr_hidden(not TF_LOG_SET_BY_USER and not FLAGS.debug):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.list_physical_devices()
+
+
 def train_main():
+  import_tensorflow_quietly()
   from maml_tf.train import train_and_evaluate  # heavy import after flag checks
   # The live progress bar on a terminal; one line per round when the output
   # goes to a file or a pipe (the bar's redraws would flood a log).

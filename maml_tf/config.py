@@ -24,6 +24,7 @@ DATASETS = ("office", "custom")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 MODELS = models_lib.NAMES
 NEGATIVE_RELATIONS = ("positive", "own")
+DATA_FORMATS = ("auto", "release", "recbole", "mmrec", "npz")
 MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -41,6 +42,9 @@ class Config:
   text_dim: int = 512
   cache_dir: Optional[str] = None
   validation_fraction: float = 0.0
+  data_format: str = "auto"
+  min_rating: Optional[float] = None  # None: keep every rating
+  kcore: int = 0  # 0: no k-core filter
 
   # Model.
   model: str = "maml"
@@ -208,6 +212,13 @@ class Config:
       name, sep, path = item.partition("=")
       if not sep or not MODALITY_NAME.match(name.strip()) or not path.strip():
         fail("extra_features", "items must look like name=path", item)
+    choice("data_format", DATA_FORMATS)
+    if self.dataset == "office" and self.data_format not in ("auto", "release"):
+      fail("data_format", "must be auto or release with --dataset=office (built"
+           " in, the release's layout)", self.data_format)
+    if self.min_rating is not None:
+      number("min_rating")
+    number("kcore", 0, integer=True)
     if self.dataset == "custom":
       if not self.data_dir:
         fail("data_dir", "is required with --dataset=custom", self.data_dir)

@@ -2,21 +2,34 @@
 
 Sources (SPEC section 1):
 
-* `load_release_layout(data_dir)`: the MAML release's layout, `train.csv`
-  and `test.csv` with header `itemID,userID,reviewerID,asin` (extra columns
-  such as `unixReviewTime` are fine), plus one user-supplied file per item
-  modality (see `maml_tf.features.load_modality_file`).
+* `load_release_layout(data_dir)`: the MAML release's layout, `train.csv`,
+  `test.csv` and optionally `valid.csv` (a validation split) with header
+  `itemID,userID,reviewerID,asin` (extra columns such as `unixReviewTime`
+  are fine), plus one user-supplied file per item modality (see
+  `maml_tf.features.load_modality_file`).
 * `load_office()`: the Amazon Office split embedded in
   `maml_tf/datasets/office/`, with two content modalities built here: "text"
   (Doc2Vec PV-DM on the product title/category/brand text, not reviews) and
   "meta" (one-hot category + brand). Office has no image features.
 * `from_arrays(train, test, ...)`: plain numpy arrays.
+* RecBole, MMRec and scipy-sparse folders: `maml_tf.formats`, through
+  `load_dataset(..., data_format=...)`.
+
+Ids. In the release layout `userID`/`itemID` are non-negative integers and
+index = the integer, as in the release. A file without those two columns
+but with `reviewerID` and `asin` is read by raw id instead: any strings,
+mapped to 0..n-1 in order of first appearance (train, then valid, then
+test). Either way the Dataset keeps the raw ids (`user_ids`, `item_ids`, see
+`maml_tf.vocab`).
 
 Where we depart from the release on purpose: n_users / n_items are 1 + the
-largest id over train AND test, and every feature matrix has a row for every
-id in 0..n_items-1 (the release built them from train only and crashed on
-test-only items). Duplicate (user, item) pairs are merged, with a warning.
+largest id over train, valid AND test, and every feature matrix has a row
+for every id in 0..n_items-1 (the release built them from train only and
+crashed on test-only items). Duplicate (user, item) pairs are merged, with a
+warning.
 
+Filters (`min_rating`, `kcore`) apply to the interactions of every split
+before the Dataset is made; their counts are in `Dataset.notes`.
 `split_validation` holds out part of each user's train items for model
 selection (the release has no validation split).
 """
@@ -33,33 +46,56 @@ import types
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 
 from maml_tf import features as features_lib
+from maml_tf import tables
 from maml_tf.dataset_types import Dataset
 from maml_tf.errors import DataError, UsageError
 
 logger = logging.getLogger("maml_tf")
 
-MAX_ID = 2**31 - 1
+MAX_ID = tables.MAX_ID
 REQUIRED_COLUMNS = ("itemID", "userID")
+RAW_ID_COLUMNS = ("reviewerID", "asin")
+RATING_COLUMNS = ("rating", "overall")
+SPLITS = ("train", "valid", "test")
 OFFICE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                           "datasets", "office")
 OFFICE_BUILTIN = ("text", "meta")
 DATASETS = ("office", "custom")
 _MODALITY_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
-_TIME_RE = re.compile(r"-?[0-9]+\Z")
 _LABEL_CHARS = 60
 _NO_PATHS: Mapping[str, str] = types.MappingProxyType({})
+_TIME_RULE = "must be an integer (unix seconds)"
+_RATING_RULE = "must be a finite number"
 
 
 # ---------------------------------------------------------------------------
 # reading interaction files
 
 
+@dataclasses.dataclass
+class Rows:
+  """One interaction file's rows, in file order, before any merging.
+
+  users / items are int64 indices when `raw` is False, else object arrays of
+  raw id strings (mapped later, over all splits together).
+  """
+  path: str
+  users: np.ndarray
+  items: np.ndarray
+  lines: np.ndarray
+  asins: Optional[np.ndarray] = None
+  times: Optional[np.ndarray] = None
+  ratings: Optional[np.ndarray] = None
+  raw: bool = False
+
+
 def read_interactions(
     path: str
 ) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
-  """Reads one interactions CSV in the release's layout.
+  """Reads one interactions CSV in the release's layout (integer ids).
 
   The header must name `itemID` and `userID`; `asin` and `unixReviewTime`
   are read when present, any other column is ignored. Blank lines, CRLF line
@@ -78,170 +114,73 @@ def read_interactions(
     DataError: one line naming the file, the line (header = line 1), the
       column, the rule and the offending value.
   """
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise DataError(f"{path}: file not found")
-  if os.path.isdir(path):
-    raise DataError(f"{path}: is a directory, expected a CSV file")
-  try:
-    with open(path, "r", encoding="utf-8-sig", newline="") as f:
-      return _parse_interactions(path, f)
-  except UnicodeDecodeError as e:
-    raise DataError(f"{path}: is not UTF-8 text (byte {e.start}: "
-                    f"{e.reason})") from e
-  except csv.Error as e:
-    raise DataError(f"{path}: malformed CSV ({e})") from e
-  except OSError as e:
-    raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+  rows = read_release_rows(path, allow_raw=False)
+  return np.stack([rows.users, rows.items], 1), rows.asins, rows.times
 
 
-def _parse_interactions(path, f):
-  """Does the work of `read_interactions` on an open text file."""
-  reader = csv.reader(f)
-  header = None
-  for row in reader:
-    if not _is_blank(row):
-      header = [c.strip() for c in row]
-      header_line = reader.line_num
-      break
-  if header is None:
+def read_release_rows(path: str, allow_raw: bool = True,
+                      ratings: bool = False) -> Rows:
+  """`read_interactions`, also reading, with `ratings`, a rating column
+  (`rating` or `overall`; otherwise such a column is ignored, as always)
+  and, with `allow_raw`, files keyed by `reviewerID`/`asin`."""
+  path = tables.check_file(path, "CSV file")
+  header, header_line = tables.read_header(path)
+  if not header:
     raise DataError(f"{path}: is empty, expected a header line "
                     f"`itemID,userID,reviewerID,asin`")
-  seen = set()
-  for name in header:
-    if name and name in seen:
-      raise DataError(f"{path}: line {header_line}: column `{name}` appears "
-                      f"twice in the header")
-    seen.add(name)
-  for name in REQUIRED_COLUMNS:
-    if name not in header:
-      near = [h for h in header if h.lower() == name.lower() or
-              h.lower().replace("_", "") == name.lower()]
-      hint = f"; did you mean `{near[0]}`?" if near else ""
-      raise DataError(
-          f"{path}: line {header_line}: missing required column `{name}` "
-          f"(header has: {', '.join(header) or 'nothing'}){hint}")
-  col_item = header.index("itemID")
-  col_user = header.index("userID")
-  col_asin = header.index("asin") if "asin" in header else None
-  col_time = (header.index("unixReviewTime") if "unixReviewTime" in header
-              else None)
-  need = max(c for c in (col_item, col_user, col_asin, col_time)
-             if c is not None) + 1
-
-  lines: List[int] = []
-  users: List[str] = []
-  items: List[str] = []
-  asins: List[Optional[str]] = []
-  times: List[int] = []
-  for row in reader:
-    if _is_blank(row):
-      continue
-    line = reader.line_num
-    if len(row) < need:
-      raise DataError(f"{path}: line {line}: has {len(row)} fields, the "
-                      f"header has {len(header)}")
-    lines.append(line)
-    items.append(row[col_item])
-    users.append(row[col_user])
-    if col_asin is not None:
-      asins.append(row[col_asin].strip() or None)
-    if col_time is not None:
-      times.append(row[col_time])
-  # Columns are checked vectorised; the first bad cell in file order (then
-  # in the order itemID, userID, unixReviewTime) is the one reported.
-  item_ids, item_bad = _parse_id_column(items)
-  user_ids, user_bad = _parse_id_column(users)
-  time_arr, time_bad = (None, None)
-  if col_time is not None:
-    time_arr, time_bad = _parse_time_column(times)
-  found = [(bad, rank, cells, column) for rank, (bad, cells, column) in
-           enumerate(((item_bad, items, "itemID"), (user_bad, users, "userID"),
-                      (time_bad, times, "unixReviewTime")))
-           if bad is not None]
-  if found:
-    k, _, cells, column = min(found, key=lambda f: f[:2])
-    if column == "unixReviewTime":
-      _parse_time(cells[k], path, lines[k])  # raises the DataError
-    else:
-      _parse_id(cells[k], path, lines[k], column)  # raises the DataError
-    raise AssertionError(f"cell {cells[k]!r} was judged bad but parsed")
-  pairs = np.empty((len(lines), 2), np.int64)
-  pairs[:, 0] = user_ids
-  pairs[:, 1] = item_ids
-  asin_arr = None
-  if col_asin is not None:
-    asin_arr = np.empty(len(asins), object)
-    asin_arr[:] = asins
-  return pairs, asin_arr, time_arr
+  raw = (allow_raw and not set(REQUIRED_COLUMNS) & set(header) and
+         set(RAW_ID_COLUMNS) <= set(header))
+  tables.check_header(path, header, header_line,
+                      RAW_ID_COLUMNS if raw else REQUIRED_COLUMNS)
+  user_col, item_col = ("reviewerID", "asin") if raw else ("userID", "itemID")
+  rating_col = ratings and next((c for c in RATING_COLUMNS if c in header),
+                                None)
+  wanted = [c for c in (item_col, user_col, "asin", "unixReviewTime",
+                        rating_col) if c and c in header]
+  ints = [] if raw else [item_col, user_col]
+  if "unixReviewTime" in wanted:
+    ints.append("unixReviewTime")
+  table = tables.read_table(path, header, header_line, wanted,
+                            int_columns=ints)
+  found = []
+  if raw:
+    users, items = (tables.stripped(table, c) for c in (user_col, item_col))
+    found += [(_first(items == ""), item_col, "must not be empty"),
+              (_first(users == ""), user_col, "must not be empty")]
+  else:
+    items, bad_i = tables.table_ids(table, item_col)
+    users, bad_u = tables.table_ids(table, user_col)
+    found += [(bad_i, item_col, tables.id_rule),
+              (bad_u, user_col, tables.id_rule)]
+  times = rating_values = None
+  if "unixReviewTime" in wanted:
+    times, bad = tables.table_times(table, "unixReviewTime")
+    found.append((bad, "unixReviewTime", _TIME_RULE))
+  if rating_col:
+    rating_values, bad = tables.float_column(table.cells(rating_col))
+    found.append((bad, rating_col, _RATING_RULE))
+  tables.first_error(table, found)
+  asins = None
+  if "asin" in wanted:
+    asins = tables.stripped(table, "asin")
+    if not asins.all():  # '' -> None
+      asins = asins.copy()
+      asins[asins == ""] = None
+  return Rows(path, users, items, table.lines, asins, times, rating_values,
+              raw)
 
 
-def _is_blank(row: Sequence[str]) -> bool:
-  return not row or (len(row) == 1 and not row[0].strip())
-
-
-def _parse_id_column(
-    cells: List[str]) -> Tuple[Optional[np.ndarray], Optional[int]]:
-  """Vectorised id check: (int64 values, None) or (None, first bad index)."""
-  if not cells:
-    return np.zeros(0, np.int64), None
-  if not "".join(cells).isascii():
-    values = []
-    for k, cell in enumerate(cells):
-      text = cell.strip()
-      if not (text.isascii() and text.isdigit() and int(text) <= MAX_ID):
-        return None, k
-      values.append(int(text))
-    return np.array(values, np.int64), None
-  text = np.strings.strip(np.array(cells, dtype=str))
-  bad = ~np.strings.isdigit(text) | (np.strings.str_len(text) > 10)
-  if not bad.any():
-    values = text.astype(np.int64)
-    bad = values > MAX_ID
-    if not bad.any():
-      return values, None
-  return None, int(np.argmax(bad))
-
-
-def _parse_time_column(
-    cells: List[str]) -> Tuple[Optional[np.ndarray], Optional[int]]:
-  """Like `_parse_id_column` for signed int64 unix times."""
-  values = []
-  for k, cell in enumerate(cells):
-    text = cell.strip()
-    if not _TIME_RE.match(text) or len(text.lstrip("-")) > 18:
-      return None, k
-    values.append(int(text))
-  return np.array(values, np.int64), None
-
-
-def _parse_id(cell: str, path: str, line: int, column: str) -> int:
-  text = cell.strip()
-  if not (text.isascii() and text.isdigit()):
-    raise DataError(f"{path}: line {line}: column `{column}` must be a "
-                    f"non-negative integer. Received: {cell!r}")
-  value = int(text)
-  if value > MAX_ID:
-    raise DataError(f"{path}: line {line}: column `{column}` must be <= "
-                    f"{MAX_ID} (2**31-1). Received: {cell!r}")
-  return value
-
-
-def _parse_time(cell: str, path: str, line: int) -> int:
-  text = cell.strip()
-  if not _TIME_RE.match(text) or len(text.lstrip("-")) > 18:
-    raise DataError(f"{path}: line {line}: column `unixReviewTime` must be an "
-                    f"integer (unix seconds). Received: {cell!r}")
-  return int(text)
+def _first(mask: np.ndarray) -> Optional[int]:
+  return int(np.argmax(mask)) if len(mask) and mask.any() else None
 
 
 # ---------------------------------------------------------------------------
-# the release layout
+# interactions of all splits -> indices, vocabularies, filters
 
 
 @dataclasses.dataclass
 class _Interactions:
-  """train/test pairs after merging, and what the rows say about items."""
+  """The splits' pairs after mapping, filtering and merging."""
   train: np.ndarray
   test: np.ndarray
   train_time: Optional[np.ndarray]
@@ -249,46 +188,203 @@ class _Interactions:
   n_users: int
   n_items: int
   item_asins: Optional[List[Optional[str]]]
+  valid: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros((0, 2), np.int64))
+  user_ids: Optional[np.ndarray] = None
+  item_ids: Optional[np.ndarray] = None
+  notes: Tuple[str, ...] = ()
 
 
-def _read_split(data_dir: str) -> _Interactions:
-  """Reads train.csv/test.csv of `data_dir`, merges and checks them."""
+def map_raw_ids(splits: Mapping[str, Rows], n_users: Optional[int] = None,
+                n_items: Optional[int] = None):
+  """Index columns for every split, and the vocabularies.
+
+  Splits whose rows hold integer indices keep them (index = the integer,
+  vocabulary None = identity); raw id strings are numbered 0..n-1 in order
+  of first appearance over the splits in `SPLITS` order. Users and items
+  are decided separately. All splits of one dataset must agree.
+
+  Returns:
+    ({split: (users int64, items int64)}, n_users, n_items, user_ids,
+    item_ids).
+  """
+  names = [s for s in SPLITS if s in splits]
+  kinds = {splits[s].raw for s in names}
+  if len(kinds) > 1:
+    paths = ", ".join(f"{splits[s].path} ({'raw' if splits[s].raw else 'integer'}"
+                      f" ids)" for s in names)
+    raise DataError(f"the splits must all use integer userID/itemID or all "
+                    f"reviewerID/asin: {paths}")
+  out = {s: [None, None] for s in names}
+  vocabs, sizes = [], []
+  for col, given in ((0, n_users), (1, n_items)):
+    arrays = [(splits[s].users, splits[s].items)[col] for s in names]
+    if kinds == {True}:
+      codes, uniques = pd.factorize(np.concatenate(arrays), sort=False)
+      uniques = np.asarray(uniques, dtype=object)
+      start = 0
+      for s, a in zip(names, arrays):
+        out[s][col] = codes[start:start + len(a)].astype(np.int64)
+        start += len(a)
+      vocabs.append(uniques)
+      sizes.append(len(uniques))
+    else:
+      for s, a in zip(names, arrays):
+        out[s][col] = np.asarray(a, np.int64)
+      top = max((int(a.max()) + 1 for a in arrays if len(a)), default=0)
+      vocabs.append(None)
+      sizes.append(max(top, given or 0))
+  return ({s: tuple(v) for s, v in out.items()}, sizes[0], sizes[1],
+          vocabs[0], vocabs[1])
+
+
+def finish_interactions(
+    splits: Mapping[str, Rows], *, min_rating: Optional[float] = None,
+    kcore: int = 0, n_users: Optional[int] = None,
+    n_items: Optional[int] = None, compact: Optional[bool] = None,
+    asins: bool = True) -> _Interactions:
+  """Rows of each split -> merged, filtered `_Interactions`.
+
+  Order: ids mapped (`map_raw_ids`); `min_rating` keeps rows rated at least
+  that; duplicate (user, item) rows merged per split (first kept); `kcore`
+  drops, until none is left, users and items with fewer than k distinct
+  interactions over all splits together; with raw ids (or `compact`) the
+  surviving ids are renumbered 0..n-1 keeping their order. Integer ids keep
+  their numbers (feature files are indexed by them).
+
+  Raises:
+    DataError: no train rows left, an asin clash. UsageError: min_rating
+      without a rating column.
+  """
+  names = [s for s in SPLITS if s in splits]
+  train_path = splits["train"].path
+  mapped, n_u, n_i, user_ids, item_ids = map_raw_ids(splits, n_users, n_items)
+  raw = user_ids is not None or item_ids is not None
+  compact = raw if compact is None else compact
+  notes = []
+  item_asins = None
+  if asins and any(splits[s].asins is not None for s in names):
+    # The asin map reads every row, duplicates included, so that a repeated
+    # pair carrying another asin is caught before merging drops it.
+    parts = [(mapped[s][1], splits[s].asins,
+              np.full(len(splits[s].asins), splits[s].path, object))
+             for s in names if splits[s].asins is not None]
+    item_asins = _asin_map(np.concatenate([p[0] for p in parts]),
+                           np.concatenate([p[1] for p in parts]),
+                           np.concatenate([p[2] for p in parts]), n_i)
+  pairs, times = {}, {}
+  for s in names:
+    r = splits[s]
+    pairs[s] = np.stack(mapped[s], 1) if len(r.lines) else np.zeros(
+        (0, 2), np.int64)
+    times[s] = r.times
+  if len(pairs["train"]) == 0:
+    raise DataError(f"{train_path}: has no interactions (only a header)")
+  if min_rating is not None:
+    lacking = [splits[s].path for s in names
+               if splits[s].ratings is None and len(pairs[s])]
+    if lacking:
+      raise UsageError(f"`--min_rating` needs a rating column ({', '.join(RATING_COLUMNS)}"
+                       f" or the format's own); {lacking[0]} has none. "
+                       f"Received: {min_rating}")
+    before = _counts(pairs)
+    for s in names:
+      if splits[s].ratings is not None and len(pairs[s]):
+        keep = splits[s].ratings >= min_rating
+        pairs[s] = pairs[s][keep]
+        times[s] = None if times[s] is None else times[s][keep]
+  n_rows = sum(len(p) for p in pairs.values())
+  for s in names:
+    pairs[s], keep = _merge_duplicates(pairs[s], splits[s].path)
+    times[s] = None if times[s] is None else times[s][keep]
+  if min_rating is not None:
+    n_dup = n_rows - sum(len(p) for p in pairs.values())
+    merged = f" ({n_dup:,} duplicate rows merged)" if n_dup else ""
+    notes.append(f"--min_rating={min_rating:g}: {before} -> "
+                 f"{_counts(pairs)}{merged}")
+  if kcore:
+    before = _counts(pairs)
+    pairs, times, rounds = _kcore(pairs, times, kcore, n_u, n_i)
+    notes.append(f"--kcore={kcore} ({rounds} rounds): {before} -> "
+                 f"{_counts(pairs)}")
+  if len(pairs["train"]) == 0:
+    raise DataError(f"{train_path}: no train interactions are left after "
+                    f"filtering ({'; '.join(notes)})")
+  if compact and (min_rating is not None or kcore):
+    every = np.concatenate([pairs[s] for s in names])
+    for col in (0, 1):
+      kept = np.unique(every[:, col])
+      remap = np.full((n_u, n_i)[col], -1, np.int64)
+      remap[kept] = np.arange(len(kept))
+      for s in names:
+        if len(pairs[s]):
+          pairs[s][:, col] = remap[pairs[s][:, col]]
+      if col == 0:
+        user_ids = (kept.astype(str).astype(object) if user_ids is None
+                    else user_ids[kept])
+        n_u = len(kept)
+      else:
+        item_ids = (kept.astype(str).astype(object) if item_ids is None
+                    else item_ids[kept])
+        if item_asins is not None:
+          item_asins = [item_asins[i] for i in kept]
+        n_i = len(kept)
+  empty = np.zeros((0, 2), np.int64)
+  test_path = splits["test"].path if "test" in splits else None
+  if test_path is not None:
+    _report_overlap(pairs["train"], pairs["test"], test_path)
+  return _Interactions(
+      train=pairs["train"], test=pairs.get("test", empty),
+      train_time=times["train"], test_time=times.get("test"),
+      n_users=n_u, n_items=n_i, item_asins=item_asins,
+      valid=pairs.get("valid", empty), user_ids=user_ids, item_ids=item_ids,
+      notes=tuple(notes))
+
+
+def _counts(pairs: Mapping[str, np.ndarray]) -> str:
+  every = np.concatenate(list(pairs.values()))
+  return (f"{len(np.unique(every[:, 0])):,} users, "
+          f"{len(np.unique(every[:, 1])):,} items, {len(every):,} "
+          f"interactions")
+
+
+def _kcore(pairs, times, k, n_users, n_items):
+  """Iterated k-core over the union of the splits (distinct pairs)."""
+  names = list(pairs)
+  rounds = 0
+  while True:
+    every = np.concatenate([pairs[s] for s in names])
+    codes = np.unique(_pair_codes(every, n_items))
+    u, i = codes // n_items, codes % n_items
+    deg_u = np.bincount(u, minlength=n_users)
+    deg_i = np.bincount(i, minlength=n_items)
+    ok_u, ok_i = deg_u >= k, deg_i >= k
+    bad = (~ok_u[u]) | (~ok_i[i])
+    if not bad.any():
+      return pairs, times, rounds
+    rounds += 1
+    for s in names:
+      keep = ok_u[pairs[s][:, 0]] & ok_i[pairs[s][:, 1]]
+      pairs[s] = pairs[s][keep]
+      times[s] = None if times[s] is None else times[s][keep]
+
+
+def _read_split(data_dir: str, min_rating: Optional[float] = None,
+                kcore: int = 0) -> _Interactions:
+  """Reads train.csv, test.csv (and valid.csv) of `data_dir`."""
   data_dir = os.fspath(data_dir)
   if not os.path.isdir(data_dir):
     raise DataError(f"{data_dir}: data folder not found")
-  train_path = os.path.join(data_dir, "train.csv")
-  test_path = os.path.join(data_dir, "test.csv")
-  train, train_asins, train_time = read_interactions(train_path)
-  test, test_asins, test_time = read_interactions(test_path)
-  if len(train) == 0:
-    raise DataError(f"{train_path}: has no interactions (only a header)")
-  if len(test) == 0:
+  splits = {}
+  for s in SPLITS:
+    path = os.path.join(data_dir, f"{s}.csv")
+    if s == "valid" and not os.path.exists(path):
+      continue
+    splits[s] = read_release_rows(path, ratings=min_rating is not None)
+  if len(splits["test"].lines) == 0:
     logger.warning("%s: has no interactions; nothing to evaluate on",
-                   test_path)
-  both = np.concatenate([train, test])
-  n_users = int(both[:, 0].max()) + 1
-  n_items = int(both[:, 1].max()) + 1
-  # The asin map reads every row, duplicates included, so that a repeated
-  # pair carrying another asin is caught before merging drops it.
-  item_asins = None
-  if train_asins is not None or test_asins is not None:
-    parts_items, parts_asins, parts_files = [], [], []
-    for pairs, asins, p in ((train, train_asins, train_path),
-                            (test, test_asins, test_path)):
-      if asins is not None:
-        parts_items.append(pairs[:, 1])
-        parts_asins.append(asins)
-        parts_files.append(np.full(len(pairs), p, object))
-    item_asins = _asin_map(np.concatenate(parts_items),
-                           np.concatenate(parts_asins),
-                           np.concatenate(parts_files), n_items)
-  train, keep = _merge_duplicates(train, train_path)
-  train_time = None if train_time is None else train_time[keep]
-  test, keep = _merge_duplicates(test, test_path)
-  test_time = None if test_time is None else test_time[keep]
-  _report_overlap(train, test, test_path)
-  return _Interactions(train, test, train_time, test_time, n_users, n_items,
-                       item_asins)
+                   splits["test"].path)
+  return finish_interactions(splits, min_rating=min_rating, kcore=kcore)
 
 
 def _merge_duplicates(pairs: np.ndarray,
@@ -406,19 +502,27 @@ def load_release_layout(data_dir: str,
                         *,
                         feature_paths: Mapping[str, str] = _NO_PATHS,
                         modalities: Optional[Sequence[str]] = None,
-                        name: str = "custom") -> Dataset:
-  """Loads `<data_dir>/train.csv`, `test.csv` and the given feature files.
+                        name: str = "custom",
+                        min_rating: Optional[float] = None,
+                        kcore: int = 0) -> Dataset:
+  """Loads `<data_dir>/train.csv`, `test.csv`, optional `valid.csv` and the
+  given feature files.
 
   Args:
-    data_dir: folder with train.csv and test.csv (release layout).
+    data_dir: folder with train.csv and test.csv (release layout), and
+      optionally valid.csv (then the Dataset's validation split).
     feature_paths: modality name -> file (Doc2Vec model, .npy dict of
       asin -> vector, or .npy [n_items, d] matrix).
     modalities: which feature files to use, in order. None: all given paths,
       ordered text, image, then the rest as given. Empty: no features (CML).
     name: the Dataset's name.
+    min_rating: keep rows rated at least this (needs a `rating` or
+      `overall` column); None keeps all.
+    kcore: iterated k-core filter on users and items (0: off).
 
   Returns:
-    The Dataset (no validation split; see `split_validation`).
+    The Dataset (validation split only from valid.csv; see
+    `split_validation`).
 
   Raises:
     DataError: a file breaks a rule. UsageError: a modality has no path.
@@ -430,7 +534,7 @@ def load_release_layout(data_dir: str,
       raise UsageError(
           f"modality `{m}` has no feature file; feature files given for: "
           f"{', '.join(paths) or 'none'}")
-  inter = _read_split(data_dir)
+  inter = _read_split(data_dir, min_rating, kcore)
   feats, sources = {}, {}
   for m in mods:
     feats[m], sources[m] = features_lib.load_modality_file_described(
@@ -447,7 +551,9 @@ def load_office(*,
                 feature_paths: Mapping[str, str] = _NO_PATHS,
                 text_dim: int = 512,
                 seed: int = 0,
-                cache_dir: Optional[str] = None) -> Dataset:
+                cache_dir: Optional[str] = None,
+                min_rating: Optional[float] = None,
+                kcore: int = 0) -> Dataset:
   """The Amazon Office split embedded in `maml_tf/datasets/office/`.
 
   Built-in modalities: "text" (Doc2Vec PV-DM trained here on item_text.tsv:
@@ -463,6 +569,7 @@ def load_office(*,
     text_dim: Doc2Vec vector size for the built-in text.
     seed: Doc2Vec seed.
     cache_dir: Doc2Vec cache folder (None: `features.default_cache_dir()`).
+    min_rating, kcore: as in `load_release_layout` (Office has no ratings).
 
   Returns:
     Dataset named "office" with item_labels and train/test times.
@@ -490,7 +597,7 @@ def load_office(*,
                      f"{', '.join(OFFICE_BUILTIN)}) and has no feature file; "
                      f"feature files given for: {', '.join(paths) or 'none'}")
 
-  inter = _read_split(OFFICE_DIR)
+  inter = _read_split(OFFICE_DIR, min_rating, kcore)
   text_path = os.path.join(OFFICE_DIR, "item_text.tsv")
   meta_path = os.path.join(OFFICE_DIR, "item_meta.tsv")
   text = _read_item_table(text_path, ("asin", "text"), inter)
@@ -519,7 +626,6 @@ def load_office(*,
   labels = tuple(_truncate(t) for t in text["text"])
   return _make_dataset("office", inter, feats, sources, labels)
 
-
 def _read_item_table(path: str, columns: Sequence[str],
                      inter: _Interactions) -> Dict[str, List[str]]:
   """Reads an `itemID<TAB>...` table with exactly one row per item id.
@@ -528,45 +634,44 @@ def _read_item_table(path: str, columns: Sequence[str],
     column name -> n_items cells, position i = item i (`asin` included when
     the table has it, and then checked against the interactions' asins).
   """
-  out: Dict[str, List[Optional[str]]] = {}
-  try:
-    with open(path, "r", encoding="utf-8-sig", newline="") as f:
-      reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-      header = None
-      for row in reader:
-        if _is_blank(row):
-          continue
-        line = reader.line_num
-        if header is None:
-          header = [c.strip() for c in row]
-          for c in ("itemID",) + tuple(columns):
-            if c not in header:
-              raise DataError(f"{path}: line {line}: missing required "
-                              f"column `{c}`")
-          idx = {c: header.index(c) for c in ("asin",) + tuple(columns)
-                 if c in header}
-          out = {c: [None] * inter.n_items for c in idx}
-          col_item = header.index("itemID")
-          continue
-        if len(row) < len(header):
-          raise DataError(f"{path}: line {line}: has {len(row)} fields, the "
-                          f"header has {len(header)}")
-        item = _parse_id(row[col_item], path, line, "itemID")
-        if item >= inter.n_items:
-          raise DataError(f"{path}: line {line}: itemID must be < n_items = "
-                          f"{inter.n_items}. Received: {item}")
-        if out[columns[0]][item] is not None:
-          raise DataError(f"{path}: line {line}: itemID {item} appears twice")
-        for c, i in idx.items():
-          out[c][item] = row[i]
-  except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise DataError(f"{path}: cannot read ({e})") from e
-  if header is None:
+  path = tables.check_file(path, "TSV file")
+  quoting = csv.QUOTE_NONE  # quotes are text in these tables
+  header, header_line = tables.read_header(path, "\t", quoting)
+  if not header:
     raise DataError(f"{path}: is empty, expected a header line")
-  missing = [i for i, v in enumerate(out[columns[0]]) if v is None]
-  if missing:
+  for c in ("itemID",) + tuple(columns):
+    if c not in header:
+      raise DataError(f"{path}: line {header_line}: missing required column "
+                      f"`{c}`")
+  wanted = [c for c in ("itemID", "asin") + tuple(columns) if c in header]
+  # Every column is read, so that a row shorter than the header is caught.
+  table = tables.read_table(path, header, header_line,
+                            list(dict.fromkeys(wanted + header)), "\t",
+                            quoting)
+  items, bad = tables.table_ids(table, "itemID")
+  tables.first_error(table, [(bad, "itemID", tables.id_rule)])
+  too_big = items >= inter.n_items
+  if too_big.any():
+    k = int(np.argmax(too_big))
+    raise DataError(f"{path}: line {int(table.lines[k])}: itemID must be < "
+                    f"n_items = {inter.n_items}. Received: {int(items[k])}")
+  order = np.argsort(items, kind="stable")
+  twice = np.flatnonzero(items[order][1:] == items[order][:-1])
+  if len(twice):
+    k = int(np.min(order[twice + 1]))
+    raise DataError(f"{path}: line {int(table.lines[k])}: itemID "
+                    f"{int(items[k])} appears twice")
+  have = np.zeros(inter.n_items, bool)
+  have[items] = True
+  if not have.all():
+    missing = np.flatnonzero(~have)
     raise DataError(f"{path}: {len(missing)} item ids have no row, e.g. "
-                    f"{missing[:5]}")
+                    f"{missing[:5].tolist()}")
+  out = {}
+  for c in wanted[1:]:
+    cells = np.empty(inter.n_items, object)
+    cells[items] = table.columns[c]
+    out[c] = list(cells)
   if "asin" in out and inter.item_asins is not None:
     for item, (a, b) in enumerate(zip(out["asin"], inter.item_asins)):
       if b is not None and a.strip() != b:
@@ -603,28 +708,45 @@ def load_dataset(dataset: str,
                  feature_paths: Optional[Mapping[str, str]] = None,
                  text_dim: int = 512,
                  seed: int = 0,
-                 cache_dir: Optional[str] = None) -> Dataset:
-  """"office" -> `load_office`, "custom" -> `load_release_layout(data_dir)`.
+                 cache_dir: Optional[str] = None,
+                 *,
+                 data_format: str = "auto",
+                 min_rating: Optional[float] = None,
+                 kcore: int = 0) -> Dataset:
+  """"office" -> `load_office`, "custom" -> the folder `data_dir` in
+  `data_format` (see `maml_tf.formats`; "auto" detects it).
 
   `text_dim`, `seed` and `cache_dir` only matter for Office's built-in text.
 
   Raises:
     UsageError: unknown dataset, or data_dir missing for "custom" / given
-      for "office".
+      for "office", or a format that cannot be detected.
   """
   feature_paths = feature_paths or {}
   if dataset == "office":
     if data_dir:
       raise UsageError(f"`data_dir` is only for dataset 'custom'; Office is "
                        f"built in. Received: data_dir={data_dir!r}")
+    if data_format not in ("auto", "release"):
+      raise UsageError(f"`data_format` must be auto or release with dataset "
+                       f"'office' (built in, the release's layout). Received: "
+                       f"{data_format!r}")
     return load_office(modalities=modalities, feature_paths=feature_paths,
-                       text_dim=text_dim, seed=seed, cache_dir=cache_dir)
+                       text_dim=text_dim, seed=seed, cache_dir=cache_dir,
+                       min_rating=min_rating, kcore=kcore)
   if dataset == "custom":
     if not data_dir:
       raise UsageError("dataset 'custom' needs `data_dir`, a folder with "
                        "train.csv and test.csv")
-    return load_release_layout(data_dir, feature_paths=feature_paths,
-                               modalities=modalities, name="custom")
+    from maml_tf import formats  # pylint: disable=g-import-not-at-top
+    fmt = formats.resolve_format(data_dir, data_format)
+    if fmt == "release":
+      return load_release_layout(data_dir, feature_paths=feature_paths,
+                                 modalities=modalities, name="custom",
+                                 min_rating=min_rating, kcore=kcore)
+    return formats.load_format(fmt, data_dir, feature_paths=feature_paths,
+                               modalities=modalities, min_rating=min_rating,
+                               kcore=kcore)
   raise UsageError(f"`dataset` must be one of {', '.join(map(repr, DATASETS))}"
                    f". Received: {dataset!r}")
 
@@ -635,7 +757,8 @@ def from_arrays(train: np.ndarray,
                 features: Optional[Mapping[str, np.ndarray]] = None,
                 n_users: Optional[int] = None,
                 n_items: Optional[int] = None,
-                name: str = "arrays") -> Dataset:
+                name: str = "arrays",
+                valid: Optional[np.ndarray] = None) -> Dataset:
   """A Dataset from (user, item) arrays and optional feature matrices.
 
   Args:
@@ -646,6 +769,7 @@ def from_arrays(train: np.ndarray,
     n_items: defaults to the feature rows if features are given, else 1 +
       the largest item id.
     name: the Dataset's name.
+    valid: integer [v, 2] validation pairs, or None for none.
 
   Raises:
     DataError: a shape, dtype, id or value breaks a rule.
@@ -655,8 +779,10 @@ def from_arrays(train: np.ndarray,
           else _check_pairs(test, "test"))
   if len(train) == 0:
     raise DataError("`train` has no interactions")
+  valid = (np.zeros((0, 2), np.int64) if valid is None
+           else _check_pairs(valid, "valid"))
   train, _ = _merge_duplicates(train, "`train`")
-  both = np.concatenate([train, test])
+  both = np.concatenate([train, test, valid])
   feats = {}
   for m, mat in dict(features or {}).items():
     if not isinstance(m, str) or not _MODALITY_RE.match(m):
@@ -671,7 +797,7 @@ def from_arrays(train: np.ndarray,
   sources = {m: f"{m}: user-supplied array, {v.shape[1]}-d"
              for m, v in feats.items()}
   inter = _Interactions(train, test, None, None, _as_count(n_users, "n_users"),
-                        _as_count(n_items, "n_items"), None)
+                        _as_count(n_items, "n_items"), None, valid=valid)
   return _make_dataset(name, inter, feats, sources, None)
 
 
@@ -710,7 +836,11 @@ def _make_dataset(name: str, inter: _Interactions,
   ds = Dataset(name=name, n_users=inter.n_users, n_items=inter.n_items,
                train=inter.train, test=inter.test, features=dict(feats),
                feature_sources=dict(sources), item_labels=labels,
-               train_time=inter.train_time, test_time=inter.test_time)
+               train_time=inter.train_time, test_time=inter.test_time,
+               valid=inter.valid, user_ids=inter.user_ids,
+               item_ids=inter.item_ids, notes=tuple(inter.notes))
+  for note in ds.notes:
+    logger.info("%s: %s", name, note)
   validate_dataset(ds)
   return ds
 
@@ -748,6 +878,11 @@ def validate_dataset(ds: Dataset) -> None:
     if t is not None and (t.ndim != 1 or len(t) != len(pairs)):
       raise DataError(f"{ds.name}: `{what}` has {t.shape} entries for "
                       f"{len(pairs)} pairs")
+  for what, ids, n in (("user_ids", ds.user_ids, ds.n_users),
+                       ("item_ids", ds.item_ids, ds.n_items)):
+    if ids is not None and len(ids) != n:
+      raise DataError(f"{ds.name}: `{what}` has {len(ids)} raw ids for "
+                      f"{n} indices")
   if ds.item_labels is not None and len(ds.item_labels) != ds.n_items:
     raise DataError(f"{ds.name}: {len(ds.item_labels)} item labels for "
                     f"{ds.n_items} items")

@@ -30,6 +30,12 @@ class Dataset:
       label plots and the embedding projector.
     train_time / test_time: optional int64 timestamps aligned with the rows
       of train / test (unix seconds), for time-based protocols.
+    user_ids / item_ids: the raw ids (object arrays of str, as written in
+      the data files): position i is the raw id of index i. None means the
+      identity, raw id = str(index) (the release's integer ids). See
+      `maml_tf.vocab`.
+    notes: lines the loader wants the user to see (filter counts, a split
+      left to the protocol, ...), printed with the summary.
   """
 
   name: str
@@ -44,6 +50,9 @@ class Dataset:
   item_labels: Optional[Tuple[str, ...]] = None
   train_time: Optional[np.ndarray] = None
   test_time: Optional[np.ndarray] = None
+  user_ids: Optional[np.ndarray] = None
+  item_ids: Optional[np.ndarray] = None
+  notes: Tuple[str, ...] = ()
 
   @property
   def modalities(self) -> Tuple[str, ...]:

@@ -35,6 +35,7 @@ from maml_tf import distribute
 from maml_tf import evaluate as eval_lib
 from maml_tf import models as models_lib
 from maml_tf import protocols
+from maml_tf import vocab as vocab_lib
 from maml_tf.config import Config
 from maml_tf.dataset_types import Dataset
 from maml_tf.errors import UsageError
@@ -54,7 +55,9 @@ def load_data(config: Config, with_info: bool = False):
     modalities, paths = (), {}
   ds = data_lib.load_dataset(
       config.dataset, config.data_dir, modalities, paths,
-      config.text_dim, config.seed, config.cache_dir)
+      config.text_dim, config.seed, config.cache_dir,
+      data_format=config.data_format, min_rating=config.min_rating,
+      kcore=config.kcore)
   return prepare_data(config, ds, with_info)
 
 
@@ -66,6 +69,15 @@ def prepare_data(config: Config, ds: Dataset, with_info: bool = False):
   """
   if not config.uses_features and ds.features:
     ds = dataclasses.replace(ds, features={}, feature_sources={})
+  if len(ds.valid) and config.validation_fraction > 0:
+    raise UsageError(f"`--validation_fraction` must be 0 when the data gives a "
+                     f"validation split ({ds.name} has {len(ds.valid)} "
+                     f"validation pairs, e.g. from valid.csv). Received: "
+                     f"{config.validation_fraction}")
+  if config.protocol == "release" and not len(ds.test):
+    raise UsageError(f"`--protocol=release` needs test pairs and {ds.name} has "
+                     f"none; give a split (test file) or use --protocol=split "
+                     f"(a per-user 8:1:1 split). Received: {config.protocol}")
   ds, info = protocols.get(config.protocol).prepare(config, ds)
   return (ds, info) if with_info else ds
 
@@ -80,7 +92,7 @@ RESUMABLE_CHANGES = frozenset({
     "patience", "refit"})
 REFIT = "refit"  # <workdir>/refit: the --refit run, a workdir of its own
 RUN_FILES = ("metrics.json", "metrics.jsonl", "flags.txt")
-RUN_DIRS = (checkpoint_lib.CHECKPOINTS, "tensorboard", REFIT)
+RUN_DIRS = (checkpoint_lib.CHECKPOINTS, "tensorboard", REFIT, vocab_lib.FOLDER)
 
 
 def read_flagfile(text: str) -> dict:
@@ -328,10 +340,13 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
                      f"({len(ds.train)}). Received: {config.batch_size}")
   _write_text_atomic(os.path.join(config.workdir, "flags.txt"),
                      config.to_flagfile())
+  vocab_lib.write_vocab(config.workdir, ds)
   if verbose:
     print(ds.summary(), flush=True)
-    for name, source in ds.feature_sources.items():
-      print(f"  {name}: {source}", flush=True)
+    for note in ds.notes:
+      print(f"  {note}", flush=True)
+    for source in ds.feature_sources.values():  # each starts "<name>: "
+      print(f"  {source}", flush=True)
 
   model = build_model(config, ds, strategy)
   checkpointer = checkpoint_lib.Checkpointer(model, config.workdir,

@@ -22,6 +22,13 @@ features of those sizes, which cost the same):
 - scale: training throughput and per-user evaluation cost on synthetic
   catalogues of 10k and 100k items with Office's users-per-item and
   interactions-per-user densities.
+- loader: rows per second of `data.read_interactions` on a synthetic
+  10M-row train.csv (200k with --quick) in the release's layout, with the
+  pandas reader beside the hand-written csv-module parser it replaced. The
+  reference is not a copy: it is maml_tf/data.py as of commit
+  `LOADER_REFERENCE_COMMIT` (the last one before pandas), read with
+  `git show` into a temporary module, so what is measured is exactly the old
+  code; without git (or that commit) the reference is skipped.
 """
 
 import json
@@ -43,9 +50,11 @@ from absl import flags  # noqa: E402
 flags.DEFINE_boolean("quick", False, "fewer steps and users (a smoke run)")
 flags.DEFINE_string("out", "benchmark.json", "where to write the JSON figures")
 flags.DEFINE_string("scenario", None, "internal: run one scenario and print JSON")
+flags.DEFINE_list("only", None, "run only these scenarios (e.g. loader)")
 FLAGS = flags.FLAGS
 
 OFFICE_USERS, OFFICE_ITEMS, OFFICE_PAIRS = 4874, 2406, 37027
+LOADER_REFERENCE_COMMIT = "379cd8135f374008012a72171b7c4644b7abf9c9"
 REFERENCE = {"train_pairs_per_s": (38_000, 55_000), "eval_seconds": (97, 102)}
 
 
@@ -206,6 +215,68 @@ def _workers(n, quick):
   return json.loads(line[-1][len("RESULT "):])
 
 
+def _write_train_csv(path, n_rows, seed=0):
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  with open(path, "w") as f:
+    f.write("itemID,userID,reviewerID,asin,unixReviewTime\n")
+    for start in range(0, n_rows, 1_000_000):
+      n = min(1_000_000, n_rows - start)
+      users = rng.integers(0, max(1, n_rows // 10), n)
+      items = rng.integers(0, max(1, n_rows // 20), n)
+      times = rng.integers(1_000_000_000, 1_400_000_000, n)
+      f.write("".join(f"{i},{u},R{u},A{i},{t}\n"
+                      for u, i, t in zip(users.tolist(), items.tolist(),
+                                         times.tolist())))
+
+
+def _reference_loader():
+  """maml_tf/data.py at LOADER_REFERENCE_COMMIT as a module, or None."""
+  import importlib.util
+  try:
+    source = subprocess.run(
+        ["git", "-C", ROOT, "show", f"{LOADER_REFERENCE_COMMIT}:maml_tf/data.py"],
+        capture_output=True, text=True, check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  folder = tempfile.mkdtemp(prefix="bench-ref-")
+  path = os.path.join(folder, "reference_data.py")
+  with open(path, "w") as f:
+    f.write(source)
+  spec = importlib.util.spec_from_file_location("reference_data", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules["reference_data"] = module  # dataclasses look themselves up here
+  spec.loader.exec_module(module)
+  return module
+
+
+def _loader(quick):
+  import gc
+  import numpy as np
+  from maml_tf import data
+  n_rows = 200_000 if quick else 10_000_000
+  folder = tempfile.mkdtemp(prefix="bench-loader-")
+  path = os.path.join(folder, "train.csv")
+  _write_train_csv(path, n_rows)
+  out = {"rows": n_rows, "mb": os.path.getsize(path) / 2**20}
+  loaders = [("pandas", data)]
+  reference = _reference_loader()
+  if reference is not None:
+    loaders.append(("reference", reference))
+  results = {}
+  for label, module in loaders:
+    start = time.perf_counter()
+    results[label] = module.read_interactions(path)
+    seconds = time.perf_counter() - start
+    out[label] = {"seconds": seconds, "rows_per_s": n_rows / seconds}
+    gc.collect()
+  if "reference" in results:  # same answer, or the comparison means nothing
+    for a, b in zip(results["pandas"], results["reference"]):
+      assert (a is None and b is None) or np.array_equal(a, b), "loaders differ"
+  os.remove(path)
+  return out
+
+
 def run_scenario(name, quick):
   from maml_tf import data
   steps = 10 if quick else 40
@@ -217,6 +288,8 @@ def run_scenario(name, quick):
             "peak_rss_mb": _peak_mb()}
   if name == "workers":
     return {"1": _workers(1, quick), "2": _workers(2, quick)}
+  if name == "loader":
+    return dict(_loader(quick), peak_rss_mb=_peak_mb())
   if name == "train":
     ds = _synthetic(OFFICE_ITEMS)
     result = {"fast": _train_throughput(ds, steps, fast=True),
@@ -287,6 +360,16 @@ def table(results):
     for key, v in r["serve"].items():
       if isinstance(v, dict):
         row(f"serve {key} users, p50 / p99 ms", f"{v['p50_ms']:.1f} / {v['p99_ms']:.1f}")
+  if "loader" in r:
+    ld = r["loader"]
+    rows = f"{ld['rows']:,}-row train.csv ({ld['mb']:,.0f} MB)"
+    row(f"loader, {rows}, rows/s (pandas)", f"{ld['pandas']['rows_per_s']:,.0f}",
+        f"{ld['pandas']['seconds']:.1f} s")
+    if "reference" in ld:
+      row("loader, rows/s (the old csv-module parser)",
+          f"{ld['reference']['rows_per_s']:,.0f}",
+          f"{ld['reference']['seconds']:.1f} s; pandas/old "
+          f"{ld['pandas']['rows_per_s'] / ld['reference']['rows_per_s']:.1f}x")
   for key in sorted(k for k in r if k.startswith("scale")):
     s = r[key]
     row(f"{s['n_items']:,} items / {s['n_users']:,} users: train pairs/s",
@@ -305,7 +388,10 @@ def main(argv):
     print("RESULT " + json.dumps(run_scenario(FLAGS.scenario, FLAGS.quick)))
     return 0
   results = {"machine": machine(), "quick": FLAGS.quick}
-  scenarios = ["train", "eval", "serve", "workers", "scale10000", "scale100000"]
+  scenarios = ["train", "eval", "serve", "workers", "scale10000", "scale100000",
+               "loader"]
+  if FLAGS.only:
+    scenarios = [s for s in scenarios if s in FLAGS.only]
   for name in scenarios:
     start = time.perf_counter()
     cmd = [sys.executable, os.path.abspath(__file__), f"--scenario={name}"]

@@ -9,8 +9,6 @@ a flagfile that reruns the experiment.
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 

@@ -75,6 +75,25 @@ def _empty_train(d):
   (d / "train.csv").write_text("itemID,userID,reviewerID,asin\n")
 
 
+def _valid_csv(d):
+  (d / "valid.csv").write_text((d / "test.csv").read_text())
+
+
+def _only_recbole_inter(d):
+  """One RecBole .inter of every pair: no test split."""
+  rows = ["user_id:token\titem_id:token"]
+  for name in ("train.csv", "test.csv"):
+    for line in (d / name).read_text().splitlines()[1:]:
+      item, user, _, _ = line.split(",")
+      rows.append(f"u{user}\ti{item}")
+    os.remove(d / name)
+  (d / "data.inter").write_text("\n".join(rows) + "\n")
+
+
+def _also_npz(d):
+  (d / "train.npz").write_bytes(b"PK")
+
+
 def _remove(name):
   def breaker(d):
     os.remove(d / name)
@@ -98,6 +117,18 @@ CASES = [
     ("user knows every item", _user_knows_every_item, [],
      ["train", "user 0", "every item", "no negative"]),
     ("unknown modality", lambda d: None, ["--modalities=meta,image"], ["image"]),
+    ("valid.csv and validation_fraction", _valid_csv,
+     ["--validation_fraction=0.1"],
+     ["`--validation_fraction` must be 0", "validation split", "0.1"]),
+    ("min_rating without ratings", lambda d: None, ["--min_rating=4"],
+     ["`--min_rating` needs a rating column", "train.csv has none"]),
+    ("negative kcore", lambda d: None, ["--kcore=-1"],
+     ["`--kcore` must be >= 0. Received: -1"]),
+    ("no test split under release", _only_recbole_inter,
+     ["--modalities=", "--data_format=recbole"],
+     ["`--protocol=release` needs test pairs", "--protocol=split"]),
+    ("ambiguous format", _also_npz, [],
+     ["ambiguous", "release (train.csv)", "npz (train.npz)"]),
 ]
 
 

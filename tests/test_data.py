@@ -83,6 +83,21 @@ BAD_INPUTS = [
      "train.csv", ["line 3: column `itemID`", "'\u0663'"]),
     ("not_utf8", b"itemID,userID\n0,0\n\xff\xfe,1\n", GOOD_TEST, "train.csv",
      ["not UTF-8"]),
+    # Cells pandas' C parser would read as integers, which the rule rejects.
+    ("plus_sign", HEADER + "0,0,R,A0\n+5,0,R,A1\n", GOOD_TEST, "train.csv",
+     ["line 3: column `itemID` must be a non-negative integer", "'+5'"]),
+    ("minus_zero", HEADER + "0,0,R,A0\n1,-0,R,A1\n", GOOD_TEST, "train.csv",
+     ["line 3: column `userID` must be a non-negative integer", "'-0'"]),
+    ("exponent", HEADER + "0,0,R,A0\n1e3,0,R,A1\n", GOOD_TEST, "train.csv",
+     ["line 3: column `itemID`", "'1e3'"]),
+    ("bool_like", "itemID,userID\nTrue,0\nFalse,1\n", GOOD_TEST, "train.csv",
+     ["line 2: column `itemID`", "'True'"]),
+    ("plus_time", "itemID,userID,unixReviewTime\n0,0,12\n1,0,+13\n",
+     GOOD_TEST, "train.csv", ["line 3: column `unixReviewTime`", "'+13'"]),
+    ("huge_time", "itemID,userID,unixReviewTime\n0,0,1000000000000000000\n",
+     GOOD_TEST, "train.csv", ["line 2: column `unixReviewTime`"]),
+    ("negative_in_fast_path", HEADER + "0,0,R,A0\n1,-7,R,A1\n", GOOD_TEST,
+     "train.csv", ["line 3: column `userID` must be a non-negative", "'-7'"]),
 ]
 
 
