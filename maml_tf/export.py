@@ -1,4 +1,4 @@
-"""SavedModel export for TF Serving: three signatures, written atomically.
+"""SavedModel export for TF Serving: six signatures, written atomically.
 
 Layout: `<export_dir>/<name>/<version>/`, the folder TF Serving watches
 (`--model_base_path=<export_dir>/<name>`); versions are positive integers and
@@ -27,6 +27,24 @@ float32; k = `topk` and N = `retrieve_candidates` are fixed at export):
   [B] -> `item_ids` [B, k], `scores` [B, k] (the same scores as
   `serving_default`).
 
+The same three by raw id (the user and item ids as written in the data
+files, the Dataset's `user_ids` / `item_ids`, stored in a run's
+`<workdir>/vocab/`; see `maml_tf.vocab`), keys tf.string:
+
+- `recommend_by_id`: `user_keys` [B] -> `item_keys` [B, k] (raw item ids;
+  "" in an empty slot), `item_ids` [B, k], `scores` [B, k]: exactly
+  `serving_default`'s answer for the users' indices.
+- `score_by_id`: `user_keys` [B], `item_keys` [B] -> `score`'s outputs.
+- `retrieve_by_id`: `user_keys` [B] -> as `recommend_by_id`, from `retrieve`.
+
+A dataset whose ids are integers (vocabulary None, the identity) has keys
+str(index): "0", "1", ... The maps are `tf.lookup.StaticHashTable`s in the
+graph (raw id -> index) and a string variable (index -> raw id). An unknown
+key fails with InvalidArgumentError naming the input and the first unknown
+key; it is never answered as another user. (The table's keys are constants
+of the graph: a vocabulary of many millions of ids would approach the 2 GB
+limit of a GraphDef.)
+
 An id outside [0, n) fails inside the graph with InvalidArgumentError naming
 the input, the rule and the range (checked before any cast or gather, so a
 large int64 never wraps onto another user); an empty batch gives empty
@@ -48,7 +66,8 @@ SavedModel, which TF Serving's CPU build refuses unless started with the
 experimental `--xla_cpu_compilation_enabled`).
 
 Beside the SavedModel, `assets.extra/export_info.json` records what was
-exported (sizes, k, N, dtypes, the run's flags when known); from that folder
+exported (sizes, k, N, dtypes, the signatures, under `raw_ids` which keys
+the *_by_id signatures take, the run's flags when known); from that folder
 TF Serving reads only its warm-up file, which we do not write.
 """
 
@@ -72,9 +91,17 @@ import numpy as np
 import tensorflow as tf
 
 from maml_tf import evaluate as eval_lib
+from maml_tf import vocab as vocab_lib
 from maml_tf.errors import UsageError
 
-SIGNATURES = ("serving_default", "score", "retrieve")
+INT_SIGNATURES = ("serving_default", "score", "retrieve")
+# The same three by raw id (the strings of the data files): the int
+# signature each one answers through.
+BY_ID = {"recommend_by_id": "serving_default", "score_by_id": "score",
+         "retrieve_by_id": "retrieve"}
+SIGNATURES = INT_SIGNATURES + tuple(BY_ID)
+KEY_DTYPE = tf.string
+EMPTY_KEY = ""  # the item key of an empty slot (item id -1)
 ID_DTYPE = tf.int64
 INFO_FILE = os.path.join("assets.extra", "export_info.json")
 TMP_PREFIX = ".tmp-export-"
@@ -103,6 +130,30 @@ def _check_ids(ids, name, upper):
   ]
   with tf.control_dependencies(checks):
     return tf.cast(tf.identity(ids), tf.int32)
+
+
+def _key_table(keys, name):
+  """A raw id -> index StaticHashTable over `keys` (index order), default -1."""
+  return tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(
+          tf.constant(list(keys), KEY_DTYPE),
+          tf.range(len(keys), dtype=ID_DTYPE)),
+      default_value=-1, name=name)
+
+
+def _lookup_keys(table, keys, name, kind):
+  """int64 indices of raw ids, once all are known, else an error.
+
+  The first unknown key is named in the error; it never becomes an index.
+  """
+  ids = table.lookup(keys)
+  known = tf.greater_equal(ids, 0)
+  check = tf.debugging.Assert(
+      tf.reduce_all(known),
+      [f"`{name}` must be known {kind} ids (the raw ids of the training data);"
+       " received an unknown id:", tf.boolean_mask(keys, tf.logical_not(known))[:1]])
+  with tf.control_dependencies([check]):
+    return tf.identity(ids)
 
 
 def _pad_columns(x, k, value):
@@ -154,6 +205,22 @@ class ServingGraphs:
     self.retrieve_chunk = max(1, min(512, budget // (self.n_candidates * width)))
     metric, vectors = model.retrieval_space(self.tables)
     self.index = retrieval.build_index(np.asarray(vectors), metric=metric)
+    # Raw ids: the Dataset's vocabularies (None = identity, keys str(index)).
+    vocabs = vocab_lib.dataset_vocabs(dataset)
+    self.identity = {kind: v.ids is None for kind, v in vocabs.items()}
+    keys = {kind: [str(k) for k in v.raw_ids()] for kind, v in vocabs.items()}
+    for kind, n in (("users", self.n_users), ("items", self.n_items)):
+      if len(keys[kind]) != n:
+        raise ValueError(f"`dataset` has {len(keys[kind])} raw {kind[:-1]} "
+                         f"ids for {n} {kind}")
+      if len(set(keys[kind])) != n:
+        raise ValueError(f"`dataset` {kind[:-1]} raw ids must be unique")
+    self.user_table = _key_table(keys["users"], "user_key_table")
+    self.item_table = _key_table(keys["items"], "item_key_table")
+    # index -> raw id, with the empty slot's key last (item -1 reads it).
+    self.item_keys = tf.Variable(
+        tf.constant(keys["items"] + [EMPTY_KEY], KEY_DTYPE), trainable=False,
+        name="item_keys")
 
   # ------------------------------------------------------------- helpers
   def _known_lists(self, users):
@@ -243,12 +310,50 @@ class ServingGraphs:
     users = _check_ids(user_ids, "user_ids", self.n_users)
     return self._by_blocks(self._retrieve_block, users, self.retrieve_chunk)
 
+  # ------------------------------------------------ the same by raw id
+  def _users_by_key(self, user_keys):
+    return _lookup_keys(self.user_table, user_keys, "user_keys", "user")
+
+  def _with_item_keys(self, out):
+    """Adds `item_keys` [B, k] (raw ids; "" where item_ids is -1)."""
+    ids = out["item_ids"]
+    where = tf.where(tf.less(ids, 0), tf.constant(self.n_items, ID_DTYPE), ids)
+    return {"item_keys": tf.gather(self.item_keys, where), **out}
+
+  def recommend_by_id(self, user_keys):
+    """recommend_by_id: serving_default, by and to raw ids."""
+    return self._with_item_keys(self.recommend(self._users_by_key(user_keys)))
+
+  def score_by_id(self, user_keys, item_keys):
+    """score_by_id: score, for raw user and item ids."""
+    same = tf.debugging.assert_equal(
+        tf.size(user_keys), tf.size(item_keys),
+        message="`user_keys` and `item_keys` must have the same length")
+    with tf.control_dependencies([same]):
+      users = self._users_by_key(user_keys)
+      items = _lookup_keys(self.item_table, item_keys, "item_keys", "item")
+    return self.score(users, items)
+
+  def retrieve_by_id(self, user_keys):
+    """retrieve_by_id: retrieve, by and to raw ids."""
+    return self._with_item_keys(self.retrieve(self._users_by_key(user_keys)))
+
   def add_to(self, archive):
-    """Registers the three endpoints on a keras.export.ExportArchive."""
+    """Registers the six endpoints on a keras.export.ExportArchive."""
     ids = lambda name: tf.TensorSpec([None], ID_DTYPE, name=name)
+    keys = lambda name: tf.TensorSpec([None], KEY_DTYPE, name=name)
     archive.add_endpoint("serving_default", self.recommend, [ids("user_ids")])
     archive.add_endpoint("score", self.score, [ids("user_ids"), ids("item_ids")])
     archive.add_endpoint("retrieve", self.retrieve, [ids("user_ids")])
+    # Lookup tables are not variables: the archive saves them when tracked.
+    archive.track(self.user_table)
+    archive.track(self.item_table)
+    archive.add_endpoint("recommend_by_id", self.recommend_by_id,
+                         [keys("user_keys")])
+    archive.add_endpoint("score_by_id", self.score_by_id,
+                         [keys("user_keys"), keys("item_keys")])
+    archive.add_endpoint("retrieve_by_id", self.retrieve_by_id,
+                         [keys("user_keys")])
     return archive
 
 
@@ -321,6 +426,14 @@ def export_saved_model(model, dataset, export_dir, name, version=None, topk=10,
         "known_pairs": int(graphs.known_items.shape[0]),
         "max_known_per_user": graphs.max_known,
         "id_dtype": ID_DTYPE.name, "signatures": list(SIGNATURES),
+        "raw_ids": {
+            "signatures": dict(BY_ID),
+            "keys": ("the raw ids of the training data, as in "
+                     f"<workdir>/{vocab_lib.FOLDER}/{vocab_lib.FILES['users']}"
+                     f" and {vocab_lib.FILES['items']}"),
+            "users": "identity" if graphs.identity["users"] else "raw",
+            "items": "identity" if graphs.identity["items"] else "raw",
+            "empty_item_key": EMPTY_KEY},
         "retrieval_metric": graphs.index.metric,
         "explanation": (None if not model.explains else {
             "output": model.explanation_name,
