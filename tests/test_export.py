@@ -11,6 +11,7 @@ folders (numeric, atomic, never overwritten), no XLA clusters in the graph,
 `saved_model_cli show/run`, and scripts/export.py on a checkpointed run.
 """
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -57,6 +58,7 @@ try:
 except ImportError:
   out["maml_tf_importable"] = False
 blocked.clear()
+import numpy as np
 import tensorflow as tf
 loaded = {tag: tf.saved_model.load(path) for tag, path in spec["models"].items()}
 out["maml_tf_import_attempts"] = list(blocked)
@@ -71,13 +73,19 @@ for tag, obj in loaded.items():
         "outputs": {k: [v.dtype.name, v.shape.as_list()]
                     for k, v in fn.structured_outputs.items()}}
   out["signatures"][tag] = sigs
+def plain(tensor):  # nested lists; strings (raw ids) decoded from UTF-8
+  value = tensor.numpy()
+  if tensor.dtype == tf.string:
+    value = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(value)
+  return value.tolist()
 out["results"] = []
 for case in spec["cases"]:
   fn = loaded[case["model"]].signatures[case["signature"]]
-  args = {k: tf.constant(v, tf.int64) for k, v in case["inputs"].items()}
+  args = {k: tf.constant(v, tf.string if k.endswith("_keys") else tf.int64)
+          for k, v in case["inputs"].items()}
   try:
     res = fn(**args)
-    out["results"].append({"outputs": {k: v.numpy().tolist() for k, v in res.items()},
+    out["results"].append({"outputs": {k: plain(v) for k, v in res.items()},
                            "shapes": {k: list(v.shape) for k, v in res.items()}})
   except tf.errors.InvalidArgumentError as e:
     out["results"].append({"error": "InvalidArgumentError", "message": e.message})
@@ -131,6 +139,17 @@ def make_model(attention, ds, seed):
   return model
 
 
+# Raw ids of the "raw" setup: user 5's is not ASCII; item index i is
+# "sku/<i+1>", so a key's number is never its index; "3" is no user's key.
+USER_KEYS = [("u-ñ" if u == 5 else f"u-{chr(ord('a') + u)}") for u in range(N_USERS)]
+ITEM_KEYS = [f"sku/{i + 1}" for i in range(N_ITEMS)]
+
+
+def with_raw_ids(ds):
+  return dataclasses.replace(ds, user_ids=np.array(USER_KEYS, object),
+                             item_ids=np.array(ITEM_KEYS, object))
+
+
 def known_lists(ds):
   pairs = export_lib.known_pairs(ds)
   return [np.sort(pairs[pairs[:, 0] == u, 1]) for u in range(ds.n_users)]
@@ -138,13 +157,17 @@ def known_lists(ds):
 
 @pytest.fixture(scope="module")
 def setups(tmp_path_factory):
-  """Two exported models: MAML (features, scaled attention, a validation
-  split) and CML (no features, attention=none, N = k)."""
+  """Three exported models: MAML (features, scaled attention, a validation
+  split), CML (no features, attention=none, N = k), both with integer ids
+  (identity vocabularies), and "raw": MAML again with string raw ids."""
   base = tmp_path_factory.mktemp("exports")
   out = {}
   for tag, attention, features, valid, n in (("maml", "scaled", True, 0.3, CANDIDATES),
-                                             ("cml", "none", False, 0.0, TOPK)):
+                                             ("cml", "none", False, 0.0, TOPK),
+                                             ("raw", "scaled", True, 0.3, CANDIDATES)):
     ds = make_dataset(features, valid, seed=len(out))
+    if tag == "raw":
+      ds = with_raw_ids(ds)
     model = make_model(attention, ds, seed=len(out))
     path = export_lib.export_saved_model(model, ds, str(base), tag, topk=TOPK,
                                          retrieve_candidates=n)
@@ -179,6 +202,46 @@ def _cases():
     cases[f"{tag}/empty recommend"] = (tag, "serving_default", {"user_ids": []})
     cases[f"{tag}/empty retrieve"] = (tag, "retrieve", {"user_ids": []})
     cases[f"{tag}/empty score"] = (tag, "score", {"user_ids": [], "item_ids": []})
+  # By raw id: every user, in another order; the same pairs as above.
+  order = [int(u) for u in np.random.default_rng(8).permutation(N_USERS)]
+  cases["raw/recommend"] = ("raw", "serving_default", {"user_ids": users})
+  cases["raw/retrieve"] = ("raw", "retrieve", {"user_ids": users})
+  cases["raw/score"] = ("raw", "score", {"user_ids": pairs_u, "item_ids": pairs_i})
+  cases["raw/recommend_by_id"] = ("raw", "recommend_by_id",
+                                  {"user_keys": [USER_KEYS[u] for u in order]})
+  cases["raw/retrieve_by_id"] = ("raw", "retrieve_by_id",
+                                 {"user_keys": [USER_KEYS[u] for u in order]})
+  cases["raw/score_by_id"] = ("raw", "score_by_id", {
+      "user_keys": [USER_KEYS[u] for u in pairs_u],
+      "item_keys": [ITEM_KEYS[i] for i in pairs_i]})
+  for tag in ("raw", "maml", "cml"):
+    cases[f"{tag}/empty recommend_by_id"] = (tag, "recommend_by_id", {"user_keys": []})
+    cases[f"{tag}/empty retrieve_by_id"] = (tag, "retrieve_by_id", {"user_keys": []})
+    cases[f"{tag}/empty score_by_id"] = (tag, "score_by_id",
+                                         {"user_keys": [], "item_keys": []})
+  # Identity vocabularies: the keys are str(index).
+  cases["maml/recommend_by_id"] = ("maml", "recommend_by_id",
+                                   {"user_keys": [str(u) for u in order]})
+  cases["maml/retrieve_by_id"] = ("maml", "retrieve_by_id",
+                                  {"user_keys": [str(u) for u in order]})
+  cases["cml/score_by_id"] = ("cml", "score_by_id", {
+      "user_keys": [str(u) for u in pairs_u], "item_keys": [str(i) for i in pairs_i]})
+  bad_keys = {
+      "index as key": ("raw", "recommend_by_id", {"user_keys": ["u-a", "3"]}),
+      "item key as user": ("raw", "retrieve_by_id", {"user_keys": ["sku/1"]}),
+      "unknown user in score": ("raw", "score_by_id",
+                                {"user_keys": ["u-a", "nobody"], "item_keys": ["sku/1", "sku/2"]}),
+      "unknown item in score": ("raw", "score_by_id",
+                                {"user_keys": ["u-a"], "item_keys": ["sku/0"]}),
+      "key lengths differ": ("raw", "score_by_id",
+                             {"user_keys": ["u-a", "u-b"], "item_keys": ["sku/1"]}),
+      "identity key too large": ("maml", "recommend_by_id", {"user_keys": ["20"]}),
+      "identity key not canonical": ("maml", "recommend_by_id", {"user_keys": ["01"]}),
+      "identity negative key": ("cml", "score_by_id",
+                                {"user_keys": ["0"], "item_keys": ["-1"]}),
+  }
+  for name, case in bad_keys.items():
+    cases[f"bad key/{name}"] = case
   return cases
 
 
@@ -213,11 +276,12 @@ def test_loader_process_cannot_import_maml_tf(served):
   assert served["env_legacy_keras"] is None
 
 
-@pytest.mark.parametrize("tag", ["maml", "cml"])
-def test_three_signatures_with_named_typed_inputs_and_outputs(served, tag):
+@pytest.mark.parametrize("tag", ["maml", "cml", "raw"])
+def test_six_signatures_with_named_typed_inputs_and_outputs(served, tag):
   sigs = served["signatures"][tag]
-  assert set(sigs) == {"serving_default", "score", "retrieve"}
-  ids = ["int64", [None]]
+  assert set(sigs) == {"serving_default", "score", "retrieve",
+                       "recommend_by_id", "score_by_id", "retrieve_by_id"}
+  ids, keys = ["int64", [None]], ["string", [None]]
   for name in ("serving_default", "retrieve"):
     assert sigs[name]["inputs"] == {"user_ids": ids}
     assert sigs[name]["outputs"] == {"item_ids": ["int64", [None, TOPK]],
@@ -225,6 +289,13 @@ def test_three_signatures_with_named_typed_inputs_and_outputs(served, tag):
   assert sigs["score"]["inputs"] == {"user_ids": ids, "item_ids": ids}
   assert sigs["score"]["outputs"] == {"scores": ["float32", [None]],
                                       "attention": ["float32", [None, K_EMBED]]}
+  for name in ("recommend_by_id", "retrieve_by_id"):
+    assert sigs[name]["inputs"] == {"user_keys": keys}
+    assert sigs[name]["outputs"] == {"item_keys": ["string", [None, TOPK]],
+                                     "item_ids": ["int64", [None, TOPK]],
+                                     "scores": ["float32", [None, TOPK]]}
+  assert sigs["score_by_id"]["inputs"] == {"user_keys": keys, "item_keys": keys}
+  assert sigs["score_by_id"]["outputs"] == sigs["score"]["outputs"]
 
 
 @pytest.mark.parametrize("tag", ["maml", "cml"])
@@ -270,18 +341,26 @@ def test_score_gives_distance_and_attention_of_each_pair(setups, served, tag):
   np.testing.assert_allclose(attention.sum(1), K_EMBED, rtol=1e-5)  # alpha = K
 
 
-def test_retrieve_reranks_the_euclidean_candidates(setups, served):
-  s = setups["maml"]
-  model, ds = s["model"], s["ds"]
+def retrieve_oracle(model, ds):
+  """Per user: the top k of the N nearest unknown items (numpy)."""
   p, q = model.user_embeddings.numpy(), model.item_embeddings.numpy()
   euclid = -((p[:, None, :] - q[None]) ** 2).sum(-1)
   full = model.score_items(tf.range(N_USERS)).numpy()
-  got = served["by_case"]["maml/retrieve"]["outputs"]
-  ids, scores = np.array(got["item_ids"]), np.array(got["scores"])
+  out = []
   for u, known in enumerate(known_lists(ds)):
     free = np.setdiff1d(np.arange(N_ITEMS), known)
     candidates = free[np.argsort(-euclid[u, free], kind="stable")[:CANDIDATES]]
-    best = candidates[np.argsort(-full[u, candidates], kind="stable")[:TOPK]]
+    out.append(candidates[np.argsort(-full[u, candidates], kind="stable")[:TOPK]])
+  return out
+
+
+def test_retrieve_reranks_the_euclidean_candidates(setups, served):
+  s = setups["maml"]
+  model, ds = s["model"], s["ds"]
+  full = model.score_items(tf.range(N_USERS)).numpy()
+  got = served["by_case"]["maml/retrieve"]["outputs"]
+  ids, scores = np.array(got["item_ids"]), np.array(got["scores"])
+  for u, best in enumerate(retrieve_oracle(model, ds)):
     np.testing.assert_array_equal(ids[u, :len(best)], best)
     np.testing.assert_allclose(scores[u, :len(best)], full[u, best], rtol=1e-5, atol=1e-5)
     assert (ids[u, len(best):] == -1).all()
@@ -325,6 +404,104 @@ def test_empty_batch_gives_empty_outputs(served, tag):
                                                        "scores": [0, TOPK]}
   assert by_case[f"{tag}/empty score"]["shapes"] == {"scores": [0],
                                                      "attention": [0, K_EMBED]}
+
+
+# ---------------------------------------------------------------- raw ids
+
+
+def _order():
+  return _cases()["raw/recommend_by_id"][2]["user_keys"]
+
+
+def _keys_of(ids):
+  """Item ids [B, k] -> the raw ids an export must answer ("" for -1)."""
+  return [[ITEM_KEYS[i] if i >= 0 else "" for i in row] for row in ids]
+
+
+def test_recommend_by_id_is_the_models_answer_in_raw_ids(setups, served):
+  s = setups["raw"]
+  model, ds = s["model"], s["ds"]
+  users = [USER_KEYS.index(k) for k in _order()]
+  full = model.score_items(tf.constant(users)).numpy()
+  known = known_lists(ds)
+  want = eval_lib.top_k_excluding(full, [known[u] for u in users], TOPK)
+  got = served["by_case"]["raw/recommend_by_id"]["outputs"]
+  np.testing.assert_array_equal(got["item_ids"], want)
+  assert got["item_keys"] == _keys_of(want)
+  # The int signature's answer for the same users, to the last bit.
+  by_int = served["by_case"]["raw/recommend"]["outputs"]
+  np.testing.assert_array_equal(got["scores"], np.array(by_int["scores"])[users])
+  row = users.index(HEAVY_USER)  # fewer than k unknown items: "" slots
+  assert got["item_keys"][row][3:] == ["", ""]
+  assert all(k in ITEM_KEYS for r in got["item_keys"] for k in r if k)
+
+
+def test_retrieve_by_id_is_retrieve_in_raw_ids(setups, served):
+  s = setups["raw"]
+  users = [USER_KEYS.index(k) for k in _order()]
+  got = served["by_case"]["raw/retrieve_by_id"]["outputs"]
+  oracle = retrieve_oracle(s["model"], s["ds"])
+  for row, u in enumerate(users):
+    best = oracle[u]
+    np.testing.assert_array_equal(got["item_ids"][row][:len(best)], best)
+    assert got["item_keys"][row] == _keys_of([got["item_ids"][row]])[0]
+  by_int = served["by_case"]["raw/retrieve"]["outputs"]
+  np.testing.assert_array_equal(got["item_ids"], np.array(by_int["item_ids"])[users])
+  np.testing.assert_array_equal(got["scores"], np.array(by_int["scores"])[users])
+
+
+def test_score_by_id_is_score_of_the_same_pairs(setups, served):
+  model = setups["raw"]["model"]
+  case = _cases()["raw/score"][2]
+  users, items = np.array(case["user_ids"]), np.array(case["item_ids"])
+  got = served["by_case"]["raw/score_by_id"]["outputs"]
+  full = model.score_items(tf.range(N_USERS)).numpy()
+  np.testing.assert_allclose(got["scores"], full[users, items], rtol=1e-5, atol=1e-5)
+  want = model.attention(tf.gather(model.user_embeddings, users),
+                         tf.gather(model.item_embeddings, items),
+                         tf.gather(model.item_fusion(), items)).numpy()
+  np.testing.assert_allclose(got["attention"], want, rtol=1e-5, atol=1e-5)
+  assert got == served["by_case"]["raw/score"]["outputs"]
+
+
+def test_identity_vocabulary_keys_are_the_indices_as_text(served):
+  order = [int(k) for k in _cases()["maml/recommend_by_id"][2]["user_keys"]]
+  for sig in ("recommend", "retrieve"):
+    got = served["by_case"][f"maml/{sig}_by_id"]["outputs"]
+    by_int = served["by_case"][f"maml/{sig}"]["outputs"]
+    ids = np.array(by_int["item_ids"])[order]
+    np.testing.assert_array_equal(got["item_ids"], ids)
+    np.testing.assert_array_equal(got["scores"], np.array(by_int["scores"])[order])
+    assert got["item_keys"] == [[str(i) if i >= 0 else "" for i in r] for r in ids]
+  assert (served["by_case"]["cml/score_by_id"]["outputs"] ==
+          served["by_case"]["cml/score"]["outputs"])
+
+
+@pytest.mark.parametrize("name, words", [
+    ("index as key", ["`user_keys` must be known user ids", "unknown id", "[3]"]),
+    ("item key as user", ["`user_keys` must be known user ids", "[sku/1]"]),
+    ("unknown user in score", ["`user_keys` must be known user ids", "[nobody]"]),
+    ("unknown item in score", ["`item_keys` must be known item ids", "[sku/0]"]),
+    ("key lengths differ", ["`user_keys` and `item_keys` must have the same length"]),
+    ("identity key too large", ["`user_keys` must be known user ids", "[20]"]),
+    ("identity key not canonical", ["`user_keys` must be known user ids", "[01]"]),
+    ("identity negative key", ["`item_keys` must be known item ids", "[-1]"]),
+])
+def test_unknown_keys_fail_with_invalid_argument(served, name, words):
+  result = served["by_case"][f"bad key/{name}"]
+  assert result.get("error") == "InvalidArgumentError", result
+  for word in words:
+    assert word in result["message"]
+
+
+@pytest.mark.parametrize("tag", ["raw", "maml", "cml"])
+def test_empty_batch_by_id_gives_empty_outputs(served, tag):
+  by_case = served["by_case"]
+  for sig in ("recommend_by_id", "retrieve_by_id"):
+    assert by_case[f"{tag}/empty {sig}"]["shapes"] == {
+        "item_keys": [0, TOPK], "item_ids": [0, TOPK], "scores": [0, TOPK]}
+  assert by_case[f"{tag}/empty score_by_id"]["shapes"] == {
+      "scores": [0], "attention": [0, K_EMBED]}
 
 
 # ------------------------------------------------------------- in-process
@@ -375,7 +552,15 @@ def test_export_info_and_layout(setups):
   info = export_lib.load_info(path)
   assert info["n_users"] == N_USERS and info["n_items"] == N_ITEMS
   assert info["topk"] == TOPK and info["retrieve_candidates"] == CANDIDATES
-  assert info["signatures"] == ["serving_default", "score", "retrieve"]
+  assert info["signatures"] == ["serving_default", "score", "retrieve",
+                                "recommend_by_id", "score_by_id", "retrieve_by_id"]
+  assert info["raw_ids"]["signatures"] == {
+      "recommend_by_id": "serving_default", "score_by_id": "score",
+      "retrieve_by_id": "retrieve"}
+  assert "<workdir>/vocab/users.tsv" in info["raw_ids"]["keys"]
+  assert (info["raw_ids"]["users"], info["raw_ids"]["items"]) == ("identity", "identity")
+  raw = export_lib.load_info(setups["raw"]["path"])["raw_ids"]
+  assert (raw["users"], raw["items"], raw["empty_item_key"]) == ("raw", "raw", "")
   assert info["known_pairs"] == len(export_lib.known_pairs(s["ds"]))
   assert info["max_known_per_user"] == N_ITEMS - 3
 
@@ -504,8 +689,9 @@ def test_saved_model_cli_show_lists_the_signatures(setups):
   assert proc.returncode == 0, proc.stderr[-2000:]
   for name in ("serving_default", "score", "retrieve"):
     assert f"signature_def['{name}']" in proc.stdout
-  assert proc.stdout.count("Method name is: tensorflow/serving/predict") == 3
+  assert proc.stdout.count("Method name is: tensorflow/serving/predict") == 6
   assert "inputs['user_ids']" in proc.stdout and "DT_INT64" in proc.stdout
+  assert "inputs['user_keys']" in proc.stdout and "DT_STRING" in proc.stdout
 
 
 def test_saved_model_cli_run_recommends(setups, served):
