@@ -180,5 +180,38 @@ def load_vocab(workdir: str) -> Dict[str, Vocab]:
   return out
 
 
-__all__ = ["FILES", "FOLDER", "Vocab", "dataset_vocabs", "load_vocab",
-           "write_vocab"]
+def check_workdir(workdir: str, ds) -> bool:
+  """Checks that a run's saved vocabularies are the Dataset's.
+
+  A checkpoint's indices mean the raw ids of <workdir>/vocab/; data loaded
+  again (e.g. to export that checkpoint) must number them the same, else
+  every answer by raw id would name other users and items.
+
+  Returns:
+    True when both vocabularies match, False when <workdir>/vocab/ does not
+    exist (a run from before vocabularies were written: nothing to check).
+
+  Raises:
+    DataError: they differ (the file, the first index that differs and both
+      raw ids are named), or a file is malformed.
+  """
+  if not os.path.isdir(os.path.join(workdir, FOLDER)):
+    return False
+  saved = load_vocab(workdir)
+  for kind, now in dataset_vocabs(ds).items():
+    old, new = saved[kind].raw_ids(), now.raw_ids()
+    path = saved[kind].source
+    if len(old) != len(new):
+      raise DataError(f"{path}: the run has {len(old)} {kind}, the data loaded "
+                      f"now {len(new)}: export with the data the run trained on")
+    differ = np.flatnonzero(old.astype(str) != new.astype(str))
+    if len(differ):
+      i = int(differ[0])
+      raise DataError(f"{path}: {kind[:-1]} index {i} is {str(old[i])!r} in the "
+                      f"run, {str(new[i])!r} in the data loaded now: export with "
+                      "the data the run trained on")
+  return True
+
+
+__all__ = ["FILES", "FOLDER", "Vocab", "check_workdir", "dataset_vocabs",
+           "load_vocab", "write_vocab"]

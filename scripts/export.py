@@ -11,7 +11,10 @@ flag is the run's own. The data are loaded as the run loaded them, the model
 is built with `maml_tf.train.build_model`, the checkpoint (`--which`: the
 best round or the last one) is restored with `maml_tf.checkpoint.restore`,
 and the export goes to <export_dir>/<export_name>/<version>/ (see
-maml_tf/export.py). Prints the version folder. Usage and data errors exit
+maml_tf/export.py). Its *_by_id signatures answer by the raw ids of the data
+loaded now, which must be the run's own: <workdir>/vocab/ (written by the
+training) is checked against them, and an export whose data number the ids
+otherwise is refused. Prints the version folder. Usage and data errors exit
 with status 2 and one line on stderr.
 """
 
@@ -69,8 +72,15 @@ def export_main():
   from maml_tf import export as export_lib  # pylint: disable=g-import-not-at-top
   from maml_tf import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from maml_tf import train as train_lib  # pylint: disable=g-import-not-at-top
+  from maml_tf import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
 
   dataset = train_lib.load_data(config)
+  # The checkpoint's indices mean the run's raw ids (<workdir>/vocab/): the
+  # data loaded again must number them the same, else refuse.
+  if not vocab_lib.check_workdir(config.workdir, dataset):
+    print(f"note: {os.path.join(config.workdir, vocab_lib.FOLDER)} not found "
+          "(a run from before vocabularies were saved): the raw ids are those "
+          "of the data loaded now", file=sys.stderr, flush=True)
   model = train_lib.build_model(config, dataset)
   prefix = checkpoint_lib.resolve(config.workdir, FLAGS.which)
   step = checkpoint_lib.restore(model, config.workdir, FLAGS.which)

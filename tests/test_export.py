@@ -751,6 +751,8 @@ def test_export_script_restores_the_checkpoint_and_exports(tmp_path):
     prefix = saver.save(step)
     if step == 2:
       saver.save_best(step, prefix)
+  from maml_tf import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  vocab_lib.write_vocab(str(workdir), ds)  # as training does
   out = tmp_path / "exports"
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "scripts", "export.py"),
@@ -783,6 +785,21 @@ def test_export_script_restores_the_checkpoint_and_exports(tmp_path):
   assert again.returncode == 2
   assert "`version` 5 already exists" in again.stderr
   assert "Traceback" not in again.stderr
+  # Data that number the users otherwise than the run's vocab/ are refused:
+  # the by_id signatures would answer for other users.
+  vocab_lib.write_vocab(str(workdir), dataclasses.replace(
+      ds, user_ids=np.array([f"R{u}" for u in range(ds.n_users)], object)))
+  other = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "export.py"),
+       f"--workdir={workdir}", f"--export_dir={out}", "--export_name=tiny"],
+      cwd=str(tmp_path), env=clean_env(), capture_output=True, text=True, timeout=300)
+  assert other.returncode == 2, other.stderr[-2000:]
+  users_tsv = os.path.join(str(workdir), "vocab", "users.tsv")
+  assert other.stderr.endswith(f"{users_tsv}: user index 0 is 'R0' in the run, '0' "
+                               "in the data loaded now: export with the data the "
+                               "run trained on\n"), other.stderr[-2000:]
+  assert "Traceback" not in other.stderr
+  assert sorted(os.listdir(out / "tiny")) == ["5"]
 
 
 @pytest.mark.parametrize("flags_txt, message", [

@@ -416,6 +416,31 @@ def test_identity_vocab_for_integer_ids(tmp_path):
     vocab.Vocab("users", size=2).lookup(["x"])
 
 
+def test_check_workdir_against_the_data_loaded_again(tmp_path):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  ds = data.load_dataset("custom", _recbole(tmp_path / "d"))
+  work = str(tmp_path / "w")
+  assert vocab.check_workdir(work, ds) is False  # no vocab/ yet: nothing to check
+  vocab.write_vocab(work, ds)
+  assert vocab.check_workdir(work, ds) is True
+  swapped = dataclasses.replace(ds, item_ids=np.array(["i-x", "i-z", "i-y"], object))
+  with pytest.raises(DataError) as e:
+    vocab.check_workdir(work, swapped)
+  path = os.path.join(work, "vocab", "items.tsv")
+  assert str(e.value) == (f"{path}: item index 1 is 'i-y' in the run, 'i-z' in "
+                          "the data loaded now: export with the data the run "
+                          "trained on")
+  more = dataclasses.replace(ds, n_users=4, user_ids=np.array(
+      ["ann", "bob", "cy", "dee"], object))
+  with pytest.raises(DataError, match=r"users.tsv: the run has 3 users, the data "
+                     r"loaded now 4"):
+    vocab.check_workdir(work, more)
+  # Integer ids (identity) written, then loaded again as the identity: equal.
+  ints = data.from_arrays(np.array([[0, 2], [3, 1]]), None)
+  vocab.write_vocab(str(tmp_path / "i"), ints)
+  assert vocab.check_workdir(str(tmp_path / "i"), ints) is True
+
+
 def test_malformed_vocab_file(tmp_path):
   os.makedirs(tmp_path / "vocab")
   (tmp_path / "vocab" / "users.tsv").write_text("index\traw_id\n1\tx\n")
