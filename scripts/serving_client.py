@@ -10,7 +10,18 @@
 
 Signatures (see maml_tf/export.py): serving_default and retrieve take
 `user_ids`; score takes `user_ids` and `item_ids` (same length). Ids are
-int64. The reply is printed as one JSON object, output name -> nested lists,
+int64 indices. By raw id (the strings of the data files): --user_keys (and
+--item_keys for score) instead of --user_ids (--item_ids) calls the twin
+signature, recommend_by_id, retrieve_by_id or score_by_id, which takes
+`user_keys` (`item_keys`) as strings and also answers `item_keys`, the raw
+item ids ("" in an empty slot):
+
+  python scripts/serving_client.py --user_keys=A1B2,X9
+  python scripts/serving_client.py --signature=score --user_keys=A1B2 --item_keys=B00X
+  python scripts/serving_client.py --user_keys='["id, with comma"]' --dry_run
+
+Keys are split at commas and stripped of spaces; a JSON list of strings
+passes any raw id as it is. The reply is printed as one JSON object, output name -> nested lists,
 whichever protocol carried it (a score of -Infinity with item -1 marks an
 empty slot: the user had fewer than k unknown items).
 
@@ -35,7 +46,13 @@ SIGNATURE_INPUTS = {
     "serving_default": ("user_ids",),
     "retrieve": ("user_ids",),
     "score": ("user_ids", "item_ids"),
+    "recommend_by_id": ("user_keys",),
+    "retrieve_by_id": ("user_keys",),
+    "score_by_id": ("user_keys", "item_keys"),
 }
+# --user_keys (raw ids) picks the by-raw-id twin of --signature.
+BY_ID = {"serving_default": "recommend_by_id", "retrieve": "retrieve_by_id",
+         "score": "score_by_id"}
 DEFAULT_PORTS = {"rest": 8501, "grpc": 8500}
 
 
@@ -58,23 +75,83 @@ def parse_ids(text, flag):
   return ids
 
 
-def build_inputs(signature, user_ids, item_ids=None):
-  """The named inputs of a signature, checked as far as the client can."""
+def parse_keys(text, flag):
+  """Raw ids: "A1B2, X9" -> ["A1B2", "X9"] (each stripped), or a JSON list
+  of strings ('["a, b", " c"]') for ids holding commas or edge spaces."""
+  text = text or ""
+  if text.lstrip().startswith("["):
+    try:
+      keys = json.loads(text)
+    except ValueError:
+      keys = None
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+      raise ClientError(f"`--{flag}` must be comma-separated raw ids or a JSON "
+                        f"list of strings. Received: {text!r}")
+    return keys
+  return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def pick_signature(signature, by_key):
+  """The signature to call: --user_keys picks the *_by_id twin."""
   if signature not in SIGNATURE_INPUTS:
     raise ClientError(f"`--signature` must be one of "
                       f"{', '.join(SIGNATURE_INPUTS)}. Received: {signature!r}")
-  inputs = {"user_ids": list(user_ids)}
-  if "item_ids" in SIGNATURE_INPUTS[signature]:
+  if by_key:
+    return BY_ID.get(signature, signature)
+  if signature not in BY_ID:
+    raise ClientError(f"`--signature={signature}` takes raw ids: pass "
+                      "--user_keys (and --item_keys). Received --user_ids")
+  return signature
+
+
+def build_inputs(signature, user_ids, item_ids=None):
+  """The named inputs of a signature, checked as far as the client can.
+
+  `user_ids` / `item_ids` are integer indices, or raw ids (str) for the
+  *_by_id signatures.
+  """
+  if signature not in SIGNATURE_INPUTS:
+    raise ClientError(f"`--signature` must be one of "
+                      f"{', '.join(SIGNATURE_INPUTS)}. Received: {signature!r}")
+  names = SIGNATURE_INPUTS[signature]
+  kind = names[0].split("_")[1][:-1]  # "id" or "key"
+  user_name, item_name = names[0], f"item_{kind}s"
+  inputs = {user_name: list(user_ids)}
+  if item_name in names:
     item_ids = list(item_ids or [])
-    if len(item_ids) != len(inputs["user_ids"]):
+    if len(item_ids) != len(inputs[user_name]):
       raise ClientError(
-          f"`--item_ids` must have one id per user id ({len(user_ids)}). "
-          f"Received: {len(item_ids)} ids")
-    inputs["item_ids"] = item_ids
+          f"`--{item_name}` must have one {kind} per user {kind} "
+          f"({len(user_ids)}). Received: {len(item_ids)} {kind}s")
+    inputs[item_name] = item_ids
   elif item_ids:
-    raise ClientError(f"`--item_ids` is only for --signature=score. "
+    score = "score" if kind == "id" else "score (score_by_id)"
+    raise ClientError(f"`--{item_name}` is only for --signature={score}. "
                       f"Received it with --signature={signature}")
   return inputs
+
+
+def inputs_from_args(args):
+  """(signature, inputs) from the flags: --user_ids or --user_keys."""
+  if args.user_ids is not None and args.user_keys is not None:
+    raise ClientError("`--user_ids` (indices) and `--user_keys` (raw ids) "
+                      "exclude each other. Received both")
+  if args.user_ids is None and args.user_keys is None:
+    raise ClientError("`--user_ids` (indices) or `--user_keys` (raw ids) is "
+                      "required. Received neither")
+  by_key = args.user_keys is not None
+  if by_key and args.item_ids:
+    raise ClientError("`--item_ids` (indices) goes with --user_ids, not "
+                      f"--user_keys. Received: --item_ids={args.item_ids}")
+  if not by_key and args.item_keys:
+    raise ClientError("`--item_keys` (raw ids) goes with --user_keys, not "
+                      f"--user_ids. Received: --item_keys={args.item_keys}")
+  signature = pick_signature(args.signature, by_key)
+  if by_key:
+    return signature, build_inputs(signature, parse_keys(args.user_keys, "user_keys"),
+                                   parse_keys(args.item_keys, "item_keys"))
+  return signature, build_inputs(signature, parse_ids(args.user_ids, "user_ids"),
+                                 parse_ids(args.item_ids, "item_ids"))
 
 
 def rest_url(host, port, model_name, version=None):
@@ -143,7 +220,8 @@ def _serving_apis():
 
 
 def build_grpc_request(model_name, signature, inputs, version=None):
-  """A tensorflow.serving.PredictRequest with int64 [n] input tensors."""
+  """A tensorflow.serving.PredictRequest with int64 (ids) or string (raw
+  ids, UTF-8) [n] input tensors."""
   predict_pb2, _ = _serving_apis()
   from tensorflow.core.framework import tensor_pb2  # pylint: disable=g-import-not-at-top
   from tensorflow.core.framework import types_pb2  # pylint: disable=g-import-not-at-top
@@ -154,9 +232,13 @@ def build_grpc_request(model_name, signature, inputs, version=None):
   if version is not None:
     request.model_spec.version.value = int(version)
   for name, values in inputs.items():
-    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT64)
+    if name.endswith("_keys"):
+      tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
+      tensor.string_val.extend(str(v).encode("utf-8") for v in values)
+    else:
+      tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT64)
+      tensor.int64_val.extend(int(v) for v in values)
     tensor.tensor_shape.dim.add(size=len(values))
-    tensor.int64_val.extend(int(v) for v in values)
     request.inputs[name].CopyFrom(tensor)
   return request
 
@@ -166,6 +248,11 @@ def tensor_to_list(tensor):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tensorflow.core.framework import types_pb2  # pylint: disable=g-import-not-at-top
 
+  if tensor.dtype == types_pb2.DT_STRING:  # raw ids (item_keys)
+    shape = [d.size for d in tensor.tensor_shape.dim]
+    values = np.array([v.decode("utf-8", "replace") for v in tensor.string_val],
+                      dtype=object)
+    return values.reshape(shape).tolist()
   kinds = {types_pb2.DT_FLOAT: (np.float32, "float_val"),
            types_pb2.DT_DOUBLE: (np.float64, "double_val"),
            types_pb2.DT_INT32: (np.int32, "int_val"),
@@ -205,10 +292,18 @@ def define_parser():
                       help="the served model's name (TF Serving's MODEL_NAME)")
   parser.add_argument("--signature", default="serving_default",
                       choices=sorted(SIGNATURE_INPUTS),
-                      help="serving_default (recommend), retrieve or score")
-  parser.add_argument("--user_ids", required=True, help="comma-separated user ids")
+                      help="serving_default (recommend), retrieve or score; "
+                      "with --user_keys their *_by_id twin")
+  parser.add_argument("--user_ids", default=None,
+                      help="comma-separated user indices (int64)")
   parser.add_argument("--item_ids", default="",
-                      help="comma-separated item ids, one per user id (score)")
+                      help="comma-separated item indices, one per user id (score)")
+  parser.add_argument("--user_keys", default=None,
+                      help="raw user ids, comma-separated (or a JSON list of "
+                      "strings): calls recommend_by_id, retrieve_by_id or "
+                      "score_by_id")
+  parser.add_argument("--item_keys", default="",
+                      help="raw item ids, one per user key (score)")
   parser.add_argument("--protocol", default="rest", choices=("rest", "grpc"))
   parser.add_argument("--host", default="localhost")
   parser.add_argument("--port", type=int, default=None,
@@ -226,12 +321,11 @@ def define_parser():
 def run(argv=None, out=sys.stdout):
   """The client; returns the outputs dict (None for a dry run)."""
   args = define_parser().parse_args(argv)
-  inputs = build_inputs(args.signature, parse_ids(args.user_ids, "user_ids"),
-                        parse_ids(args.item_ids, "item_ids"))
+  signature, inputs = inputs_from_args(args)
   port = args.port or DEFAULT_PORTS[args.protocol]
   if args.protocol == "rest":
     url = rest_url(args.host, port, args.model_name, args.model_version)
-    body = rest_body(args.signature, inputs, args.format)
+    body = rest_body(signature, inputs, args.format)
     if args.dry_run:
       print(f"POST {url}", file=out)
       print(json.dumps(body, indent=2), file=out)
@@ -239,7 +333,7 @@ def run(argv=None, out=sys.stdout):
     outputs = send_rest(url, body, args.timeout)
   else:
     target = f"{args.host}:{port}"
-    request = build_grpc_request(args.model_name, args.signature, inputs,
+    request = build_grpc_request(args.model_name, signature, inputs,
                                  args.model_version)
     if args.dry_run:
       print(f"gRPC {target} tensorflow.serving.PredictionService/Predict", file=out)

@@ -90,6 +90,67 @@ def test_grpc_dry_run_prints_the_predict_request():
   assert list(tensor.int64_val) == [5, 6, 7]
 
 
+def test_rest_dry_run_by_raw_id_picks_the_by_id_signatures():
+  _, text = _run(["--user_keys=A1B2, X9", "--dry_run"])
+  assert json.loads(text.split("\n", 1)[1]) == {
+      "signature_name": "recommend_by_id", "inputs": {"user_keys": ["A1B2", "X9"]}}
+  _, text = _run(["--signature=retrieve", "--user_keys=u-ñ", "--dry_run"])
+  assert json.loads(text.split("\n", 1)[1]) == {
+      "signature_name": "retrieve_by_id", "inputs": {"user_keys": ["u-ñ"]}}
+  # Explicitly named, and score in the row format; a JSON list keeps commas.
+  _, text = _run(["--signature=score_by_id", '--user_keys=["a, b", " c"]',
+                  "--item_keys=sku/1,sku/2", "--format=row", "--dry_run"])
+  assert json.loads(text.split("\n", 1)[1]) == {
+      "signature_name": "score_by_id",
+      "instances": [{"user_keys": "a, b", "item_keys": "sku/1"},
+                    {"user_keys": " c", "item_keys": "sku/2"}]}
+
+
+def test_grpc_dry_run_by_raw_id_sends_strings():
+  pytest.importorskip("tensorflow_serving.apis.predict_pb2")
+  from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
+  from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
+  _, text = _run(["--protocol=grpc", "--signature=score", "--user_keys=u-ñ,u-b",
+                  "--item_keys=sku/1,sku/2", "--dry_run"])
+  request = text_format.Parse(text.split("\n", 1)[1], predict_pb2.PredictRequest())
+  assert request.model_spec.signature_name == "score_by_id"
+  assert set(request.inputs) == {"user_keys", "item_keys"}
+  tensor = request.inputs["user_keys"]
+  assert tensor.dtype == 7  # DT_STRING
+  assert [d.size for d in tensor.tensor_shape.dim] == [2]
+  assert list(tensor.string_val) == ["u-ñ".encode(), b"u-b"]
+  assert list(request.inputs["item_keys"].string_val) == [b"sku/1", b"sku/2"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "`--user_ids` (indices) or `--user_keys` (raw ids) is required. "
+     "Received neither"),
+    (["--user_ids=1", "--user_keys=a"],
+     "`--user_ids` (indices) and `--user_keys` (raw ids) exclude each other. "
+     "Received both"),
+    (["--user_keys=a", "--item_ids=1"],
+     "`--item_ids` (indices) goes with --user_ids, not --user_keys. "
+     "Received: --item_ids=1"),
+    (["--user_ids=1", "--item_keys=a"],
+     "`--item_keys` (raw ids) goes with --user_keys, not --user_ids. "
+     "Received: --item_keys=a"),
+    (["--user_ids=1", "--signature=recommend_by_id"],
+     "`--signature=recommend_by_id` takes raw ids: pass --user_keys (and "
+     "--item_keys). Received --user_ids"),
+    (["--signature=score", "--user_keys=a,b", "--item_keys=c"],
+     "`--item_keys` must have one key per user key (2). Received: 1 keys"),
+    (["--user_keys=a", "--item_keys=c"],
+     "`--item_keys` is only for --signature=score (score_by_id). Received it "
+     "with --signature=recommend_by_id"),
+    (["--user_keys=[1, 2]"],
+     "`--user_keys` must be comma-separated raw ids or a JSON list of strings. "
+     "Received: '[1, 2]'"),
+])
+def test_raw_id_usage_errors_are_one_line(capsys, argv, message):
+  assert client.main(argv + ["--dry_run"]) == 2
+  assert capsys.readouterr().err == f"error: {message}\n"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--signature=score", "--user_ids=1,2", "--item_ids=3"],
      "`--item_ids` must have one id per user id (2). Received: 1 ids"),
@@ -150,6 +211,17 @@ def test_rest_request_is_sent_and_columnar_reply_parsed(rest_server):
   assert body == {"signature_name": "serving_default", "inputs": {"user_ids": [3]}}
 
 
+def test_rest_by_raw_id_sends_strings_and_reads_item_keys(rest_server):
+  _Handler.reply = (200, {"outputs": {"item_keys": [["sku/4", ""]],
+                                      "item_ids": [[3, -1]],
+                                      "scores": [[-0.25, float("-inf")]]}})
+  outputs, _ = _run(["--host=127.0.0.1", f"--port={rest_server}",
+                     "--model_name=m", "--user_keys=u-ñ"])
+  assert outputs["item_keys"] == [["sku/4", ""]]
+  assert _Handler.seen[0][2] == {"signature_name": "recommend_by_id",
+                                 "inputs": {"user_keys": ["u-ñ"]}}
+
+
 def test_rest_row_reply_is_turned_columnar(rest_server):
   _Handler.reply = (200, {"predictions": [
       {"scores": -0.5, "attention": [1.0, 1.0]},
@@ -202,6 +274,9 @@ def test_grpc_request_is_sent_and_reply_parsed():
           tf.make_tensor_proto(np.array([[4, -1]], np.int64)))
       reply.outputs["scores"].CopyFrom(
           tf.make_tensor_proto(np.array([[-0.25, -np.inf]], np.float32)))
+      if request.model_spec.signature_name.endswith("_by_id"):
+        reply.outputs["item_keys"].CopyFrom(tf.make_tensor_proto(
+            np.array([["sku/ñ".encode(), b""]], object)))
       return reply
 
   server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
@@ -211,8 +286,14 @@ def test_grpc_request_is_sent_and_reply_parsed():
   try:
     outputs, _ = _run(["--protocol=grpc", "--host=127.0.0.1", f"--port={port}",
                        "--model_name=m", "--user_ids=3"])
+    by_key, _ = _run(["--protocol=grpc", "--host=127.0.0.1", f"--port={port}",
+                      "--model_name=m", "--user_keys=u-ñ"])
   finally:
     server.stop(None)
+  assert by_key == {"item_ids": [[4, -1]], "item_keys": [["sku/ñ", ""]],
+                    "scores": [[-0.25, float("-inf")]]}
+  assert seen[1].model_spec.signature_name == "recommend_by_id"
+  assert tf.make_ndarray(seen[1].inputs["user_keys"]).tolist() == ["u-ñ".encode()]
   assert outputs == {"item_ids": [[4, -1]], "scores": [[-0.25, float("-inf")]]}
   request = seen[0]
   assert request.model_spec.name == "m"
