@@ -521,7 +521,9 @@ def latency(saved_model_path, signature="serving_default", batch_users=1,
 
   Args:
     saved_model_path: a version folder written by `export_saved_model`.
-    signature: serving_default, score or retrieve.
+    signature: serving_default, score or retrieve (the int signatures: the
+      random requests are indices; a *_by_id signature is those plus a
+      table lookup).
     batch_users: users per request (for `score`: pairs per request).
     repeats: timed calls.
     warmup: untimed calls first.
@@ -531,6 +533,9 @@ def latency(saved_model_path, signature="serving_default", batch_users=1,
   Returns:
     {"signature", "batch_users", "repeats", "p50_ms", "p99_ms", "mean_ms"}.
   """
+  if signature not in INT_SIGNATURES:
+    raise UsageError(f"`signature` must be one of {', '.join(INT_SIGNATURES)} "
+                     f"(latency draws integer ids). Received: {signature!r}")
   info = load_info(saved_model_path)
   loaded = loaded if loaded is not None else tf.saved_model.load(saved_model_path)
   fn = loaded.signatures[signature]

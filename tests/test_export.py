@@ -658,6 +658,10 @@ def test_latency_reports_percentiles(setups):
     stats = export_lib.latency(s["path"], signature, batch_users=4, repeats=5, warmup=1)
     assert stats["signature"] == signature and stats["repeats"] == 5
     assert 0 < stats["p50_ms"] <= stats["p99_ms"]
+  with pytest.raises(UsageError, match=r"`signature` must be one of serving_default, "
+                     r"score, retrieve \(latency draws integer ids\). Received: "
+                     r"'recommend_by_id'"):
+    export_lib.latency(s["path"], "recommend_by_id")
 
 
 def test_ranking_quality_of_the_signatures(setups):
