@@ -504,6 +504,42 @@ def test_empty_batch_by_id_gives_empty_outputs(served, tag):
       "scores": [0], "attention": [0, K_EMBED]}
 
 
+def test_training_exports_by_the_raw_ids_of_its_vocab(tmp_path):
+  # End to end: string ids in RecBole files -> train_and_evaluate (which
+  # writes <workdir>/vocab/ and exports) -> the *_by_id answers name the
+  # raw ids of that vocab/, and agree with the int answers.
+  from maml_tf import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  folder = tmp_path / "shop"
+  folder.mkdir()
+  rows = {"train": [], "test": []}
+  for u in range(10):
+    for j, i in enumerate(rng.choice(12, 5, replace=False)):
+      rows["train" if j < 4 else "test"].append(f"cust-{u:02d}\tsku/{i}")
+  for split, lines in rows.items():
+    (folder / f"shop.{split}.inter").write_text(
+        "user_id:token\titem_id:token\n" + "\n".join(lines) + "\n")
+  config = Config(dataset="custom", data_dir=str(folder), workdir=str(tmp_path / "w"),
+                  embed_dim=4, hidden_layer_dim=8, batch_size=8, num_neg=2,
+                  train_steps=2, eva_batches=2, topk=(3,), select_metric="ndcg@3",
+                  tensorboard=False, jit_compile=False, export_dir=str(tmp_path / "e"),
+                  export_name="shop", export_topk=3, retrieve_candidates=4)
+  summary = train_lib.train_and_evaluate(config, verbose=0)
+  vocab = vocab_lib.load_vocab(config.workdir)
+  users, items = list(vocab["users"].raw_ids()), list(vocab["items"].raw_ids())
+  assert sorted(users) == [f"cust-{u:02d}" for u in range(10)]
+  loaded = tf.saved_model.load(summary["export"])
+  keys = ["cust-07", "cust-00", "cust-03"]
+  got = loaded.signatures["recommend_by_id"](user_keys=tf.constant(keys))
+  want = loaded.signatures["serving_default"](
+      user_ids=tf.constant(vocab["users"].lookup(keys)))
+  np.testing.assert_array_equal(got["item_ids"].numpy(), want["item_ids"].numpy())
+  assert [[k.decode() for k in row] for row in got["item_keys"].numpy()] == [
+      [items[i] if i >= 0 else "" for i in row] for row in want["item_ids"].numpy()]
+  info = export_lib.load_info(summary["export"])["raw_ids"]
+  assert (info["users"], info["items"]) == ("raw", "raw")
+
+
 # ------------------------------------------------------------- in-process
 
 
