@@ -163,7 +163,8 @@ def _pad_columns(x, k, value):
 
 
 class ServingGraphs:
-  """The three serving functions of one model, and the tables they need.
+  """The serving functions of one model (three by index, three by raw id),
+  and the tables they need.
 
   Construction computes, in eager mode, everything that is fixed at serving
   time: the known items as a CSR, the model's `serving_tables()` (e.g. the
@@ -173,7 +174,9 @@ class ServingGraphs:
 
   Args:
     model: a `maml_tf.models.base.RankingModel`.
-    dataset: its Dataset; train + valid pairs are the known items.
+    dataset: its Dataset; train + valid pairs are the known items, its
+      `user_ids` / `item_ids` (None = identity) the keys of the *_by_id
+      signatures.
     topk: k of `recommend` and `retrieve`.
     retrieve_candidates: N, the candidates `retrieve` re-ranks.
     budget: the most floats a request's largest intermediate may hold
@@ -374,7 +377,8 @@ def export_saved_model(model, dataset, export_dir, name, version=None, topk=10,
 
   Args:
     model: a built `RankingModel` (its weights are read now).
-    dataset: the `Dataset` it was trained on (its known items are excluded).
+    dataset: the `Dataset` it was trained on (its known items are excluded;
+      its vocabularies key the *_by_id signatures).
     export_dir: base folder of exports.
     name: the model's name (the folder TF Serving's MODEL_NAME points at).
     version: a positive int; default 1 + the largest existing version, or 1.
