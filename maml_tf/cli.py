@@ -50,7 +50,8 @@ HELP = {
                   "layers L over the normalised train graph (>= 1)",
     "l2_reg": "mf, lightgcn, mario: weight lambda of the L2 on the batch's "
               "ego embeddings, lambda * sum ||row||^2 / (2 B)",
-    "mp_weight": "MARIO: weight mu of the modality-preserving L1 loss (0: "
+    "mp_weight": "MARIO: weight mu of the modality-preserving loss, the "
+                 "decoders' L1 error relative to the features' mean |x| (0: "
                  "the mu = 0 ablation)",
     "mario_fusion": "MARIO: how the modality embeddings are combined: "
                     "attention (modality-aware), mean, max or fc (a dense "

@@ -122,7 +122,8 @@ def test_loss_terms_match_the_oracle(fusion, backbone):
     dec = m.decoders[name]
     emb = E[items.reshape(-1), 1 + k]
     x_hat = oracles.dense(emb, _np(dec.kernel), _np(dec.bias))
-    mp += oracles.l1_mean(x_hat, _np(m.feature_table(name))[items.reshape(-1)])
+    X = _np(m.feature_table(name))
+    mp += oracles.l1_mean(x_hat, X[items.reshape(-1)]) / np.abs(X).mean()
   assert set(terms) == {"loss", "bpr_loss", "l2_loss", "mp_loss"}
   assert float(terms["bpr_loss"]) == pytest.approx(oracles.bpr_loss(r_pos, r_neg), rel=1e-5)
   assert float(terms["l2_loss"]) == pytest.approx(l2, rel=1e-5)
@@ -192,7 +193,9 @@ def test_mp_loss_gradient_matches_the_analytic_one():
   ids = items.reshape(-1)
   emb = E[ids, 1]
   diff = oracles.dense(emb, _np(dec.kernel), _np(dec.bias)) - _np(m.feature_table("text"))[ids]
-  n = diff.size  # d/dV of 0.5 * mean |e V + c - x| = 0.5 e^T sign(.) / n
+  # d/dV of 0.5 * mean |e V + c - x| / s = 0.5 e^T sign(.) / (n s), s the
+  # modality's mean |x| over all items.
+  n = diff.size * np.abs(_np(m.feature_table("text"))).mean()
   np.testing.assert_allclose(_np(g_kernel), 0.5 * emb.T @ np.sign(diff) / n, rtol=1e-4,
                              atol=1e-7)
   np.testing.assert_allclose(_np(g_bias), 0.5 * np.sign(diff).sum(0) / n, rtol=1e-4,

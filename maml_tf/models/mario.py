@@ -31,13 +31,18 @@ meta), in that order: column 0 of the explanation is "interaction".
     l2_loss = `--l2_reg` * sum (||P_i||^2 + ||Q_j||^2 + ||Q_p||^2) / (2 B)
       on the backbone's ego rows, as `mf` and `lightgcn` (the encoders,
       decoders and attention are not regularised: OURS);
-    mp_loss = `--mp_weight` (mu) * sum over content modalities m of the MEAN
-      absolute error |x~_j^m(f) - x_j^m(f)| over the batch's items (the
-      positive and the negative of every triple, with repeats) and over the
-      features f (OURS: the batch's items, not all items, so a step costs
-      O(B), and a mean, so mu does not scale with d_m or B: with features of
-      unit order the term starts near mu). Default mu = 0.1: OURS (the talk
-      gives no value), to be tuned (SEARCH_SPACE); mu = 0 is the ablation.
+    mp_loss = `--mp_weight` (mu) * sum over content modalities m of the
+      RELATIVE L1 error mean|x~_j^m(f) - x_j^m(f)| / mean|x^m|: the mean
+      absolute error over the batch's items (the positive and the negative
+      of every triple, with repeats) and the features f, divided by the mean
+      absolute feature value of the modality over all items (a constant,
+      `feature_scales`). OURS: the batch's items, not all items, so a step
+      costs O(B); means, so mu does not scale with d_m or B; relative, so
+      a decoder that outputs zeros scores 1 whatever the features' scale
+      (on Office mean|x| is 0.022 for the Doc2Vec text and 0.005 for the
+      one-hot meta: a plain mean would make the term vanish). Default
+      mu = 0.1: OURS (the talk gives no value), to be tuned (SEARCH_SPACE);
+      mu = 0 is the ablation.
 
 Full-ranking scoring scales: the attention is never evaluated as a
 [U, I, M, 2d] tensor. `prepare_scoring()` (once per evaluation, eagerly)
@@ -196,6 +201,10 @@ class MARIO(base.RankingModel):
       setattr(self, f"features_{m}", self.add_weight(
           shape=(self.n_items, dm), initializer="zeros", trainable=False,
           name=f"features_{m}"))
+    # mean |x^m| over all items of each content modality (mp_loss's unit).
+    self.feature_scales = self.add_weight(
+        shape=(len(modalities),), initializer="ones", trainable=False,
+        name="feature_scales")
     self.encoders = {m: _dense(d, f"encoder_{m}", seed) for m in modalities}
     self.decoders = {m: _dense(dm, f"decoder_{m}", seed)
                      for m, dm in zip(modalities, feature_dims)}
@@ -268,6 +277,11 @@ class MARIO(base.RankingModel):
         raise ValueError(f"`features[{m!r}]` must have shape {(self.n_items, dm)}."
                          f" Received: shape={x.shape}")
       self.feature_table(m).assign(x)
+    scales = [float(np.mean(np.abs(np.asarray(features[m], np.float64))))
+              for m in self.modalities]
+    # An all-zero modality keeps unit scale (its error is then absolute).
+    self.feature_scales.assign(np.array([s if s > 0 else 1.0 for s in scales],
+                                        np.float32))
     self.after_restore()
 
   def set_train_edges(self, train_pairs):
@@ -329,12 +343,14 @@ class MARIO(base.RankingModel):
     return self.fuse(None, e_all)[0]
 
   def mp_term(self, item_ids, e):
-    """sum over content modalities of mean |Dec_m(e^m) - x^m| over the given
-    items [..] (their modality embeddings e [.., M, d]) and features."""
+    """sum over content modalities of mean |Dec_m(e^m) - x^m| / mean |x^m|,
+    the mean over the given items [..] (their modality embeddings
+    e [.., M, d]) and the features."""
     total = []
     for k, m in enumerate(self.modalities):
       x = tf.gather(tf.convert_to_tensor(self.feature_table(m)), item_ids)
-      total.append(tf.reduce_mean(tf.abs(self.decoders[m](e[..., 1 + k, :]) - x)))
+      error = tf.reduce_mean(tf.abs(self.decoders[m](e[..., 1 + k, :]) - x))
+      total.append(error / self.feature_scales[k])
     return tf.add_n(total)
 
   def loss_terms(self, users, items, training=False):
