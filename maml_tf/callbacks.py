@@ -2,6 +2,11 @@
 
 `NonFiniteGuard` stops training at the first NaN or infinite loss.
 
+`RankingMetrics` evaluates at the end of every Keras epoch and puts the
+metrics into the epoch logs as `<split>_<metric>` (`valid_ndcg@10`), so that
+stock Keras callbacks after it (`EarlyStopping`, `ModelCheckpoint`,
+`TensorBoard`, `CSVLogger`) can watch them; it writes no files.
+
 `TensorBoardCallback` writes under <workdir>/tensorboard, always at the
 global training step (so a resumed run continues its curves):
 
@@ -92,6 +97,35 @@ class NonFiniteGuard(keras.callbacks.Callback):
         raise NonFiniteLossError(
             f"non-finite weights `{variable.path}` after step {step}; "
             "training stopped")
+
+
+class RankingMetrics(keras.callbacks.Callback):
+  """Top-k metrics into the epoch logs, for stock Keras callbacks.
+
+  Args:
+    evaluators: {split: evaluator}, each a callable returning
+      {metric: value} (`maml_tf.evaluate.Evaluator`, or the sampled
+      evaluator of the leave-one-out protocol).
+    every: evaluate every this many epochs (the logs of other epochs carry
+      no metrics).
+  """
+
+  def __init__(self, evaluators, every=1):
+    super().__init__()
+    self.evaluators = dict(evaluators)
+    self.every = max(1, int(every))
+    self.history = []
+
+  def on_epoch_end(self, epoch, logs=None):
+    if (epoch + 1) % self.every:
+      return
+    record = {"epoch": epoch + 1}
+    for split, evaluator in self.evaluators.items():
+      for name, value in evaluator().items():
+        record[f"{split}_{name}"] = value
+    self.history.append(record)
+    if logs is not None:
+      logs.update({k: v for k, v in record.items() if k != "epoch"})
 
 
 # ---------------------------------------------------------------- attention

@@ -15,13 +15,14 @@ import traceback
 from absl import flags
 
 from maml_tf.config import (ATTENTIONS, BACKBONES, DATASETS, MARIO_FUSIONS, MODELS,
-                            MODES, NEGATIVE_RELATIONS, PROTOCOLS, STRATEGIES,
-                            Config)
+                            MODES, NEGATIVE_RELATIONS, PROTOCOL_DEFAULTS,
+                            PROTOCOLS, STRATEGIES, Config)
 from maml_tf import models as models_lib
 from maml_tf.errors import MamlError, UsageError
 
 FLAGS = flags.FLAGS
 _D = Config()
+PROTOCOL_DEFAULTED = ("topk", "select_metric", "patience")
 
 HELP = {
     "dataset": "office (the embedded Office data) or custom (--data_dir in the "
@@ -58,8 +59,10 @@ HELP = {
                     "layer on their concatenation)",
     "mario_hidden": "MARIO: hidden width of the modality attention MLP",
     "protocol": "evaluation protocol: release (full ranking on the release's "
-                "split) or loo (leave the last interaction out by time, ranked "
-                "among --loo_negatives sampled items; HR and nDCG)",
+                "split), loo (leave the last interaction out by time, ranked "
+                "among --loo_negatives sampled items; HR and nDCG) or split "
+                "(each user's interactions split 8:1:1 at random, seeded, into "
+                "train, validation and test; full ranking; MARIO/LATTICE's)",
     "loo_negatives": "items sampled per test user under --protocol=loo",
     "mode": "faithful (the release: only P and Q train) or paper (the networks "
             "train, dropout and L2 active)",
@@ -83,7 +86,15 @@ HELP = {
     "eva_batches": "steps between evaluations",
     "topk": "cutoffs k for the metrics, e.g. 10,20",
     "select_metric": "metric that picks the best round, e.g. ndcg@10",
-    "seed": "seed for initialisation, sampling and the validation split",
+    "seed": "seed for initialisation, sampling and the validation split "
+            "(and --protocol=split's split)",
+    "patience": "early stopping: evaluations without improvement of "
+                "--select_metric on validation before training stops and the "
+                "best round is restored (0: off; needs a validation split)",
+    "refit": "after choosing the best round on validation, train a fresh model "
+             "(same seed and flags) on train + validation for that many steps "
+             "in <workdir>/refit, report its test metrics beside the selected "
+             "round's, and export it",
     "workdir": "output folder (metrics.jsonl, metrics.json, flags.txt, "
                "checkpoints/, tensorboard/); rerun the same command to resume "
                "an interrupted run",
@@ -111,6 +122,22 @@ def define_flags():
   """Defines one flag per Config field, same name, same default."""
   for field in dataclasses.fields(Config):
     name, default, help_ = field.name, getattr(_D, field.name), HELP[field.name]
+    if name in PROTOCOL_DEFAULTED:
+      # Unset (None) means the protocol's default, which Config fills in.
+      shown = []
+      for protocol, defaults in PROTOCOL_DEFAULTS.items():
+        value = defaults[name]
+        if isinstance(value, tuple):
+          value = ",".join(map(str, value))
+        shown.append(f"{protocol}: {value}")
+      help_ = f"{help_} (default per --protocol, {'; '.join(shown)})"
+      if name == "patience":
+        flags.DEFINE_integer(name, None, help_)
+      elif name == "topk":
+        flags.DEFINE_list(name, None, help_)
+      else:
+        flags.DEFINE_string(name, None, help_)
+      continue
     enums = {"dataset": DATASETS, "mode": MODES, "attention": ATTENTIONS,
              "strategy": STRATEGIES, "model": MODELS, "protocol": PROTOCOLS,
              "negative_relation": NEGATIVE_RELATIONS, "backbone": BACKBONES,
@@ -148,7 +175,7 @@ def config_from_flags() -> Config:
   values = {}
   for field in dataclasses.fields(Config):
     value = FLAGS[field.name].value
-    if field.name == "topk":
+    if field.name == "topk" and value is not None:
       try:
         value = tuple(int(k) for k in value)
       except ValueError:

@@ -15,6 +15,8 @@ from typing import Optional, Tuple
 
 from maml_tf import models as models_lib
 from maml_tf.errors import UsageError
+from maml_tf.protocols import DEFAULTS as PROTOCOL_DEFAULTS
+from maml_tf.protocols import NAMES as PROTOCOLS
 
 MODES = ("faithful", "paper")
 ATTENTIONS = ("scaled", "softmax", "none")
@@ -22,7 +24,6 @@ DATASETS = ("office", "custom")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 MODELS = models_lib.NAMES
 NEGATIVE_RELATIONS = ("positive", "own")
-PROTOCOLS = ("release", "loo")
 BACKBONES = ("mf", "lightgcn")
 MARIO_FUSIONS = ("attention", "mean", "max", "fc")
 MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -78,11 +79,15 @@ class Config:
   batch_size: int = 5000
   train_steps: int = 4000
   eva_batches: int = 400
-  topk: Tuple[int, ...] = (10,)
-  select_metric: str = "ndcg@10"
+  # topk, select_metric and patience: None = the protocol's default
+  # (PROTOCOL_DEFAULTS), filled in by __post_init__.
+  topk: Optional[Tuple[int, ...]] = None
+  select_metric: Optional[str] = None
   protocol: str = "release"
   loo_negatives: int = 100
   seed: int = 0
+  patience: Optional[int] = None
+  refit: bool = False
 
   # Outputs.
   workdir: str = "runs/office"
@@ -97,6 +102,14 @@ class Config:
   retrieve_candidates: int = 200
   jit_compile: bool = True
   strategy: str = "default"
+
+  def __post_init__(self):
+    # The one place the protocol-dependent defaults are resolved. An unknown
+    # protocol gets the release's (validate() then refuses it).
+    defaults = PROTOCOL_DEFAULTS.get(self.protocol, PROTOCOL_DEFAULTS["release"])
+    for name, value in defaults.items():
+      if getattr(self, name) is None:
+        object.__setattr__(self, name, value)
 
   @property
   def alpha(self) -> float:
@@ -177,6 +190,7 @@ class Config:
       number(flag, 0)
     number("validation_fraction", 0, 1)
     number("seed", 0, integer=True)
+    number("patience", 0, integer=True)
     if not self.topk:
       fail("topk", "must name at least one cutoff", "")
     for k in self.topk:
@@ -196,6 +210,9 @@ class Config:
     if self.protocol == "loo" and metric not in ("ndcg", "hr"):
       fail("select_metric", "must be ndcg@k or hr@k with --protocol=loo (its "
            "only metrics)", self.select_metric)
+    if self.protocol == "split" and self.validation_fraction:
+      fail("validation_fraction", "must be 0 with --protocol=split (it holds "
+           "out its own validation split)", self.validation_fraction)
     if self.modalities is not None:
       for name in self.modalities:
         if not MODALITY_NAME.match(name):

@@ -18,7 +18,7 @@ terms, and Adam's dense update), so sharding the tables over parameter
 servers would move all of them over the network each step; the tables of
 the data this model is used on fit in one worker's memory many times over.
 
-What makes the replicas compute one device's step (see `MAML.train_step`):
+What makes the replicas compute one device's step (see `RankingModel.train_step` in maml_tf/models/base.py):
 each replica gets 1/n of the global batch; the hinge is summed over the
 batch, so the replicas' sums add up; the whole-table terms are divided by n
 on each replica; Keras sums the replicas' gradients and applies Adam and the

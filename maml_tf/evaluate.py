@@ -193,13 +193,19 @@ class EvaluationCallback(keras.callbacks.Callback):
     progress: a progress bar per evaluation: True, False, or None for one
       only on evaluations of more than PROGRESS_USERS users while Keras shows
       its progress bar.
+    patience: early stopping: once this many rounds in a row have not
+      improved on the best round's select metric, `model.stop_training` is
+      set (the round's checkpoint is still written) and `stop_reason` becomes
+      "early_stopping". 0: never.
   """
 
   PROGRESS_USERS = 2000
 
   def __init__(self, evaluators, eva_batches, workdir, select_metric,
-               modalities=(), progress=None):
+               modalities=(), progress=None, patience=0):
     super().__init__()
+    self.patience = int(patience)
+    self.stop_reason = None
     self.evaluators = dict(evaluators)
     self.eva_batches, self.workdir = int(eva_batches), workdir
     self.select_split = select_split(self.evaluators)
@@ -279,6 +285,26 @@ class EvaluationCallback(keras.callbacks.Callback):
         for name, value in record[split].items():
           logs[f"{split}_{name}"] = value
     print(format_record(record, self.select_metric), flush=True)
+    if self.should_stop():
+      self.stop_reason = "early_stopping"
+      if self.model is not None:
+        self.model.stop_training = True
+      best = self.best_record()
+      print(f"Early stopping at step {step}: no better validation "
+            f"{self.select_metric} for {self.rounds_since_best()} evaluations "
+            f"(--patience={self.patience}); best round: step {best['step']}",
+            flush=True)
+
+  def rounds_since_best(self) -> int:
+    """Rounds after the best one (0 when the last round is the best)."""
+    best = self.best_record()
+    if best is None:
+      return 0
+    return sum(1 for r in self.records if r["step"] > best["step"])
+
+  def should_stop(self) -> bool:
+    """True once `patience` rounds in a row failed to improve on the best."""
+    return bool(self.patience) and self.rounds_since_best() >= self.patience
 
   def best_record(self):
     """The best round so far (the earliest of equals), or None."""
@@ -357,14 +383,17 @@ def metrics_table(summary, ks) -> str:
   lines = [f"Selection: {summary['selection']}"]
   # The metrics the records hold (all four for the release's protocol, HR
   # and nDCG for leave-one-out), in METRICS order.
+  # "refit" (--refit): the model retrained on train + validation for the
+  # best round's steps, tested once.
+  labels = ("best", "last", "refit")
   present = set()
-  for label in ("best", "last"):
+  for label in labels:
     for split in ("valid", "test"):
       present.update((summary.get(label) or {}).get(split) or {})
   names = [f"{m}@{k}" for k in ks for m in METRICS if f"{m}@{k}" in present]
   header = f"{'round':<18}{'split':<7}" + "".join(f"{n:>14}" for n in names)
   lines.append(header)
-  for label in ("best", "last"):
+  for label in labels:
     record = summary.get(label)
     if not record:
       continue

@@ -34,6 +34,7 @@ from maml_tf import data as data_lib
 from maml_tf import distribute
 from maml_tf import evaluate as eval_lib
 from maml_tf import models as models_lib
+from maml_tf import protocols
 from maml_tf.config import Config
 from maml_tf.dataset_types import Dataset
 from maml_tf.errors import UsageError
@@ -42,9 +43,9 @@ from maml_tf.sampler import PairSampler
 log = logging.getLogger("maml_tf")
 
 
-def load_data(config: Config) -> Dataset:
+def load_data(config: Config, with_info: bool = False):
   """The dataset of a config: its modalities chosen (none for CML and LRML),
-  re-split by the protocol, and its validation split held out."""
+  split by the protocol (see `prepare_data`)."""
   modalities, paths = config.modalities, config.feature_paths
   if not config.uses_features:
     if paths or modalities:
@@ -54,26 +55,32 @@ def load_data(config: Config) -> Dataset:
   ds = data_lib.load_dataset(
       config.dataset, config.data_dir, modalities, paths,
       config.text_dim, config.seed, config.cache_dir)
-  return prepare_data(config, ds)
+  return prepare_data(config, ds, with_info)
 
 
-def prepare_data(config: Config, ds: Dataset) -> Dataset:
-  """The protocol's split (leave-one-out by time for loo), then validation."""
+def prepare_data(config: Config, ds: Dataset, with_info: bool = False):
+  """The dataset split by --protocol (maml_tf/protocols/): train, valid, test.
+
+  Returns the Dataset, or (Dataset, info) with `with_info`, info being the
+  protocol's description of the split (metrics.json's "protocol").
+  """
   if not config.uses_features and ds.features:
     ds = dataclasses.replace(ds, features={}, feature_sources={})
-  if config.protocol == "loo":
-    from maml_tf import loo as protocol_lib  # pylint: disable=g-import-not-at-top
-    ds = protocol_lib.leave_one_out(ds)
-  return data_lib.split_validation(ds, config.validation_fraction, config.seed)
+  ds, info = protocols.get(config.protocol).prepare(config, ds)
+  return (ds, info) if with_info else ds
 
 
 # Flags a resumed run may change: they do not change what is computed.
 RESUMABLE_CHANGES = frozenset({
     "workdir", "overwrite", "restore_from", "keep_checkpoints", "tensorboard",
     "export", "export_dir", "export_name", "export_topk", "retrieve_candidates",
-    "jit_compile", "cache_dir", "train_steps", "strategy"})
+    "jit_compile", "cache_dir", "train_steps", "strategy",
+    # Like train_steps, these only decide when training ends and what runs
+    # after it; the rounds already trained stay valid.
+    "patience", "refit"})
+REFIT = "refit"  # <workdir>/refit: the --refit run, a workdir of its own
 RUN_FILES = ("metrics.json", "metrics.jsonl", "flags.txt")
-RUN_DIRS = (checkpoint_lib.CHECKPOINTS, "tensorboard")
+RUN_DIRS = (checkpoint_lib.CHECKPOINTS, "tensorboard", REFIT)
 
 
 def read_flagfile(text: str) -> dict:
@@ -224,27 +231,10 @@ def build_model(config: Config, ds: Dataset, strategy=None):
 
 
 def build_evaluators(config: Config, ds: Dataset, model, jit_compile=None):
-  """{"valid": ..., "test": ...}: test excludes train and validation items."""
+  """{"valid": ..., "test": ...} of --protocol: validation ranks exclude
+  train items, test ranks train and validation items."""
   jit = config.jit_compile if jit_compile is None else jit_compile
-  known = np.concatenate([ds.train, ds.valid]) if len(ds.valid) else ds.train
-  evaluators = {}
-  if config.protocol == "loo":
-    from maml_tf import loo as protocol_lib  # pylint: disable=g-import-not-at-top
-    # Candidates: the held-out item and --loo_negatives items the user never
-    # interacted with anywhere (train, validation or test).
-    every = np.concatenate([known, ds.test])
-    for split, target in (("valid", ds.valid), ("test", ds.test)):
-      if len(target):
-        evaluators[split] = protocol_lib.SampledEvaluator(
-            model, every, target, config.topk, n_neg=config.loo_negatives,
-            seed=config.seed + (1 if split == "valid" else 0))
-    return evaluators
-  if len(ds.valid):
-    evaluators["valid"] = eval_lib.Evaluator(model, ds.train, ds.valid,
-                                             config.topk, jit_compile=jit)
-  evaluators["test"] = eval_lib.Evaluator(model, known, ds.test, config.topk,
-                                          jit_compile=jit)
-  return evaluators
+  return protocols.get(config.protocol).build_evaluators(config, ds, model, jit)
 
 
 def _require_tensorboard():
@@ -311,10 +301,28 @@ def train_and_evaluate(config: Config, dataset: Optional[Dataset] = None,
 
 
 def _train(config: Config, dataset: Optional[Dataset], verbose: int,
-           strategy, resume_from: Optional[str]) -> dict:
-  """`train_and_evaluate` once the workdir is locked."""
+           strategy, resume_from: Optional[str], prepared=None) -> dict:
+  """`train_and_evaluate` once the workdir is locked.
+
+  `prepared`: (Dataset, protocol info) already split (the --refit run's
+  train + validation); `dataset` is then ignored.
+  """
   keras.utils.set_random_seed(config.seed)
-  ds = load_data(config) if dataset is None else prepare_data(config, dataset)
+  if prepared is not None:
+    ds, protocol_info = prepared
+  elif dataset is None:
+    ds, protocol_info = load_data(config, with_info=True)
+  else:
+    ds, protocol_info = prepare_data(config, dataset, with_info=True)
+  if not len(ds.valid):
+    if config.patience:
+      raise UsageError(f"`--patience` must be 0 when there is no validation "
+                       f"split to stop on (use --protocol=split or "
+                       f"--validation_fraction > 0). Received: {config.patience}")
+    if config.refit:
+      raise UsageError("`--refit` needs a run that selects on validation "
+                       "(--protocol=split or --validation_fraction > 0). "
+                       "Received: --refit")
   if config.batch_size > len(ds.train):
     raise UsageError(f"`--batch_size` must be <= the number of train pairs "
                      f"({len(ds.train)}). Received: {config.batch_size}")
@@ -352,7 +360,15 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
   evaluation = eval_lib.EvaluationCallback(
       build_evaluators(config, ds, model), eva, config.workdir,
       config.select_metric, modalities=ds.modalities,
-      progress=None if verbose == 1 else False)
+      progress=None if verbose == 1 else False, patience=config.patience)
+  evaluation.extra_summary["protocol"] = protocol_info
+  is_refit = "refit" in protocol_info
+  if is_refit:
+    # No selection inside a --refit run: its last round is its result (the
+    # best/ copy it keeps is by test, for resuming only; never reported).
+    evaluation.extra_summary["selection"] = (
+        "none: a --refit run (train + validation, for the selected round's "
+        "steps); its last round is the result")
   if resume_from is not None:
     evaluation.resume(start_step)
     best = evaluation.best_record()
@@ -362,6 +378,11 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
                   "checkpoints/best keeps an earlier one", best["step"])
     evaluation.extra_summary["checkpoints"] = checkpointer.info()
     evaluation.write_summary(finished=False)
+  # A run killed after its early-stopping round is finished: no more rounds.
+  stopped = evaluation.should_stop()
+  if stopped and verbose:
+    print(f"The run in --workdir had already stopped early at step "
+          f"{start_step}; finishing it", flush=True)
   callbacks = [callbacks_lib.NonFiniteGuard(eva), evaluation,
                checkpoint_lib.CheckpointCallback(checkpointer, evaluation)]
   board = None
@@ -376,9 +397,10 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
 
   start = time.perf_counter()
   try:
-    model.fit(sampler.dataset(start_step), initial_epoch=start_step // eva,
-              epochs=config.train_steps // eva, steps_per_epoch=eva,
-              callbacks=callbacks, verbose=verbose, shuffle=False)
+    if not stopped:
+      model.fit(sampler.dataset(start_step), initial_epoch=start_step // eva,
+                epochs=config.train_steps // eva, steps_per_epoch=eva,
+                callbacks=callbacks, verbose=verbose, shuffle=False)
   except callbacks_lib.NonFiniteLossError as e:
     last = checkpointer.info().get("last")
     kept = (f"the last good checkpoint, step {last['step']} "
@@ -403,23 +425,115 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
   summary["train_seconds"] = round(time.perf_counter() - start, 1)
   summary["dataset"] = ds.summary()
   summary["feature_sources"] = dict(ds.feature_sources)
+  best_record = evaluation.best_record()
+  last_step = evaluation.records[-1]["step"] if evaluation.records else start_step
+  summary["early_stopping"] = {
+      "patience": config.patience,
+      "stopped_at_step": last_step,
+      "reason": ("early_stopping" if evaluation.should_stop()
+                 and last_step < config.train_steps else "train_steps"),
+      "best_step": None if best_record is None else best_record["step"],
+      "rounds_since_best": evaluation.rounds_since_best(),
+  }
+  export_ds, export_which = ds, "best" if best is not None else "last"
+  if evaluation.select_split == "valid" and best is not None:
+    # The result of a run that selects on validation: the best round's
+    # weights, restored from checkpoints/best and evaluated on test again
+    # (the same numbers as its record, now from the restored model).
+    step = checkpoint_lib.restore(model, config.workdir, "best")
+    summary["results"] = {"best": {
+        "step": step, "trained_on": "train",
+        "selected_by": f"validation {config.select_metric}",
+        "valid": best_record.get("valid"),
+        "test": evaluation.evaluators["test"](),
+    }}
+    if config.refit:
+      refit = _refit(config, ds, protocol_info, step, verbose, strategy)
+      summary["refit"] = summary["results"]["refit"] = refit
+      # The exported model is the refit one (trained on more data, the
+      # number --refit reports); its seen items are train + validation.
+      export_ds = _refit_dataset(ds)
+      export_which = REFIT
   if config.export:
     # Lazy: export imports TFRS (see maml_tf/retrieval.py); --noexport runs
-    # never load it. The exported weights are the best round's.
+    # never load it. The exported weights are the best round's, or the refit
+    # model's with --refit.
     from maml_tf import export as export_lib
-    which = "best" if best is not None else "last"
-    step = checkpoint_lib.restore(model, config.workdir, which)
+    if export_which == REFIT:
+      step = checkpoint_lib.restore(
+          model, os.path.join(config.workdir, REFIT), "last")
+    else:
+      step = checkpoint_lib.restore(model, config.workdir, export_which)
+    which = export_which
     summary["export"] = export_lib.export_from_run(
-        config, model, ds, info={"step": step, "which": which})
+        config, model, export_ds, info={"step": step, "which": which})
   eval_lib.write_json_atomic(os.path.join(config.workdir, "metrics.json"), summary)
   if verbose:
     print(eval_lib.metrics_table(summary, config.topk), flush=True)
-    if best is not None:
+    if best is not None and not is_refit:
       how = summary["best_checkpoint"]
       print(f"Best checkpoint: {os.path.join(config.workdir, best['path'])} "
             f"(step {best['step']}, selected by {how['selected_by']} "
             f"{how['metric']})", flush=True)
+    stop = summary["early_stopping"]
+    if stop["reason"] == "early_stopping":
+      print(f"Stopped early at step {stop['stopped_at_step']} "
+            f"(--patience={stop['patience']})", flush=True)
+    if "refit" in summary:
+      print(f"Refit on train + validation for {summary['refit']['step']} "
+            f"steps: {summary['refit']['workdir']}", flush=True)
     if config.export:
       print(f"Exported the {which} round (step {step}) to {summary['export']}",
             flush=True)
   return summary
+
+
+def _refit_dataset(ds: Dataset) -> Dataset:
+  """Train + validation as the train split; no validation; test as is."""
+  return dataclasses.replace(
+      ds, name=f"{ds.name}+valid", train=np.concatenate([ds.train, ds.valid]),
+      valid=np.zeros((0, 2), np.int64), train_time=None)
+
+
+def _refit(config: Config, ds: Dataset, protocol_info: dict, steps: int,
+           verbose: int, strategy) -> dict:
+  """--refit: a fresh model, same config and seed, trained on train +
+  validation for `steps` steps in <workdir>/refit (a workdir of its own:
+  checkpoints, metrics, resumable). Returns the "refit" block of metrics.json:
+  its test metrics at that step.
+  """
+  workdir = os.path.join(config.workdir, REFIT)
+  refit_config = dataclasses.replace(
+      config, workdir=workdir, train_steps=steps, patience=0, refit=False,
+      export=False, overwrite=False, restore_from=None)
+  refit_ds = _refit_dataset(ds)
+  info = dict(protocol_info, refit="train + validation pooled as train",
+              sizes={"train": int(len(refit_ds.train)), "valid": 0,
+                     "test": int(len(refit_ds.test))})
+  summary = None
+  try:
+    with open(os.path.join(workdir, "metrics.json")) as f:
+      previous = json.load(f)
+    if previous.get("finished") is True:
+      if previous.get("last", {}).get("step") == steps:
+        summary = previous  # finished before the main run was interrupted
+      else:  # a refit of another best round: replace it
+        refit_config = dataclasses.replace(refit_config, overwrite=True)
+  except (OSError, ValueError, AttributeError):
+    pass  # none yet, or an interrupted one: prepare_workdir resumes it
+  if summary is None:
+    if verbose:
+      print(f"Refit: training a fresh model on train + validation "
+            f"({len(refit_ds.train)} pairs) for {steps} steps in {workdir}",
+            flush=True)
+    lock = lock_workdir(workdir)
+    try:
+      resume_from = prepare_workdir(refit_config)
+      summary = _train(refit_config, None, verbose, strategy, resume_from,
+                       prepared=(refit_ds, info))
+    finally:
+      lock.close()
+  last = summary["last"]
+  return {"step": last["step"], "trained_on": "train+valid",
+          "train_pairs": int(len(refit_ds.train)), "workdir": workdir,
+          "test": last["test"]}

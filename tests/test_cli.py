@@ -115,7 +115,7 @@ def test_finished_workdir_is_not_silently_overwritten(tiny):
     (["--learning_rate=0"], "`--learning_rate` must be > 0. Received: 0"),
     (["--model=bpr"], "`--model` must be one of maml, lrml, cml. Received: 'bpr'"),
     (["--model=lrml"], "`--num_neg` must be 1 with --model=lrml"),
-    (["--protocol=ncf"], "`--protocol` must be one of release, loo. Received: 'ncf'"),
+    (["--protocol=ncf"], "`--protocol` must be one of release, loo, split. Received: 'ncf'"),
     (["--protocol=loo", "--select_metric=recall@10"],
      "`--select_metric` must be ndcg@k or hr@k with --protocol=loo"),
     (["--memory_slots=0"], "`--memory_slots` must be >= 1. Received: 0"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import loo
+from maml_tf.protocols import loo
 from maml_tf.dataset_types import Dataset
 from maml_tf.errors import DataError
 

@@ -233,7 +233,10 @@ class RankingModel(keras.Model):
 
   # ------------------------------------------------------------ training
   def train_step(self, data):
-    users, items = data
+    # (users, items) from the sampler; (x, y, sample_weight) from
+    # train_on_batch(users, items).
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+    users, items = x if y is None else (x, y)
     n = tf.distribute.get_replica_context().num_replicas_in_sync
     with tf.GradientTape() as tape:
       terms = self.loss_terms(users, items, training=True)

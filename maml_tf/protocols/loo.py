@@ -1,7 +1,9 @@
 """The NCF-style leave-one-out protocol (`--protocol=loo`), as LRML's paper
 evaluated: each user's last interaction by time is the test item, ranked
 among `n_neg` (100) items the user never interacted with, sampled uniformly
-and seeded; HR@k and nDCG@k averaged over test users.
+and seeded; HR@k and nDCG@k averaged over test users. With
+--validation_fraction > 0 a share of the remaining train items is held out
+as validation (ranked the same way) and selects the best round.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Dict, Sequence
 import numpy as np
 import tensorflow as tf
 
+from maml_tf import data as data_lib
 from maml_tf.dataset_types import Dataset
 from maml_tf.errors import DataError
 
@@ -143,3 +146,32 @@ class SampledEvaluator:
   def __call__(self, progress=False) -> Dict[str, float]:
     del progress  # one pass takes a second or two
     return sampled_metrics(self.scores(), self.ks)
+
+
+def prepare(config, ds):
+  """(leave_one_out(ds), then the --validation_fraction hold-out; info)."""
+  out = data_lib.split_validation(leave_one_out(ds), config.validation_fraction,
+                                  config.seed)
+  how = "each user's latest interaction by time is the test"
+  if config.validation_fraction:
+    how += (f"; validation: a share {config.validation_fraction:g} of each "
+            f"user's other items, seed {config.seed}")
+  return out, {"name": "loo", "split": how,
+               "negatives": config.loo_negatives,
+               "sizes": {"train": int(len(out.train)),
+                         "valid": int(len(out.valid)),
+                         "test": int(len(out.test))}}
+
+
+def build_evaluators(config, ds, model, jit_compile):
+  """Each target ranked among --loo_negatives items the user never
+  interacted with anywhere (train, validation or test)."""
+  del jit_compile  # a pass takes a second or two
+  every = np.concatenate([ds.train, ds.valid, ds.test])
+  evaluators = {}
+  for split, target in (("valid", ds.valid), ("test", ds.test)):
+    if len(target):
+      evaluators[split] = SampledEvaluator(
+          model, every, target, config.topk, n_neg=config.loo_negatives,
+          seed=config.seed + (1 if split == "valid" else 0))
+  return evaluators
