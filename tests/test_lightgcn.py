@@ -150,6 +150,14 @@ def test_xla_compiled_train_step_runs_and_lowers_the_loss():
     logs = step((users, items))
   assert set(logs) == {"loss", "bpr_loss", "l2_loss"}
   assert float(m.loss_terms(users, items)["loss"]) < first
+  # The train steps made the cache stale: the compiled score_items
+  # recomputes it (no prepare_scoring call), then reads it.
+  score = tf.function(m.score_items, jit_compile=True)
+  want = m.serve_items(m.serving_tables(), tf.range(6)).numpy()
+  np.testing.assert_allclose(score(tf.range(6)).numpy(), want, rtol=1e-5, atol=1e-6)
+  assert int(m.cache_version) == int(m.weights_version) == 20
+  np.testing.assert_allclose(m.scoring_items.numpy(), m.final_tables()[1].numpy(),
+                             rtol=1e-6)
 
 
 def test_config_round_trip_needs_the_edges_again():

@@ -25,8 +25,10 @@ cores). Propagation runs once per training step, over the whole graph.
 Full-ranking evaluation does not propagate per chunk of users:
 `prepare_scoring()` (the evaluator calls it, eagerly, before each
 evaluation) stores the propagated tables in two non-trainable variables
-that the compiled `score_items` reads. `score_pairs` and `serving_tables`
-propagate afresh; the export bakes the propagated tables in, so no graph is
+that the compiled `score_items` reads (`ScoringCache`: a version counter
+bumped by every train step makes `score_items` recompute if the cache is
+stale, so it is never read out of date after training). `score_pairs` and
+`serving_tables` propagate afresh; the export bakes the propagated tables in, so no graph is
 needed at serving time.
 
 `propagate` and `normalized_adjacency` are shared with MARIO's LightGCN
@@ -84,6 +86,52 @@ def propagate(adjacency, users, items, layers):
   return final[:n_users], final[n_users:]
 
 
+class ScoringCache:
+  """Mixin for a `RankingModel` whose full-ranking scoring reads tensors
+  derived from its weights (propagated tables, an attention's item half),
+  stored in variables by `store_scoring(tables)`.
+
+  A counter bumped after every train step (`weights_version`) and the value
+  it had when the cache was stored (`cache_version`) tell whether the cache
+  is current; `cached_scoring(read, compute)` reads it when it is and else
+  computes, stores and returns afresh (inside the compiled `score_items`
+  too), so a stale cache is never read after training. The evaluator calls
+  `prepare_scoring()` eagerly first, so in an evaluation every chunk of
+  users reads the cache. Weights assigned by hand (not through a train step
+  or a checkpoint restore) need `prepare_scoring()`.
+  """
+
+  def init_scoring_cache(self):
+    # ONLY_FIRST_REPLICA: a replica-context update under tf.distribute.
+    self.weights_version = self.add_weight(
+        shape=(), dtype="int64", initializer="zeros", trainable=False,
+        aggregation="only_first_replica", name="weights_version")
+    self.cache_version = self.add_weight(
+        shape=(), dtype="int64", initializer=keras.initializers.Constant(-1),
+        trainable=False, aggregation="only_first_replica", name="cache_version")
+
+  def train_step(self, data):
+    logs = super().train_step(data)
+    self.weights_version.assign_add(1)
+    return logs
+
+  def store_scoring(self, variables, tables):
+    """Assigns tables to the cache variables (same structure); returns
+    the tables once stored."""
+    ops = [v.assign(t) for v, t in zip(tf.nest.flatten(variables),
+                                       tf.nest.flatten(tables))]
+    ops.append(self.cache_version.assign(tf.convert_to_tensor(self.weights_version)))
+    with tf.control_dependencies(ops):
+      return tf.nest.map_structure(tf.identity, tables)
+
+  def cached_scoring(self, variables, compute):
+    """The cache when current, else compute() stored and returned."""
+    read = lambda: tf.nest.map_structure(tf.convert_to_tensor, variables)  # noqa: E731
+    fresh = lambda: self.store_scoring(variables, compute())  # noqa: E731
+    return tf.cond(tf.equal(tf.convert_to_tensor(self.cache_version),
+                            tf.convert_to_tensor(self.weights_version)), read, fresh)
+
+
 def check_layers(gcn_layers):
   if isinstance(gcn_layers, bool) or int(gcn_layers) != gcn_layers or gcn_layers < 1:
     raise ValueError(f"`gcn_layers` must be an integer >= 1. Received: "
@@ -92,7 +140,7 @@ def check_layers(gcn_layers):
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
-class LightGCN(mf.MF):
+class LightGCN(ScoringCache, mf.MF):
   """BPR-MF over LightGCN's propagated tables.
 
   `train_pairs` ([n, 2] user, item) are the graph's edges; a model rebuilt
@@ -123,6 +171,7 @@ class LightGCN(mf.MF):
     self.scoring_items = self.add_weight(
         shape=(self.n_items, self.embed_dim), initializer="zeros",
         trainable=False, name="scoring_items")
+    self.init_scoring_cache()
     if train_pairs is not None:
       self.set_train_edges(train_pairs)
     self.finish_init()
@@ -141,13 +190,12 @@ class LightGCN(mf.MF):
                      tf.convert_to_tensor(self.item_embeddings), self.gcn_layers)
 
   def scoring_tables(self):
-    return (tf.convert_to_tensor(self.scoring_users),
-            tf.convert_to_tensor(self.scoring_items))
+    return self.cached_scoring((self.scoring_users, self.scoring_items),
+                               self.final_tables)
 
   def prepare_scoring(self):
-    users, items = self.final_tables()
-    self.scoring_users.assign(users)
-    self.scoring_items.assign(items)
+    self.store_scoring((self.scoring_users, self.scoring_items),
+                       self.final_tables())
 
   def after_restore(self):
     if self.adjacency is not None:

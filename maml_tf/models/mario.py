@@ -45,7 +45,8 @@ meta), in that order: column 0 of the explanation is "interaction".
       mu = 0 is the ablation.
 
 Full-ranking scoring scales: the attention is never evaluated as a
-[U, I, M, 2d] tensor. `prepare_scoring()` (once per evaluation, eagerly)
+[U, I, M, 2d] tensor. `prepare_scoring()` (once per evaluation, eagerly;
+`lightgcn.ScoringCache` recomputes if a train step made the cache stale)
 stores the users' backbone embeddings, every item's modality embeddings
 [I, M, d] and their half of the attention's first layer W_e e [I, M, h];
 `score_items` then computes, per chunk of items (`base.map_item_chunks`),
@@ -143,7 +144,7 @@ def _dense(units, name, seed):
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
-class MARIO(base.RankingModel):
+class MARIO(lightgcn.ScoringCache, base.RankingModel):
   """MARIO over an mf or lightgcn backbone; see the module docstring.
 
   Call `set_item_features({modality: [n_items, d_m]})` after construction;
@@ -235,6 +236,7 @@ class MARIO(base.RankingModel):
       self.scoring_attention = self.add_weight(
           shape=(self.n_items, n_mod, self.hidden_dim), initializer="zeros",
           trainable=False, name="scoring_attention")
+    self.init_scoring_cache()
     self.adjacency = None
     if train_pairs is not None:
       self.set_train_edges(train_pairs)
@@ -378,13 +380,16 @@ class MARIO(base.RankingModel):
       tables["item_attention"] = self.attention.item_part(e_all)
     return tables
 
-  def prepare_scoring(self):
-    tables = self.serving_tables()
-    self.scoring_users.assign(tables["users"])
-    self.scoring_modalities.assign(tables["item_modalities"])
-    self.scoring_vectors.assign(tables["item_vectors"])
+  def _scoring_variables(self):
+    variables = {"users": self.scoring_users,
+                 "item_modalities": self.scoring_modalities,
+                 "item_vectors": self.scoring_vectors}
     if self.scoring_attention is not None:
-      self.scoring_attention.assign(tables["item_attention"])
+      variables["item_attention"] = self.scoring_attention
+    return variables
+
+  def prepare_scoring(self):
+    self.store_scoring(self._scoring_variables(), self.serving_tables())
 
   def after_restore(self):
     if self.backbone == "mf" or self.adjacency is not None:
@@ -394,11 +399,7 @@ class MARIO(base.RankingModel):
     return self.serving_tables()["item_vectors"]
 
   def score_items(self, users, item_chunk=None):
-    tables = {"users": self.scoring_users,
-              "item_modalities": self.scoring_modalities,
-              "item_vectors": self.scoring_vectors}
-    if self.scoring_attention is not None:
-      tables["item_attention"] = self.scoring_attention
+    tables = self.cached_scoring(self._scoring_variables(), self.serving_tables)
     return self.serve_items(tables, users, item_chunk)
 
   def serve_items(self, tables, users, item_chunk=None):
