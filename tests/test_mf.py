@@ -255,3 +255,31 @@ def test_mf_from_the_cli_trains_and_exports(tmp_path):
   loaded = tf.saved_model.load(str(tmp_path / "exports" / "mf_custom" / "1"))
   rec = loaded.signatures["serving_default"](user_ids=tf.constant([0], tf.int64))
   assert rec["item_ids"].shape == (1, 10)
+
+
+def test_the_office_flagfiles_parse_and_validate():
+  """flags/office_{mf,lightgcn,mario}.flags: known flags, valid values, the
+  split protocol with early stopping on validation Recall@20."""
+  import os
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = (
+      "import json, sys\n"
+      "from maml_tf import cli\n"
+      "cli.define_flags()\n"
+      "out = {}\n"
+      "for name in ('mf', 'lightgcn', 'mario'):\n"
+      "  cli.FLAGS.unparse_flags()\n"
+      "  cli.FLAGS(['x', f'--flagfile=flags/office_{name}.flags'])\n"
+      "  c = cli.config_from_flags()\n"
+      "  out[name] = [c.model, c.protocol, c.select_metric, c.patience,\n"
+      "               list(c.topk), c.num_neg, c.embed_dim, c.backbone]\n"
+      "print(json.dumps(out))\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                        text=True, timeout=120,
+                        env=dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  for name, (model, protocol, metric, patience, topk, num_neg, d, backbone) in out.items():
+    assert (model, protocol, metric, patience, topk, num_neg, d) == (
+        name, "split", "recall@20", 20, [10, 20], 1, 64)
+  assert out["mario"][-1] == "lightgcn"
