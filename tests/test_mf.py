@@ -283,3 +283,17 @@ def test_the_office_flagfiles_parse_and_validate():
     assert (model, protocol, metric, patience, topk, num_neg, d) == (
         name, "split", "recall@20", 20, [10, 20], 1, 64)
   assert out["mario"][-1] == "lightgcn"
+
+
+def test_a_run_recorded_before_the_new_flags_resumes_unchanged(tmp_path):
+  from maml_tf import train as train_lib
+  new = ("--backbone", "--gcn_layers", "--l2_reg", "--mp_weight", "--mario_fusion",
+         "--mario_hidden")
+  config = Config(workdir=str(tmp_path))
+  old = [line for line in config.to_flagfile().splitlines()
+         if not line.startswith(new)]
+  assert len(old) == len(config.to_flagfile().splitlines()) - len(new)
+  (tmp_path / "flags.txt").write_text("\n".join(old) + "\n")
+  assert train_lib.changed_flags(str(tmp_path), config) == []
+  other = Config(workdir=str(tmp_path), l2_reg=1e-2)
+  assert [n for n, _, _ in train_lib.changed_flags(str(tmp_path), other)] == ["l2_reg"]

@@ -41,7 +41,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from maml_tf.models import base
 from maml_tf.models import mf
 
 
