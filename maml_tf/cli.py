@@ -16,9 +16,9 @@ import traceback
 
 from absl import flags
 
-from maml_tf.config import (ATTENTIONS, DATA_FORMATS, DATASETS, MODELS, MODES,
-                            NEGATIVE_RELATIONS, PROTOCOL_DEFAULTS, PROTOCOLS,
-                            STRATEGIES, Config)
+from maml_tf.config import (ATTENTIONS, BACKBONES, DATA_FORMATS, DATASETS,
+                            MARIO_FUSIONS, MODELS, MODES, NEGATIVE_RELATIONS,
+                            PROTOCOL_DEFAULTS, PROTOCOLS, STRATEGIES, Config)
 from maml_tf import models as models_lib
 from maml_tf.errors import MamlError, UsageError
 
@@ -63,6 +63,20 @@ HELP = {
     "memory_slots": "LRML: number of memory slots N (keys and slices)",
     "negative_relation": "LRML: the negative pair reuses the positive pair's "
                          "relation (positive, the authors' code) or gets its own",
+    "backbone": "MARIO: the CF backbone giving the user and interaction "
+                "embeddings: mf (plain tables) or lightgcn (--gcn_layers of "
+                "propagation)",
+    "gcn_layers": "LightGCN (and MARIO's lightgcn backbone): propagation "
+                  "layers L over the normalised train graph (>= 1)",
+    "l2_reg": "mf, lightgcn, mario: weight lambda of the L2 on the batch's "
+              "ego embeddings, lambda * sum ||row||^2 / (2 B)",
+    "mp_weight": "MARIO: weight mu of the modality-preserving loss, the "
+                 "decoders' L1 error relative to the features' mean |x| (0: "
+                 "the mu = 0 ablation)",
+    "mario_fusion": "MARIO: how the modality embeddings are combined: "
+                    "attention (modality-aware), mean, max or fc (a dense "
+                    "layer on their concatenation)",
+    "mario_hidden": "MARIO: hidden width of the modality attention MLP",
     "protocol": "evaluation protocol: release (full ranking on the release's "
                 "split), loo (leave the last interaction out by time, ranked "
                 "among --loo_negatives sampled items; HR and nDCG) or split "
@@ -145,7 +159,8 @@ def define_flags():
       continue
     enums = {"dataset": DATASETS, "mode": MODES, "attention": ATTENTIONS,
              "strategy": STRATEGIES, "model": MODELS, "protocol": PROTOCOLS,
-             "negative_relation": NEGATIVE_RELATIONS, "data_format": DATA_FORMATS}
+             "negative_relation": NEGATIVE_RELATIONS, "data_format": DATA_FORMATS,
+             "backbone": BACKBONES, "mario_fusion": MARIO_FUSIONS}
     if name in enums:
       options = enums[name]
       flags.DEFINE_string(name, default, f"{help_}. One of: {', '.join(options)}")

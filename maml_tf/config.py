@@ -25,6 +25,8 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 MODELS = models_lib.NAMES
 NEGATIVE_RELATIONS = ("positive", "own")
 DATA_FORMATS = ("auto", "release", "recbole", "mmrec", "npz")
+BACKBONES = ("mf", "lightgcn")
+MARIO_FUSIONS = ("attention", "mean", "max", "fc")
 MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -59,6 +61,14 @@ class Config:
   clip_norm: float = 1.0
   memory_slots: int = 10
   negative_relation: str = "positive"
+
+  # Model: BPR, graph and multimodal models.
+  backbone: str = "mf"
+  gcn_layers: int = 3
+  l2_reg: float = 1e-4
+  mp_weight: float = 0.1
+  mario_fusion: str = "attention"
+  mario_hidden: int = 64
 
   # Loss and optimiser.
   margin: float = 1.6
@@ -164,6 +174,12 @@ class Config:
     choice("model", MODELS)
     choice("negative_relation", NEGATIVE_RELATIONS)
     choice("protocol", PROTOCOLS)
+    choice("backbone", BACKBONES)
+    choice("mario_fusion", MARIO_FUSIONS)
+    number("gcn_layers", 1, integer=True)
+    number("mario_hidden", 1, integer=True)
+    for flag in ("l2_reg", "mp_weight"):
+      number(flag, 0)
     for flag in ("embed_dim", "hidden_layer_dim", "text_dim", "num_neg",
                  "batch_size", "train_steps", "eva_batches", "keep_checkpoints",
                  "export_topk", "retrieve_candidates", "memory_slots",

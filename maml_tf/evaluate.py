@@ -142,6 +142,7 @@ class Evaluator:
     """[n target users, kmax] best-first unseen item ids (-1: no candidate)."""
     out = []
     chunk = self.user_chunk
+    self.model.prepare_scoring()  # tables derived from the weights, once
     bar = keras.utils.Progbar(len(self.users), unit_name="user") if progress else None
     for start in range(0, len(self.users), chunk):
       users = self.users[start:start + chunk]

@@ -121,6 +121,8 @@ def changed_flags(workdir: str, config: Config) -> list:
       there = read_flagfile(f.read())
   except OSError:
     return []
+  # A flag added after the run was recorded ran with today's default.
+  there = dict(read_flagfile(Config().to_flagfile()), **there)
   here = read_flagfile(config.to_flagfile())
   return [(name, there.get(name), here.get(name))
           for name in sorted(set(there) | set(here))

@@ -286,3 +286,105 @@ def lrml_loss(P, Q, keys, memory, users, pos, neg, margin, shared_relation=True)
     d_neg = lrml_distance(P[u], Q[j], r_neg)
     total += max(0.0, margin + d_pos - d_neg)
   return total
+
+
+# ------------------------------------------------ BPR-MF, LightGCN, MARIO
+# Written from SPEC_MARIO.md and the issue's definitions (BPR = mean over the
+# batch of -ln sigmoid(r_pos - r_neg); L2 = lambda * sum of the batch's
+# squared ego rows / (2 B); LightGCN: A_hat = D^-1/2 A D^-1/2 over the
+# deduplicated train pairs, the mean of the L + 1 layer outputs).
+
+
+def log_sigmoid(x):
+  x = float(x)
+  return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def sigmoid(x):
+  return 1.0 / (1.0 + math.exp(-float(x)))
+
+
+def bpr_loss(r_pos, r_neg):
+  """mean over the batch of -ln sigmoid(r_pos - r_neg)."""
+  terms = [-log_sigmoid(a - b) for a, b in zip(r_pos, r_neg)]
+  return sum(terms) / len(terms)
+
+
+def batch_l2(P, Q, users, pos, neg, weight):
+  """weight * sum_b (||P_u||^2 + ||Q_i||^2 + ||Q_j||^2) / (2 B)."""
+  P, Q = _as_f64(P), _as_f64(Q)
+  total = 0.0
+  for u, i, j in zip(users, pos, neg):
+    total += float(P[u] @ P[u] + Q[i] @ Q[i] + Q[j] @ Q[j])
+  return weight * total / (2.0 * len(users))
+
+
+def mf_loss_and_grads(P, Q, users, pos, neg, weight):
+  """(bpr, l2, dLoss/dP, dLoss/dQ) of BPR-MF, the gradient by hand:
+  d/dr_pos of -ln sigmoid(r_pos - r_neg) = -(1 - sigmoid(r_pos - r_neg))."""
+  P, Q = _as_f64(P), _as_f64(Q)
+  B = len(users)
+  gP, gQ = np.zeros_like(P), np.zeros_like(Q)
+  r_pos = [float(P[u] @ Q[i]) for u, i in zip(users, pos)]
+  r_neg = [float(P[u] @ Q[j]) for u, j in zip(users, neg)]
+  for b, (u, i, j) in enumerate(zip(users, pos, neg)):
+    c = -(1.0 - sigmoid(r_pos[b] - r_neg[b])) / B
+    gP[u] += c * (Q[i] - Q[j])
+    gQ[i] += c * P[u]
+    gQ[j] -= c * P[u]
+    gP[u] += weight * P[u] / B
+    gQ[i] += weight * Q[i] / B
+    gQ[j] += weight * Q[j] / B
+  return (bpr_loss(r_pos, r_neg), batch_l2(P, Q, users, pos, neg, weight),
+          gP, gQ)
+
+
+def lightgcn_adjacency(pairs, n_users, n_items):
+  """Dense A_hat [U + I, U + I] (users first), duplicates counted once."""
+  n = n_users + n_items
+  A = np.zeros((n, n))
+  for u, i in pairs:
+    A[u, n_users + i] = 1.0
+    A[n_users + i, u] = 1.0
+  deg = A.sum(1)
+  inv = np.array([1.0 / math.sqrt(d) if d > 0 else 0.0 for d in deg])
+  return inv[:, None] * A * inv[None, :]
+
+
+def lightgcn_propagate(A_hat, P, Q, layers):
+  """(users, items) = mean over l = 0..L of A_hat^l [P; Q]."""
+  E = np.concatenate([_as_f64(P), _as_f64(Q)])
+  total, x = E.copy(), E
+  for _ in range(layers):
+    x = A_hat @ x
+    total = total + x
+  total = total / (layers + 1)
+  return total[:len(P)], total[len(P):]
+
+
+def mario_attention(u, E, W, b, v):
+  """Softmax over m of v . tanh(W^T [u; e_m] + b) for one pair:
+  u [d], E [M, d], W [2d, h] (user rows first), b [h], v [h]."""
+  logits = []
+  for e in _as_f64(E):
+    h = np.tanh(np.concatenate([_as_f64(u), e]) @ _as_f64(W) + _as_f64(b))
+    logits.append(float(h @ _as_f64(v)))
+  return softmax_rows(np.array(logits))
+
+
+def mario_fuse(u, E, fusion, W=None, b=None, v=None, fc_kernel=None, fc_bias=None):
+  """e_ij [d] of one pair under the fusion (attention, mean, max, fc)."""
+  E = _as_f64(E)
+  if fusion == "attention":
+    a = mario_attention(u, E, W, b, v)
+    return sum(a[m] * E[m] for m in range(len(E)))
+  if fusion == "mean":
+    return E.mean(0)
+  if fusion == "max":
+    return E.max(0)
+  return dense(E.reshape(-1), fc_kernel, fc_bias)
+
+
+def l1_mean(x_hat, x):
+  """mean over every entry of |x_hat - x|."""
+  return float(np.mean(np.abs(_as_f64(x_hat) - _as_f64(x))))

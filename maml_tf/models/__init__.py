@@ -31,6 +31,14 @@ SPECS: Tuple[Spec, ...] = (
          "(Tay et al., WWW 2018)", one_negative=True),
     Spec("cml", "cml", "CML", "plain squared distance, no features (Hsieh et "
          "al., WWW 2017); the same as maml --attention=none --modalities="),
+    Spec("mf", "mf", "MF", "BPR matrix factorisation, dot product, no features "
+         "(Rendle et al., UAI 2009)", one_negative=True),
+    Spec("lightgcn", "lightgcn", "LightGCN", "BPR over tables propagated on "
+         "the train graph, no features (He et al., SIGIR 2020)",
+         one_negative=True),
+    Spec("mario", "mario", "MARIO", "modality-aware attention and "
+         "modality-preserving decoders over an mf or lightgcn backbone (Kim "
+         "et al., CIKM 2022)", uses_features=True, one_negative=True),
 )
 _BY_NAME = {spec.name: spec for spec in SPECS}
 NAMES = tuple(spec.name for spec in SPECS)

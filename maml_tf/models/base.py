@@ -182,6 +182,19 @@ class RankingModel(keras.Model):
     """Recomputes what derives from restored weights (a checkpoint holds
     the weights only)."""
 
+  def prepare_scoring(self):
+    """Called eagerly before each full-ranking evaluation (`score_items`).
+
+    A model whose scoring needs tensors derived from its weights (LightGCN's
+    propagated tables, MARIO's item half of the attention) recomputes them
+    here, once, instead of once per chunk of users inside the compiled
+    `score_items`. The default does nothing."""
+
+  def item_representation(self) -> tf.Tensor:
+    """The model's final item embeddings [n_items, d] (e.g. for measuring
+    how well they preserve the item features): the item table by default."""
+    return tf.convert_to_tensor(self.item_embeddings)
+
   def projector_tensors(self) -> Dict[str, tf.Variable]:
     """Item-indexed tables shown in TensorBoard's projector."""
     return {"item_embeddings": self.item_embeddings}
