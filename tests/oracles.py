@@ -289,7 +289,7 @@ def lrml_loss(P, Q, keys, memory, users, pos, neg, margin, shared_relation=True)
 
 
 # ------------------------------------------------ BPR-MF, LightGCN, MARIO
-# Written from SPEC_MARIO.md and the definitions (BPR = mean over the
+# Written from MARIO's talk and the definitions (BPR = mean over the
 # batch of -ln sigmoid(r_pos - r_neg); L2 = lambda * sum of the batch's
 # squared ego rows / (2 B); LightGCN: A_hat = D^-1/2 A D^-1/2 over the
 # deduplicated train pairs, the mean of the L + 1 layer outputs).
