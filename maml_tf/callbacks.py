@@ -299,6 +299,8 @@ class TensorBoardCallback(keras.callbacks.Callback):
         split, _, metric = key.partition("_")
         if split in SPLITS and metric:
           tf.summary.scalar(f"{split}/{metric}", float(value))
+        elif "/" in key:  # a measure of the evaluation callback's extras
+          tf.summary.scalar(key, float(value))
       if self.model.explains and self.model.explanation_labels:
         self._write_explanation_histograms(step)
       elif self.model.explains:

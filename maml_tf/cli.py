@@ -110,6 +110,11 @@ HELP = {
     "patience": "early stopping: evaluations without improvement of "
                 "--select_metric on validation before training stops and the "
                 "best round is restored (0: off; needs a validation split)",
+    "preservation_modalities": "modalities whose preservation (mean |cosine "
+                               "gap| between the model's item embeddings and "
+                               "the features, all items and the top 10% by "
+                               "degree) is measured every evaluation into "
+                               "metrics.jsonl and TensorBoard; empty: off",
     "refit": "after choosing the best round on validation, train a fresh model "
              "(same seed and flags) on train + validation for that many steps "
              "in <workdir>/refit, report its test metrics beside the selected "
@@ -172,7 +177,7 @@ def define_flags():
       flags.DEFINE_integer(name, default, help_)
     elif isinstance(default, float):
       flags.DEFINE_float(name, default, help_)
-    elif name in ("extra_features", "modalities", "topk"):
+    elif name in ("extra_features", "modalities", "topk", "preservation_modalities"):
       flags.DEFINE_list(name, None if default is None else list(map(str, default)), help_)
     else:
       flags.DEFINE_string(name, default, help_)
@@ -201,7 +206,7 @@ def config_from_flags() -> Config:
         value = tuple(int(k) for k in value)
       except ValueError:
         raise UsageError(f"`--topk` must be integers. Received: {','.join(value)!r}") from None
-    elif field.name in ("extra_features",):
+    elif field.name in ("extra_features", "preservation_modalities"):
       value = tuple(value or ())
     elif field.name == "modalities":
       value = None if value is None else tuple(v.strip() for v in value if v.strip())
@@ -234,6 +239,27 @@ def import_tensorflow_quietly():
   with native_stderr_hidden(not TF_LOG_SET_BY_USER and not FLAGS.debug):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.list_physical_devices()
+
+
+def config_from_workdir(argv, what="the run"):
+  """A finished or running run's Config, for a script that works on its
+  workdir: <workdir>/flags.txt first, then this command line on top."""
+  if not FLAGS["workdir"].present:
+    raise UsageError(f"`--workdir` is required: the folder of {what}")
+  flagfile = os.path.join(FLAGS.workdir, "flags.txt")
+  if not os.path.isfile(flagfile):
+    raise UsageError(f"`--workdir` must hold a run's flags.txt. Received: "
+                     f"{FLAGS.workdir!r} ({flagfile} not found)")
+  FLAGS.unparse_flags()
+  try:
+    FLAGS([argv[0], f"--flagfile={flagfile}"] + list(argv[1:]))
+  except flags.Error as e:
+    FLAGS.unparse_flags()
+    FLAGS(list(argv))  # parsed before: keeps FLAGS usable for the error path
+    raise UsageError(f"{flagfile}: {str(e).splitlines()[0]}") from None
+  FLAGS.restore_from = None  # the run's starting point is irrelevant here
+  FLAGS.overwrite = False
+  return config_from_flags()
 
 
 def train_main():

@@ -92,6 +92,7 @@ class Config:
   seed: int = 0
   patience: Optional[int] = None
   refit: bool = False
+  preservation_modalities: Tuple[str, ...] = ()  # measured every round
 
   # Outputs.
   workdir: str = "runs/office"
@@ -195,6 +196,10 @@ class Config:
     number("validation_fraction", 0, 1)
     number("seed", 0, integer=True)
     number("patience", 0, integer=True)
+    for name in self.preservation_modalities:
+      if not MODALITY_NAME.match(name):
+        fail("preservation_modalities", "must be modality names like text, "
+             "meta", ",".join(self.preservation_modalities))
     if not self.topk:
       fail("topk", "must name at least one cutoff", "")
     for k in self.topk:

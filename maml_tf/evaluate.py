@@ -215,6 +215,9 @@ class EvaluationCallback(keras.callbacks.Callback):
     self.records = []
     self.summary = None
     self.extra_summary = {}  # merged into every summary (e.g. checkpoints)
+    # name -> fn() -> {key: value}: measured every round into the record
+    # (e.g. "preservation") and the logs as "<name>/<key>/<subkey>".
+    self.extras = {}
 
   @property
   def path(self):
@@ -264,9 +267,11 @@ class EvaluationCallback(keras.callbacks.Callback):
       start = time.perf_counter()
       record[split] = evaluator(progress=self._progress(evaluator))
       record[f"{split}_seconds"] = round(time.perf_counter() - start, 3)
+    for name, measure in self.extras.items():
+      record[name] = measure()
     if logs:
       record["train"] = {k: float(v) for k, v in logs.items()
-                         if not k.startswith(("test_", "valid_"))}
+                         if not k.startswith(("test_", "valid_")) and "/" not in k}
     return record
 
   def on_epoch_end(self, epoch, logs=None):
@@ -284,6 +289,9 @@ class EvaluationCallback(keras.callbacks.Callback):
       for split in self.evaluators:
         for name, value in record[split].items():
           logs[f"{split}_{name}"] = value
+      for name in self.extras:
+        for key, value in _flatten(record[name]).items():
+          logs[f"{name}/{key}"] = value
     print(format_record(record, self.select_metric), flush=True)
     if self.should_stop():
       self.stop_reason = "early_stopping"
@@ -343,6 +351,18 @@ class EvaluationCallback(keras.callbacks.Callback):
         "best": self.best_record(),
         "last": self.records[-1],
     }, **self.extra_summary)
+
+
+def _flatten(tree, prefix=""):
+  """{"text": {"all": x}} -> {"text/all": x}."""
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(_flatten(value, name + "/"))
+    else:
+      out[name] = value
+  return out
 
 
 def read_records(path):

@@ -34,11 +34,12 @@ from maml_tf import data as data_lib
 from maml_tf import distribute
 from maml_tf import evaluate as eval_lib
 from maml_tf import models as models_lib
+from maml_tf import preservation as preservation_lib
 from maml_tf import protocols
 from maml_tf import vocab as vocab_lib
 from maml_tf.config import Config
 from maml_tf.dataset_types import Dataset
-from maml_tf.errors import UsageError
+from maml_tf.errors import DataError, UsageError
 from maml_tf.sampler import PairSampler
 
 log = logging.getLogger("maml_tf")
@@ -80,6 +81,32 @@ def prepare_data(config: Config, ds: Dataset, with_info: bool = False):
                      f"(a per-user 8:1:1 split). Received: {config.protocol}")
   ds, info = protocols.get(config.protocol).prepare(config, ds)
   return (ds, info) if with_info else ds
+
+
+def preservation_dataset(config: Config, ds: Dataset) -> Dataset:
+  """`ds` with the features of --preservation_modalities, for measuring
+  modality preservation: the run's own when it has them, else read from the
+  data (a model that uses no features is measured against them too)."""
+  wanted = tuple(config.preservation_modalities)
+  have = {m: ds.features[m] for m in wanted if m in ds.features}
+  missing = [m for m in wanted if m not in have]
+  if missing:
+    try:
+      extra = data_lib.load_dataset(
+          config.dataset, config.data_dir, tuple(missing), config.feature_paths,
+          config.text_dim, config.seed, config.cache_dir,
+          data_format=config.data_format, min_rating=config.min_rating,
+          kcore=config.kcore)
+    except (DataError, UsageError) as e:
+      raise UsageError(f"`--preservation_modalities` names a modality the data "
+                       f"cannot give ({e}). Received: {','.join(wanted)}") from None
+    if extra.n_items != ds.n_items:
+      raise UsageError(f"`--preservation_modalities`: the features have "
+                       f"{extra.n_items} item rows, the run {ds.n_items}. "
+                       f"Received: {','.join(wanted)}")
+    have.update({m: extra.features[m] for m in missing})
+  return dataclasses.replace(ds, features={m: have[m] for m in wanted},
+                             feature_sources={})
 
 
 # Flags a resumed run may change: they do not change what is computed.
@@ -379,6 +406,10 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
       config.select_metric, modalities=ds.modalities,
       progress=None if verbose == 1 else False, patience=config.patience)
   evaluation.extra_summary["protocol"] = protocol_info
+  if config.preservation_modalities:
+    measured = preservation_dataset(config, ds)
+    evaluation.extras["preservation"] = (
+        lambda: preservation_lib.preservation_report(model, measured))
   is_refit = "refit" in protocol_info
   if is_refit:
     # No selection inside a --refit run: its last round is its result (the

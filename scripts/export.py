@@ -40,28 +40,8 @@ flags.DEFINE_integer("version", None,
 FLAGS = flags.FLAGS
 
 
-def rebuild_config(argv):
-  """The run's Config: flags.txt first, then this command line on top."""
-  if not FLAGS["workdir"].present:
-    raise UsageError("`--workdir` is required: the folder of the run to export")
-  flagfile = os.path.join(FLAGS.workdir, "flags.txt")
-  if not os.path.isfile(flagfile):
-    raise UsageError(f"`--workdir` must hold a run's flags.txt. Received: "
-                     f"{FLAGS.workdir!r} ({flagfile} not found)")
-  FLAGS.unparse_flags()
-  try:
-    FLAGS([argv[0], f"--flagfile={flagfile}"] + list(argv[1:]))
-  except flags.Error as e:
-    FLAGS.unparse_flags()
-    FLAGS(list(argv))  # parsed before: keeps FLAGS usable for the error path
-    raise UsageError(f"{flagfile}: {str(e).splitlines()[0]}") from None
-  FLAGS.restore_from = None  # the run's starting point is irrelevant here
-  FLAGS.overwrite = False
-  return cli.config_from_flags()
-
-
 def export_main():
-  config = rebuild_config(sys.argv)
+  config = cli.config_from_workdir(sys.argv, "the run to export")
   if FLAGS.version is not None:  # fail before the slow part; export checks again
     target = os.path.join(config.export_dir, config.model_name, str(FLAGS.version))
     if os.path.exists(target):
