@@ -90,14 +90,15 @@ def _config(**overrides):
   return Config(**base)
 
 
-def _train_throughput(ds, steps, fast=True, strategy=None):
+def _train_throughput(ds, steps, fast=True, strategy=None, **overrides):
   import keras
   from maml_tf import train
   from maml_tf.sampler import PairSampler
-  config = _config()
+  config = _config(**overrides)
   keras.utils.set_random_seed(0)
   model = train.build_model(config, ds, strategy)
-  model.use_fastpath = fast
+  if hasattr(model, "use_fastpath"):
+    model.use_fastpath = fast
   sampler = PairSampler(ds.train, config.batch_size, config.num_neg, 0)
   times = []
 
@@ -113,10 +114,10 @@ def _train_throughput(ds, steps, fast=True, strategy=None):
           "ms_per_step": 1000 * seconds / steps, "steps": steps}
 
 
-def _eval_time(ds, max_users=None, fast=True):
+def _eval_time(ds, max_users=None, fast=True, **overrides):
   import numpy as np
   from maml_tf import evaluate, train
-  config = _config()
+  config = _config(**overrides)
   model = train.build_model(config, ds)
   if fast:
     ev = evaluate.Evaluator(model, ds.train, ds.test, (10,))
@@ -301,6 +302,24 @@ def run_scenario(name, quick):
   elif name == "serve":
     result = _serve_latency(data.load_office(modalities=("meta",)),
                             20 if quick else 100)
+  elif name.startswith("bpr_"):
+    # bpr_<model>_<n items>: the BPR models at Office size or larger, with
+    # their own settings (batch 2048, one negative; MARIO on LightGCN with
+    # two content modalities of Office's sizes, 512-d text and 381-d meta).
+    _, model, n_items = name.split("_")
+    n_items = int(n_items)
+    overrides = dict(model=model, batch_size=2048, num_neg=1, backbone="lightgcn",
+                     gcn_layers=3)
+    dims = (512, 381) if model == "mario" else ()
+    ds = _synthetic(n_items, feature_dims=dims)
+    if model == "mario":
+      overrides["modalities"] = tuple(ds.features)
+    big = n_items > OFFICE_ITEMS
+    result = {"train": _train_throughput(ds, max(5, steps // (4 if big else 1)),
+                                         **overrides),
+              "eval": _eval_time(ds, 256 if big else None, **overrides),
+              "model": model, "n_users": ds.n_users, "n_items": ds.n_items,
+              "train_pairs": len(ds.train)}
   elif name.startswith("scale"):
     n_items = int(name[len("scale"):])
     ds = _synthetic(n_items, feature_dims=(512,))
@@ -370,6 +389,17 @@ def table(results):
           f"{ld['reference']['rows_per_s']:,.0f}",
           f"{ld['reference']['seconds']:.1f} s; pandas/old "
           f"{ld['pandas']['rows_per_s'] / ld['reference']['rows_per_s']:.1f}x")
+  for key in sorted(k for k in r if k.startswith("bpr_")):
+    s = r[key]
+    size = f"{s['model']}, {s['n_items']:,} items / {s['n_users']:,} users"
+    row(f"{size}: train pairs/s", f"{s['train']['pairs_per_s']:,.0f}",
+        f"{s['train']['ms_per_step']:.0f} ms/step of 2048 pairs")
+    note = (f"extrapolated from {s['eval']['users']} users"
+            if s["eval"]["extrapolated"] else "measured")
+    row(f"{s['model']}, {s['n_items']:,} items: full eval s",
+        f"{s['eval']['seconds_full']:,.1f}",
+        f"{s['eval']['all_users']:,} test users ({note}); peak RSS "
+        f"{s['peak_rss_mb']:,.0f} MB")
   for key in sorted(k for k in r if k.startswith("scale")):
     s = r[key]
     row(f"{s['n_items']:,} items / {s['n_users']:,} users: train pairs/s",
@@ -389,7 +419,8 @@ def main(argv):
     return 0
   results = {"machine": machine(), "quick": FLAGS.quick}
   scenarios = ["train", "eval", "serve", "workers", "scale10000", "scale100000",
-               "loader"]
+               "bpr_lightgcn_2406", "bpr_mario_2406", "bpr_lightgcn_100000",
+               "bpr_mario_100000", "loader"]
   if FLAGS.only:
     scenarios = [s for s in scenarios if s in FLAGS.only]
   for name in scenarios:
