@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Config": ("maml_tf.config", "Config"),
     "train_and_evaluate": ("maml_tf.train", "train_and_evaluate"),
-    "load_dataset": ("maml_tf.data", "load_dataset"),
+    "load_dataset": ("maml_tf.formats", "load_dataset"),
     "from_arrays": ("maml_tf.data", "from_arrays"),
     "Dataset": ("maml_tf.dataset_types", "Dataset"),
     "PairSampler": ("maml_tf.sampler", "PairSampler"),

@@ -12,7 +12,7 @@ Sources (SPEC section 1):
   (Doc2Vec PV-DM on the product title/category/brand text, not reviews) and
   "meta" (one-hot category + brand). Office has no image features.
 * `from_arrays(train, test, ...)`: plain numpy arrays.
-* RecBole, MMRec and scipy-sparse folders: `maml_tf.formats`, through
+* RecBole, MMRec and scipy-sparse folders: `maml_tf.formats`, through its
   `load_dataset(..., data_format=...)`.
 
 Ids. In the release layout `userID`/`itemID` are non-negative integers and
@@ -700,55 +700,6 @@ def _truncate(text: str) -> str:
 
 # ---------------------------------------------------------------------------
 # dispatch and arrays
-
-
-def load_dataset(dataset: str,
-                 data_dir: Optional[str] = None,
-                 modalities: Optional[Sequence[str]] = None,
-                 feature_paths: Optional[Mapping[str, str]] = None,
-                 text_dim: int = 512,
-                 seed: int = 0,
-                 cache_dir: Optional[str] = None,
-                 *,
-                 data_format: str = "auto",
-                 min_rating: Optional[float] = None,
-                 kcore: int = 0) -> Dataset:
-  """"office" -> `load_office`, "custom" -> the folder `data_dir` in
-  `data_format` (see `maml_tf.formats`; "auto" detects it).
-
-  `text_dim`, `seed` and `cache_dir` only matter for Office's built-in text.
-
-  Raises:
-    UsageError: unknown dataset, or data_dir missing for "custom" / given
-      for "office", or a format that cannot be detected.
-  """
-  feature_paths = feature_paths or {}
-  if dataset == "office":
-    if data_dir:
-      raise UsageError(f"`data_dir` is only for dataset 'custom'; Office is "
-                       f"built in. Received: data_dir={data_dir!r}")
-    if data_format not in ("auto", "release"):
-      raise UsageError(f"`data_format` must be auto or release with dataset "
-                       f"'office' (built in, the release's layout). Received: "
-                       f"{data_format!r}")
-    return load_office(modalities=modalities, feature_paths=feature_paths,
-                       text_dim=text_dim, seed=seed, cache_dir=cache_dir,
-                       min_rating=min_rating, kcore=kcore)
-  if dataset == "custom":
-    if not data_dir:
-      raise UsageError("dataset 'custom' needs `data_dir`, a folder with "
-                       "train.csv and test.csv")
-    from maml_tf import formats  # pylint: disable=g-import-not-at-top
-    fmt = formats.resolve_format(data_dir, data_format)
-    if fmt == "release":
-      return load_release_layout(data_dir, feature_paths=feature_paths,
-                                 modalities=modalities, name="custom",
-                                 min_rating=min_rating, kcore=kcore)
-    return formats.load_format(fmt, data_dir, feature_paths=feature_paths,
-                               modalities=modalities, min_rating=min_rating,
-                               kcore=kcore)
-  raise UsageError(f"`dataset` must be one of {', '.join(map(repr, DATASETS))}"
-                   f". Received: {dataset!r}")
 
 
 def from_arrays(train: np.ndarray,

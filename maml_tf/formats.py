@@ -550,3 +550,51 @@ __all__ = ["MAX_ONE_HOT", "RECBOLE_TYPES", "detect_format", "load_format",
            "load_mmrec", "load_npz", "load_recbole", "read_mmrec_inter",
            "read_npz", "read_recbole_inter", "recbole_item_features",
            "resolve_format"]
+
+
+def load_dataset(dataset: str,
+                 data_dir: Optional[str] = None,
+                 modalities: Optional[Sequence[str]] = None,
+                 feature_paths: Optional[Mapping[str, str]] = None,
+                 text_dim: int = 512,
+                 seed: int = 0,
+                 cache_dir: Optional[str] = None,
+                 *,
+                 data_format: str = "auto",
+                 min_rating: Optional[float] = None,
+                 kcore: int = 0) -> Dataset:
+  """"office" -> `load_office`, "custom" -> the folder `data_dir` in
+  `data_format` ("auto" detects it): the one entry point for every dataset.
+
+  `text_dim`, `seed` and `cache_dir` only matter for Office's built-in text.
+
+  Raises:
+    UsageError: unknown dataset, or data_dir missing for "custom" / given
+      for "office", or a format that cannot be detected.
+  """
+  feature_paths = feature_paths or {}
+  if dataset == "office":
+    if data_dir:
+      raise UsageError(f"`data_dir` is only for dataset 'custom'; Office is "
+                       f"built in. Received: data_dir={data_dir!r}")
+    if data_format not in ("auto", "release"):
+      raise UsageError(f"`data_format` must be auto or release with dataset "
+                       f"'office' (built in, the release's layout). Received: "
+                       f"{data_format!r}")
+    return data_lib.load_office(modalities=modalities, feature_paths=feature_paths,
+                       text_dim=text_dim, seed=seed, cache_dir=cache_dir,
+                       min_rating=min_rating, kcore=kcore)
+  if dataset == "custom":
+    if not data_dir:
+      raise UsageError("dataset 'custom' needs `data_dir`, a folder with "
+                       "train.csv and test.csv")
+    fmt = resolve_format(data_dir, data_format)
+    if fmt == "release":
+      return data_lib.load_release_layout(data_dir, feature_paths=feature_paths,
+                                 modalities=modalities, name="custom",
+                                 min_rating=min_rating, kcore=kcore)
+    return load_format(fmt, data_dir, feature_paths=feature_paths,
+                               modalities=modalities, min_rating=min_rating,
+                               kcore=kcore)
+  raise UsageError(f"`dataset` must be one of {', '.join(map(repr, data_lib.DATASETS))}"
+                   f". Received: {dataset!r}")

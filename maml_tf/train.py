@@ -33,6 +33,7 @@ from maml_tf import checkpoint as checkpoint_lib
 from maml_tf import data as data_lib
 from maml_tf import distribute
 from maml_tf import evaluate as eval_lib
+from maml_tf import formats as formats_lib
 from maml_tf import models as models_lib
 from maml_tf import preservation as preservation_lib
 from maml_tf import protocols
@@ -54,7 +55,7 @@ def load_data(config: Config, with_info: bool = False):
       log.warning("--model=%s uses no item features; ignoring %s", config.model,
                   ", ".join(sorted(paths) or modalities))
     modalities, paths = (), {}
-  ds = data_lib.load_dataset(
+  ds = formats_lib.load_dataset(
       config.dataset, config.data_dir, modalities, paths,
       config.text_dim, config.seed, config.cache_dir,
       data_format=config.data_format, min_rating=config.min_rating,
@@ -92,7 +93,7 @@ def preservation_dataset(config: Config, ds: Dataset) -> Dataset:
   missing = [m for m in wanted if m not in have]
   if missing:
     try:
-      extra = data_lib.load_dataset(
+      extra = formats_lib.load_dataset(
           config.dataset, config.data_dir, tuple(missing), config.feature_paths,
           config.text_dim, config.seed, config.cache_dir,
           data_format=config.data_format, min_rating=config.min_rating,

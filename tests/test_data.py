@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from maml_tf import data
+from maml_tf import formats
 from maml_tf.errors import DataError, UsageError
 
 HEADER = "itemID,userID,reviewerID,asin\n"
@@ -417,13 +418,13 @@ def test_office_with_own_image_file(tmp_path):
 
 
 def test_load_dataset_dispatch(tmp_path):
-  ds = data.load_dataset("custom", _layout(tmp_path), None, {}, 8, 0, None)
+  ds = formats.load_dataset("custom", _layout(tmp_path), None, {}, 8, 0, None)
   assert ds.name == "custom" and ds.n_items == 3
   with pytest.raises(UsageError, match="needs `data_dir`"):
-    data.load_dataset("custom", None, None, {}, 8, 0, None)
+    formats.load_dataset("custom", None, None, {}, 8, 0, None)
   with pytest.raises(UsageError, match="one of 'office', 'custom'"):
-    data.load_dataset("movies", None, None, {}, 8, 0, None)
+    formats.load_dataset("movies", None, None, {}, 8, 0, None)
   with pytest.raises(UsageError, match="only for dataset 'custom'"):
-    data.load_dataset("office", str(tmp_path), ["meta"], {}, 8, 0, None)
-  assert data.load_dataset("office", None, ["meta"], {}, 8, 0,
+    formats.load_dataset("office", str(tmp_path), ["meta"], {}, 8, 0, None)
+  assert formats.load_dataset("office", None, ["meta"], {}, 8, 0,
                            None).name == "office"

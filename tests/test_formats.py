@@ -82,7 +82,7 @@ def test_release_with_valid_csv(tmp_path):
   folder = _release(tmp_path, RELEASE_HEAD + "0,0,R0,A0,5\n1,0,R0,A1,4\n"
                     "1,1,R1,A1,3\n", RELEASE_HEAD + "2,1,R1,A2,5\n",
                     RELEASE_HEAD + "2,0,R0,A2,1\n")
-  ds = data.load_dataset("custom", folder)
+  ds = formats.load_dataset("custom", folder)
   np.testing.assert_array_equal(ds.valid, [[0, 2]])
   np.testing.assert_array_equal(ds.test, [[1, 2]])
   assert (ds.n_users, ds.n_items) == (2, 3)
@@ -101,7 +101,7 @@ def test_release_raw_ids_from_reviewer_and_asin(tmp_path):
 
 
 def test_recbole_single_inter_all_train_with_note(tmp_path):
-  ds = data.load_dataset("custom", _recbole(tmp_path), data_format="recbole")
+  ds = formats.load_dataset("custom", _recbole(tmp_path), data_format="recbole")
   assert list(ds.user_ids) == ["ann", "bob", "cy"]
   assert list(ds.item_ids) == ["i-x", "i-y", "i-z"]
   np.testing.assert_array_equal(
@@ -124,7 +124,7 @@ def test_recbole_benchmark_split_and_item_features(tmp_path):
       ["y", "1 2", "c1", "t1 t2", "9.5"],
       ["x", "3 4", "c2", "t2", "1"],
       ["unused", "5 6", "c3", "t3", "2"]]))
-  ds = data.load_dataset("custom", folder)  # auto -> recbole
+  ds = formats.load_dataset("custom", folder)  # auto -> recbole
   assert list(ds.item_ids) == ["x", "y", "z"]
   np.testing.assert_array_equal(ds.valid, [[1, 0]])
   np.testing.assert_array_equal(ds.test, [[0, 2]])
@@ -139,7 +139,7 @@ def test_recbole_benchmark_split_and_item_features(tmp_path):
 def test_mmrec_loads_labels_and_features(tmp_path):
   image = np.arange(8.0).reshape(4, 2)  # a 4th item with no interaction
   folder = _mmrec(tmp_path, image=image, text=np.ones((4, 3)))
-  ds = data.load_dataset("custom", folder)  # auto -> mmrec
+  ds = formats.load_dataset("custom", folder)  # auto -> mmrec
   np.testing.assert_array_equal(ds.train, [[0, 0], [0, 1], [1, 1]])
   np.testing.assert_array_equal(ds.valid, [[1, 2]])
   np.testing.assert_array_equal(ds.test, [[0, 2], [1, 0]])
@@ -153,7 +153,7 @@ def test_npz_loads(tmp_path):
   train = [[1, 0, 3], [0, 2, 0]]
   test = [[0, 1, 0], [0, 0, 0]]
   valid = [[0, 0, 0], [0, 0, 4]]
-  ds = data.load_dataset("custom", _npz(tmp_path, train, test, valid))
+  ds = formats.load_dataset("custom", _npz(tmp_path, train, test, valid))
   np.testing.assert_array_equal(ds.train, [[0, 0], [0, 2], [1, 1]])
   np.testing.assert_array_equal(ds.test, [[0, 1]])
   np.testing.assert_array_equal(ds.valid, [[1, 2]])
@@ -163,7 +163,7 @@ def test_npz_loads(tmp_path):
 def test_npz_shapes_must_agree(tmp_path):
   folder = _npz(tmp_path, [[1, 0, 1]], [[0, 1]])
   with pytest.raises(DataError, match=r"test.npz: shape \(1, 2\) differs"):
-    data.load_dataset("custom", folder)
+    formats.load_dataset("custom", folder)
 
 
 # ---------------------------------------------------------------------------
@@ -235,10 +235,10 @@ def test_bad_inputs_per_format(tmp_path, fmt, name, content, fragments):
   _write(folder, name, content)
   if fmt == "mmrec" and not fragments:
     with pytest.raises(DataError, match="no MMRec"):
-      data.load_dataset("custom", folder, data_format="mmrec")
+      formats.load_dataset("custom", folder, data_format="mmrec")
     return
   with pytest.raises(DataError) as e:
-    data.load_dataset("custom", folder, data_format=fmt)
+    formats.load_dataset("custom", folder, data_format=fmt)
   msg = str(e.value)
   assert "\n" not in msg
   assert msg.startswith(os.path.join(folder, name)), msg
@@ -251,7 +251,7 @@ def test_crlf_bom_blank_lines_and_extra_columns_in_recbole(tmp_path):
           "e\tx\ta\r\n   \r\ne\ty\tb\r\ne\ty\tb\r\n")
   folder = str(tmp_path)
   _write(folder, "t.inter", text)
-  ds = data.load_dataset("custom", folder, data_format="recbole")
+  ds = formats.load_dataset("custom", folder, data_format="recbole")
   np.testing.assert_array_equal(ds.train, [[0, 0], [1, 1]])  # dup merged
 
 
@@ -259,25 +259,25 @@ def test_bad_recbole_item_field(tmp_path):
   folder = _recbole(tmp_path, item=_tsv([["item_id:token", "v:float_seq"],
                                           ["i-x", "1 2"], ["i-y", "1 x"]]))
   with pytest.raises(DataError) as e:
-    data.load_dataset("custom", folder)
+    formats.load_dataset("custom", folder)
   assert str(e.value) == (f"{os.path.join(folder, 'toy.item')}: line 3: "
                           f"column `v` must be space-separated numbers. "
                           f"Received: '1 x'")
   _write(folder, "toy.item", _tsv([["item_id:token", "v:float_seq"],
                                    ["i-x", "1 2"], ["i-y", "1 2 3"]]))
   with pytest.raises(DataError, match="line 3: column `v` must have 2 numbers"):
-    data.load_dataset("custom", folder)
+    formats.load_dataset("custom", folder)
   _write(folder, "toy.item", _tsv([["item_id:token", "v:float_seq"],
                                    ["i-x", "1 2"], ["i-x", "1 2"]]))
   with pytest.raises(DataError, match="line 3: column `item_id` must not "
                      "repeat an item"):
-    data.load_dataset("custom", folder)
+    formats.load_dataset("custom", folder)
 
 
 def test_mmrec_feature_rows_checked(tmp_path):
   folder = _mmrec(tmp_path, image=np.ones((2, 2)))
   with pytest.raises(DataError, match="has 2 rows, expected n_items = 3"):
-    data.load_dataset("custom", folder)
+    formats.load_dataset("custom", folder)
 
 
 def test_npz_not_sparse(tmp_path):
@@ -285,7 +285,7 @@ def test_npz_not_sparse(tmp_path):
   _write(folder, "train.npz", b"PK\x03\x04 nonsense")
   _write(folder, "test.npz", b"x")
   with pytest.raises(DataError, match="train.npz: not a scipy.sparse"):
-    data.load_dataset("custom", folder, data_format="npz")
+    formats.load_dataset("custom", folder, data_format="npz")
 
 
 # ---------------------------------------------------------------------------
@@ -297,18 +297,18 @@ def test_detection_ambiguity_and_nothing_found(tmp_path):
                     RELEASE_HEAD + "0,0,R,A,1\n")
   _npz(folder, [[1]], [[1]])
   with pytest.raises(UsageError) as e:
-    data.load_dataset("custom", folder)
+    formats.load_dataset("custom", folder)
   msg = str(e.value)
   assert "\n" not in msg
   assert "ambiguous" in msg and "release (train.csv)" in msg
   assert "npz (train.npz)" in msg and "--data_format=release|npz" in msg
   # Naming the format settles it.
-  assert data.load_dataset("custom", folder, data_format="npz").n_items == 1
+  assert formats.load_dataset("custom", folder, data_format="npz").n_items == 1
   empty = tmp_path / "e"
   empty.mkdir()
   (empty / "notes.txt").write_text("hi")
   with pytest.raises(UsageError, match="found no known data files.*notes.txt"):
-    data.load_dataset("custom", str(empty))
+    formats.load_dataset("custom", str(empty))
 
 
 def test_detection_tells_recbole_from_mmrec(tmp_path):
@@ -330,7 +330,7 @@ def test_kcore_hand_checked(tmp_path):
                                                  for u, i in pairs]
   folder = str(tmp_path)
   _write(folder, "k.inter", _tsv(rows))
-  ds = data.load_dataset("custom", folder, kcore=2)
+  ds = formats.load_dataset("custom", folder, kcore=2)
   got = {(ds.user_ids[u], ds.item_ids[i]) for u, i in ds.train}
   assert got == {(f"u{u}", f"i{i}") for u in (0, 1) for i in (0, 1, 2)}
   assert (ds.n_users, ds.n_items) == (2, 3)
@@ -338,9 +338,9 @@ def test_kcore_hand_checked(tmp_path):
   assert note == ["--kcore=2 (2 rounds): 4 users, 5 items, 9 interactions -> "
                   "2 users, 3 items, 6 interactions"], ds.notes
   # k = 1 changes nothing; k = 3 drops i0, i1 (2 users), then everyone.
-  assert len(data.load_dataset("custom", folder, kcore=1).train) == 9
+  assert len(formats.load_dataset("custom", folder, kcore=1).train) == 9
   with pytest.raises(DataError, match="no train interactions are left"):
-    data.load_dataset("custom", folder, kcore=3)
+    formats.load_dataset("custom", folder, kcore=3)
 
 
 def test_kcore_keeps_integer_ids_of_release_layout(tmp_path):
@@ -355,7 +355,7 @@ def test_kcore_keeps_integer_ids_of_release_layout(tmp_path):
 
 
 def test_min_rating(tmp_path):
-  ds = data.load_dataset("custom", _recbole(tmp_path), min_rating=3)
+  ds = formats.load_dataset("custom", _recbole(tmp_path), min_rating=3)
   got = {(ds.user_ids[u], ds.item_ids[i]) for u, i in ds.train}
   assert got == {("ann", "i-x"), ("ann", "i-y"), ("bob", "i-y")}
   assert list(ds.user_ids) == ["ann", "bob"]  # cy rated only 2: gone
@@ -367,7 +367,7 @@ def test_min_rating(tmp_path):
 def test_min_rating_needs_a_rating_column(tmp_path):
   folder = _recbole(tmp_path, head=RB_HEAD[:2], rows=[r[:2] for r in RB_ROWS])
   with pytest.raises(UsageError) as e:
-    data.load_dataset("custom", folder, min_rating=4)
+    formats.load_dataset("custom", folder, min_rating=4)
   assert "`--min_rating` needs a rating column" in str(e.value)
   assert "toy.inter has none" in str(e.value)
 
@@ -377,7 +377,7 @@ def test_min_rating_on_release_ratings_and_npz_values(tmp_path):
                     RELEASE_HEAD + "1,1,R,A1,4\n")
   ds = data.load_release_layout(folder, min_rating=4)
   np.testing.assert_array_equal(ds.train, [[0, 0]])
-  ds = data.load_dataset("custom", _npz(tmp_path / "n", [[5, 1]], [[0, 4]]),
+  ds = formats.load_dataset("custom", _npz(tmp_path / "n", [[5, 1]], [[0, 4]]),
                          min_rating=2)
   np.testing.assert_array_equal(ds.train, [[0, 0]])
 
@@ -387,7 +387,7 @@ def test_min_rating_on_release_ratings_and_npz_values(tmp_path):
 
 
 def test_vocab_round_trip_and_lookup(tmp_path):
-  ds = data.load_dataset("custom", _recbole(tmp_path / "d"))
+  ds = formats.load_dataset("custom", _recbole(tmp_path / "d"))
   odd = np.array(["tab\there", "new\nline", "back\\slash", "ann"], object)
   ds = ds.__class__(**{**ds.__dict__, "n_users": 4, "user_ids": odd})
   vocab.write_vocab(str(tmp_path / "w"), ds)
@@ -418,7 +418,7 @@ def test_identity_vocab_for_integer_ids(tmp_path):
 
 def test_check_workdir_against_the_data_loaded_again(tmp_path):
   import dataclasses  # pylint: disable=g-import-not-at-top
-  ds = data.load_dataset("custom", _recbole(tmp_path / "d"))
+  ds = formats.load_dataset("custom", _recbole(tmp_path / "d"))
   work = str(tmp_path / "w")
   assert vocab.check_workdir(work, ds) is False  # no vocab/ yet: nothing to check
   vocab.write_vocab(work, ds)
