@@ -92,6 +92,20 @@ def detect_format(data_dir: str) -> str:
       f"--data_format={'|'.join(found)}. Received: auto")
 
 
+def _ratings_and_times(cols, found):
+  """The optional `rating` and `timestamp` columns (None when absent), their
+  first bad cells appended to `found` as (row, column, rule)."""
+  ratings = times = None
+  if "rating" in cols:
+    ratings, bad = tables.float_column(cols["rating"])
+    found.append((bad, "rating", "must be a finite number"))
+  if "timestamp" in cols:
+    stamps, bad = tables.float_column(cols["timestamp"])
+    found.append((bad, "timestamp", "must be a finite number (unix seconds)"))
+    times = None if stamps is None else np.round(stamps).astype(np.int64)
+  return ratings, times
+
+
 def _inter_kind(path: str) -> Optional[str]:
   try:
     header, _ = tables.read_header(path, **_TSV)
@@ -181,14 +195,7 @@ def read_recbole_inter(path: str) -> data_lib.Rows:
   items = tables.stripped(table, "item_id")
   found = [(data_lib._first(users == ""), "user_id", "must not be empty"),
            (data_lib._first(items == ""), "item_id", "must not be empty")]
-  ratings = times = None
-  if "rating" in cols:
-    ratings, bad = tables.float_column(cols["rating"])
-    found.append((bad, "rating", "must be a finite number"))
-  if "timestamp" in cols:
-    stamps, bad = tables.float_column(cols["timestamp"])
-    found.append((bad, "timestamp", "must be a finite number (unix seconds)"))
-    times = None if stamps is None else np.round(stamps).astype(np.int64)
+  ratings, times = _ratings_and_times(cols, found)
   tables.first_error(table, found)
   return data_lib.Rows(path, users, items, table.lines, None, times, ratings,
                        raw=True)
@@ -429,14 +436,7 @@ def read_mmrec_inter(path: str) -> Dict[str, data_lib.Rows]:
     bad_l = int(np.argmax(labels > 2))
   found = [(bad_u, "userID", tables.id_rule), (bad_i, "itemID", tables.id_rule),
            (bad_l, "x_label", "must be 0 (train), 1 (validation) or 2 (test)")]
-  ratings = times = None
-  if "rating" in cols:
-    ratings, bad = tables.float_column(cols["rating"])
-    found.append((bad, "rating", "must be a finite number"))
-  if "timestamp" in cols:
-    stamps, bad = tables.float_column(cols["timestamp"])
-    found.append((bad, "timestamp", "must be a finite number (unix seconds)"))
-    times = None if stamps is None else np.round(stamps).astype(np.int64)
+  ratings, times = _ratings_and_times(cols, found)
   tables.first_error(table, found)
   out = {}
   for label, split in enumerate(("train", "valid", "test")):
