@@ -113,7 +113,7 @@ def test_finished_workdir_is_not_silently_overwritten(tiny):
     (["--modalities=text,image"], "image"),
     (["--num_neg=two"], "num_neg"),
     (["--learning_rate=0"], "`--learning_rate` must be > 0. Received: 0"),
-    (["--model=bpr"], "`--model` must be one of maml, lrml, cml. Received: 'bpr'"),
+    (["--model=bpr"], "`--model` must be one of maml, lrml, cml, mf, lightgcn, mario. Received: 'bpr'"),
     (["--model=lrml"], "`--num_neg` must be 1 with --model=lrml"),
     (["--protocol=ncf"], "`--protocol` must be one of release, loo, split. Received: 'ncf'"),
     (["--protocol=loo", "--select_metric=recall@10"],
