@@ -1,7 +1,7 @@
 """How well a model's item embeddings preserve the item features.
 
-The measure of MARIO's talk (Kim et al., CIKM 2022, "modality
-preservation"): for every item i, the cosine similarities with every other item
+The measure of Kim et al.'s talk (CIKM 2022, "modality preservation"):
+for every item i, the cosine similarities with every other item
 j != i from the model's final item embeddings (f-similarities) and from the
 pre-trained features of one modality (p-similarities); the item's gap is the
 mean over j of |f(i, j) - p(i, j)|. Reported: the mean gap over all items,

@@ -146,6 +146,9 @@ class _TableModel:
 
   score_width = 1  # floats per (user, item) pair
 
+  def prepare_scoring(self):
+    """Nothing derived to refresh: the scores are the table."""
+
   def __init__(self, table):
     self.table = tf.constant(table, tf.float32)
     self.n_users, self.n_items = table.shape
