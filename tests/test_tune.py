@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from maml_tf import checkpoint as checkpoint_lib
 from maml_tf import tuning
 from maml_tf.config import Config
 from maml_tf.errors import UsageError
@@ -234,10 +235,10 @@ def _trial_state(tune_dir):
         finished = json.load(f).get("finished") is True
     except (OSError, ValueError):
       continue
-    checkpoints = os.path.join(workdir, "checkpoints")
-    has_ckpt = os.path.isdir(checkpoints) and any(
-        n.startswith("ckpt-") and n.endswith(".index")
-        for n in os.listdir(checkpoints))
+    # The rule a resume uses (the manager's state file names a checkpoint):
+    # a ckpt-*.index file alone can exist before that file is updated, and
+    # a run killed then starts afresh.
+    has_ckpt = checkpoint_lib.last_prefix(workdir) is not None
     (done if finished else partial if has_ckpt else []).append(trial_id)
   return done, partial
 
