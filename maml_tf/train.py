@@ -33,6 +33,7 @@ from maml_tf import checkpoint as checkpoint_lib
 from maml_tf import data as data_lib
 from maml_tf import distribute
 from maml_tf import evaluate as eval_lib
+from maml_tf import explanation as explanation_lib
 from maml_tf import formats as formats_lib
 from maml_tf import models as models_lib
 from maml_tf import preservation as preservation_lib
@@ -407,6 +408,12 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
       config.select_metric, modalities=ds.modalities,
       progress=None if verbose == 1 else False, patience=config.patience)
   evaluation.extra_summary["protocol"] = protocol_info
+  if model.explains and len(ds.train):
+    # How concentrated the explanation weights are (attention entropy, ...)
+    # over one fixed sample of train pairs, every round.
+    explained = explanation_lib.sample_pairs(ds.train)
+    evaluation.extras["explanation"] = (
+        lambda: explanation_lib.explanation_report(model, explained))
   if config.preservation_modalities:
     measured = preservation_dataset(config, ds)
     evaluation.extras["preservation"] = (

@@ -5,8 +5,9 @@
       --out=curves.png
 
 One panel per metric (x100, as the paper prints them; test solid, validation
-dashed) and one per loss term (its mean over each round), against the
-training step. Each run has its colour and its label (default: the workdir's
+dashed), one per loss term (its mean over each round) and, for models that
+explain their scores, the attention's entropy ratio and pair spread (see
+maml_tf/explanation.py), against the training step. Each run has its colour and its label (default: the workdir's
 folder name); a dotted line marks each run's best round. Needs only numpy and
 matplotlib (Agg), not TensorFlow.
 """
@@ -23,6 +24,8 @@ METRICS = ("ndcg", "recall", "hr", "precision")
 METRIC_NAMES = {"ndcg": "NDCG", "recall": "Recall", "hr": "HR",
                 "precision": "Precision"}
 TERMS = ("loss", "embedding_loss", "feature_loss", "cov_loss", "l2_loss")
+# Of each round's "explanation" (maml_tf.explanation), when a run has one.
+EXPLANATION = ("entropy_ratio", "pair_spread")
 SPLIT_STYLES = {"test": "-", "valid": "--"}
 SPLIT_NAMES = {"test": "test", "valid": "validation"}
 
@@ -105,6 +108,14 @@ def term_keys(runs):
   return [t for t in TERMS if t in found] + sorted(found - set(TERMS))
 
 
+def explanation_keys(runs):
+  found = set()
+  for _, records, _ in runs:
+    for r in records:
+      found.update(r.get("explanation") or {})
+  return [k for k in EXPLANATION if k in found]
+
+
 def plot(runs, out, title="Learning curves"):
   """Draws runs [(label, records, best_step)] to the PNG file `out`."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
@@ -112,7 +123,8 @@ def plot(runs, out, title="Learning curves"):
   from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 
   metrics, terms = metric_keys(runs), term_keys(runs)
-  panels = [("metric", m) for m in metrics] + [("term", t) for t in terms]
+  panels = ([("metric", m) for m in metrics] + [("term", t) for t in terms]
+            + [("explanation", e) for e in explanation_keys(runs)])
   if not panels:
     raise PlotError("the records hold no metric and no loss term to plot")
   ncols = min(4, len(panels))
@@ -135,16 +147,19 @@ def plot(runs, out, title="Learning curves"):
         if best is not None:
           ax.axvline(best, color=color, linestyle=":", linewidth=1)
       else:
-        points = [(r["step"], r["train"][key]) for r in records
-                  if key in (r.get("train") or {})]
+        part = "train" if kind == "term" else "explanation"
+        points = [(r["step"], r[part][key]) for r in records
+                  if key in (r.get(part) or {})]
         if points:
           ax.plot(*zip(*points), "-", color=color, marker=".", markersize=4,
                   linewidth=1.3)
     if kind == "metric":
       name, _, k = key.partition("@")
       ax.set_title(f"{METRIC_NAMES.get(name, name)}@{k} (x100)", fontsize=10)
-    else:
+    elif kind == "term":
       ax.set_title(f"{key} (mean over each round)", fontsize=10)
+    else:
+      ax.set_title(f"explanation {key} (train pairs)", fontsize=10)
     ax.set_xlabel("training step", fontsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.tick_params(labelsize=8)

@@ -51,6 +51,8 @@ def test_plot_overlays_two_workdirs(tmp_path):
   paper, cml = str(tmp_path / "paper"), str(tmp_path / "cml")
   _real_run(paper)
   _written_run(cml)
+  with open(os.path.join(paper, "metrics.jsonl")) as f:  # MAML explains
+    assert all("entropy_ratio" in json.loads(l)["explanation"] for l in f)
   out = str(tmp_path / "curves.png")
   proc = _run([f"--workdir={paper}", f"--workdir={cml}", "--label=MAML",
                "--label=CML", f"--out={out}"])

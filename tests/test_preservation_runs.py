@@ -51,6 +51,15 @@ def test_preservation_every_round_and_after(tmp_path, model):
     assert 0.0 < meta["all"] < 2.0 and 0.0 < meta["high_degree"] < 2.0
   tags = _events_tags(workdir / "tensorboard")
   assert {"preservation/meta/all", "preservation/meta/high_degree"} <= tags
+  # The explanation's concentration, every round, for a model that explains.
+  if model == "mario":
+    for r in records:
+      ex = r["explanation"]
+      assert 0.0 <= ex["entropy_ratio"] <= 1.0 + 1e-9
+      assert ex["share/interaction"] + ex["share/meta"] == pytest.approx(1.0)
+    assert {"explanation/entropy_ratio", "explanation/share/meta"} <= tags
+  else:
+    assert all("explanation" not in r for r in records)
 
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "scripts", "preservation.py"),
