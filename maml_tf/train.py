@@ -408,12 +408,14 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
       config.select_metric, modalities=ds.modalities,
       progress=None if verbose == 1 else False, patience=config.patience)
   evaluation.extra_summary["protocol"] = protocol_info
-  if model.explains and len(ds.train):
+  watched = explanation_lib.sample_pairs(ds.train)
+  if model.explains and len(watched):
     # How concentrated the explanation weights are (attention entropy, ...)
     # over one fixed sample of train pairs, every round.
-    explained = explanation_lib.sample_pairs(ds.train)
     evaluation.extras["explanation"] = (
-        lambda: explanation_lib.explanation_report(model, explained))
+        lambda: explanation_lib.explanation_report(model, watched))
+  if len(watched) and model.diagnostics(watched):
+    evaluation.extras["diagnostics"] = lambda: model.diagnostics(watched)
   if config.preservation_modalities:
     measured = preservation_dataset(config, ds)
     evaluation.extras["preservation"] = (

@@ -101,6 +101,20 @@ def test_train_step_moves_embeddings_and_memory_and_clips_rows():
     assert np.linalg.norm(_np(table), axis=1).max() <= 1.0 + 1e-6
 
 
+def test_diagnostics_match_numpy():
+  m = _model()
+  pairs = np.array([[0, 1], [2, 7], [5, 3], [6, 0]])
+  P, Q = _np(m.user_embeddings), _np(m.item_embeddings)
+  keys, memory = _np(m.relation.keys), _np(m.relation.memory)
+  r = np.stack([oracles.lrml_relation(P[u], Q[i], keys, memory)[0] for u, i in pairs])
+  out = m.diagnostics(pairs)
+  assert out["relation_norm"] == pytest.approx(np.linalg.norm(r, axis=1).mean(), rel=1e-5)
+  assert out["mean_relation_norm"] == pytest.approx(np.linalg.norm(r.mean(0)), rel=1e-5)
+  assert out["user_norm"] == pytest.approx(np.linalg.norm(P[pairs[:, 0]], axis=1).mean(), rel=1e-5)
+  assert out["item_norm"] == pytest.approx(np.linalg.norm(Q[pairs[:, 1]], axis=1).mean(), rel=1e-5)
+  assert out["max_slice_norm"] == pytest.approx(np.linalg.norm(memory, axis=1).max(), rel=1e-5)
+
+
 def test_lrml_from_the_cli_trains_exports_and_serves(tmp_path):
   from tests.test_cli import run, write_release_layout
   data = tmp_path / "data"
@@ -114,6 +128,11 @@ def test_lrml_from_the_cli_trains_exports_and_serves(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads((workdir / "metrics.json").read_text())
   assert summary["finished"] is True and summary["modalities"] == []
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  for r in records:  # every round: the memory attention's and relation's state
+    assert 0.0 < r["explanation"]["entropy_ratio"] <= 1.0 + 1e-9
+    assert set(r["diagnostics"]) == {"relation_norm", "mean_relation_norm", "user_norm",
+                                     "item_norm", "max_slice_norm"}
   path = tmp_path / "exports" / "lrml_custom" / "1"
   loaded = tf.saved_model.load(str(path))
   out = loaded.signatures["score"](user_ids=tf.constant([0, 1], tf.int64),

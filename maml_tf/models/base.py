@@ -190,6 +190,13 @@ class RankingModel(keras.Model):
     here, once, instead of once per chunk of users inside the compiled
     `score_items`. The default does nothing."""
 
+  def diagnostics(self, pairs) -> Dict[str, float]:
+    """Scalars about the model's state measured every evaluation round on a
+    fixed sample of train pairs [n, 2] (metrics.jsonl's "diagnostics",
+    TensorBoard's `diagnostics/<name>`); {} (nothing recorded) by default."""
+    del pairs
+    return {}
+
   def item_representation(self) -> tf.Tensor:
     """The model's final item embeddings [n_items, d] (e.g. for measuring
     how well they preserve the item features): the item table by default."""

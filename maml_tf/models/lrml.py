@@ -138,6 +138,21 @@ class LRML(base.RankingModel):
     q = tf.gather(self.item_embeddings, items)
     return self.relation.attention(p, q)
 
+  def diagnostics(self, pairs):
+    """Norms of the pairs' relations r and of what they move: mean ||r||,
+    ||mean r|| (the part of r shared by every pair: a constant offset makes
+    -D rank items by q . mean r, the same order for every user), mean ||p||
+    and ||q||, and the largest memory-slice norm."""
+    p = tf.gather(self.user_embeddings, pairs[:, 0])
+    q = tf.gather(self.item_embeddings, pairs[:, 1])
+    r = self.relation(p, q)
+    norm = lambda x: tf.norm(x, axis=-1)  # noqa: E731
+    return {"relation_norm": float(tf.reduce_mean(norm(r))),
+            "mean_relation_norm": float(norm(tf.reduce_mean(r, 0))),
+            "user_norm": float(tf.reduce_mean(norm(p))),
+            "item_norm": float(tf.reduce_mean(norm(q))),
+            "max_slice_norm": float(tf.reduce_max(norm(self.relation.memory)))}
+
   def loss_terms(self, users, items, training=False):
     """The hinge against one negative (column 1 of `items`), summed."""
     p = tf.gather(self.user_embeddings, users)[:, None, :]
