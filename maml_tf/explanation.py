@@ -16,7 +16,8 @@ a model records, over a fixed sample of train pairs:
                 weights for every pair, i.e. no personalisation)
   share/<label> mean of p in that column, for models whose columns are named
 
-`explanation_report(model, pairs)` computes it; the training loop records it
+`explanation_report(model, pairs)` computes it ({} for an explanation of
+one column, which has nothing to measure); the training loop records it
 in `metrics.jsonl` as each round's "explanation" and in TensorBoard as
 `explanation/<key>`.
 """
@@ -72,6 +73,8 @@ def explanation_report(model, pairs) -> Dict[str, float]:
                                  tf.constant(pairs[:, 1], tf.int32),
                                  explain=True)
   weights = np.asarray(weights)
+  if weights.ndim != 2 or weights.shape[1] < 2:
+    return {}  # one column (e.g. a single memory slot): nothing to measure
   out = concentration(weights)
   labels = model.explanation_labels
   if labels:

@@ -409,7 +409,8 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
       progress=None if verbose == 1 else False, patience=config.patience)
   evaluation.extra_summary["protocol"] = protocol_info
   watched = explanation_lib.sample_pairs(ds.train)
-  if model.explains and len(watched):
+  if model.explains and len(watched) and explanation_lib.explanation_report(
+      model, watched[:2]):
     # How concentrated the explanation weights are (attention entropy, ...)
     # over one fixed sample of train pairs, every round.
     evaluation.extras["explanation"] = (

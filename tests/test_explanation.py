@@ -100,3 +100,9 @@ def test_the_report_of_maml_normalises_its_attention_rows(mode):
   assert report["max_weight"] == pytest.approx(p.max(1).mean(), rel=1e-5)
   assert report["entropy_ratio"] == pytest.approx(
       (-(p * np.log(p)).sum(1) / np.log(p.shape[1])).mean(), rel=1e-5)
+
+
+def test_an_explanation_of_one_column_has_nothing_to_report():
+  keras.utils.set_random_seed(0)
+  m = LRML(6, 8, embed_dim=4, memory_slots=1, seed=0)
+  assert explanation.explanation_report(m, np.array([[0, 1], [2, 7]])) == {}
