@@ -17,7 +17,8 @@ import traceback
 from absl import flags
 
 from maml_tf.config import (ATTENTIONS, BACKBONES, DATA_FORMATS, DATASETS,
-                            MARIO_FUSIONS, MODELS, MODES, NEGATIVE_RELATIONS,
+                            LRML_DISTANCES, MARIO_FUSIONS, MODELS, MODES,
+                            NEGATIVE_RELATIONS,
                             PROTOCOL_DEFAULTS, PROTOCOLS, STRATEGIES, Config)
 from maml_tf import models as models_lib
 from maml_tf.errors import MamlError, UsageError
@@ -63,6 +64,9 @@ HELP = {
     "memory_slots": "LRML: number of memory slots N (keys and slices)",
     "negative_relation": "LRML: the negative pair reuses the positive pair's "
                          "relation (positive, the authors' code) or gets its own",
+    "lrml_distance": "LRML: D(u, i) = ||p + r - q||^2 (squared, the paper's), "
+                     "sqrt(||p + r - q||^2 + 1e-3) (l2) or ||p + r - q||_1 (l1), "
+                     "the last two the authors' code's options",
     "backbone": "MARIO: the CF backbone giving the user and interaction "
                 "embeddings: mf (plain tables) or lightgcn (--gcn_layers of "
                 "propagation)",
@@ -165,6 +169,7 @@ def define_flags():
     enums = {"dataset": DATASETS, "mode": MODES, "attention": ATTENTIONS,
              "strategy": STRATEGIES, "model": MODELS, "protocol": PROTOCOLS,
              "negative_relation": NEGATIVE_RELATIONS, "data_format": DATA_FORMATS,
+             "lrml_distance": LRML_DISTANCES,
              "backbone": BACKBONES, "mario_fusion": MARIO_FUSIONS}
     if name in enums:
       options = enums[name]

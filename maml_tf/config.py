@@ -24,6 +24,7 @@ DATASETS = ("office", "custom")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 MODELS = models_lib.NAMES
 NEGATIVE_RELATIONS = ("positive", "own")
+LRML_DISTANCES = ("squared", "l2", "l1")
 DATA_FORMATS = ("auto", "release", "recbole", "mmrec", "npz")
 BACKBONES = ("mf", "lightgcn")
 MARIO_FUSIONS = ("attention", "mean", "max", "fc")
@@ -61,6 +62,7 @@ class Config:
   clip_norm: float = 1.0
   memory_slots: int = 10
   negative_relation: str = "positive"
+  lrml_distance: str = "squared"
 
   # Model: BPR, graph and multimodal models.
   backbone: str = "mf"
@@ -174,6 +176,7 @@ class Config:
     choice("strategy", STRATEGIES)
     choice("model", MODELS)
     choice("negative_relation", NEGATIVE_RELATIONS)
+    choice("lrml_distance", LRML_DISTANCES)
     choice("protocol", PROTOCOLS)
     choice("backbone", BACKBONES)
     choice("mario_fusion", MARIO_FUSIONS)

@@ -270,20 +270,25 @@ def lrml_relation(p, q, keys, memory):
   return r, np.array(beta)
 
 
-def lrml_distance(p, q, r):
-  """||p + r - q||^2 for one pair."""
+def lrml_distance(p, q, r, distance="squared"):
+  """||p + r - q||^2 for one pair; "l2": sqrt(that + 1e-3); "l1": the sum
+  of |p + r - q|."""
   diff = _as_f64(p) + _as_f64(r) - _as_f64(q)
-  return float(sum(x * x for x in diff))
+  if distance == "l1":
+    return float(sum(abs(x) for x in diff))
+  squared = float(sum(x * x for x in diff))
+  return math.sqrt(squared + 1e-3) if distance == "l2" else squared
 
 
-def lrml_loss(P, Q, keys, memory, users, pos, neg, margin, shared_relation=True):
+def lrml_loss(P, Q, keys, memory, users, pos, neg, margin, shared_relation=True,
+              distance="squared"):
   """Sum over the batch of max(0, m + D(u, i+) - D(u, i-))."""
   total = 0.0
   for u, i, j in zip(users, pos, neg):
     r_pos, _ = lrml_relation(P[u], Q[i], keys, memory)
     r_neg = r_pos if shared_relation else lrml_relation(P[u], Q[j], keys, memory)[0]
-    d_pos = lrml_distance(P[u], Q[i], r_pos)
-    d_neg = lrml_distance(P[u], Q[j], r_neg)
+    d_pos = lrml_distance(P[u], Q[i], r_pos, distance)
+    d_neg = lrml_distance(P[u], Q[j], r_neg, distance)
     total += max(0.0, margin + d_pos - d_neg)
   return total
 

@@ -14,10 +14,10 @@ from tests import oracles
 N_USERS, N_ITEMS, K, SLOTS = 7, 9, 4, 3
 
 
-def _model(negative_relation="positive", seed=0):
+def _model(negative_relation="positive", seed=0, distance="squared"):
   keras.utils.set_random_seed(seed)
   m = LRML(N_USERS, N_ITEMS, embed_dim=K, memory_slots=SLOTS, margin=0.5,
-           negative_relation=negative_relation, seed=seed)
+           negative_relation=negative_relation, distance=distance, seed=seed)
   m.compile(optimizer=keras.optimizers.Adam(1e-2, epsilon=1e-8))
   return m
 
@@ -61,9 +61,11 @@ def test_distance_and_attention_match_the_oracle():
                                              rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.parametrize("negative_relation", ["positive", "own"])
-def test_loss_matches_the_oracle(negative_relation):
-  m = _model(negative_relation)
+@pytest.mark.parametrize("negative_relation, distance", [
+    ("positive", "squared"), ("own", "squared"), ("positive", "l2"),
+    ("own", "l1")])
+def test_loss_matches_the_oracle(negative_relation, distance):
+  m = _model(negative_relation, distance=distance)
   rng = np.random.default_rng(2)
   users = rng.integers(0, N_USERS, 12).astype(np.int32)
   items = rng.integers(0, N_ITEMS, (12, 2)).astype(np.int32)
@@ -71,11 +73,32 @@ def test_loss_matches_the_oracle(negative_relation):
   expected = oracles.lrml_loss(
       _np(m.user_embeddings), _np(m.item_embeddings), _np(m.relation.keys),
       _np(m.relation.memory), users, items[:, 0], items[:, 1], 0.5,
-      shared_relation=negative_relation == "positive")
+      shared_relation=negative_relation == "positive", distance=distance)
   assert expected > 0
   assert float(terms["embedding_loss"]) == pytest.approx(expected, rel=1e-5)
   assert float(terms["loss"]) == float(terms["embedding_loss"])
   assert set(terms) == {"loss", "embedding_loss"}
+
+
+@pytest.mark.parametrize("distance", ["l2", "l1"])
+def test_the_code_s_distances_score_against_the_oracle(distance):
+  m = _model(distance=distance)
+  P, Q = _np(m.user_embeddings), _np(m.item_embeddings)
+  keys, memory = _np(m.relation.keys), _np(m.relation.memory)
+  users = np.array([0, 4], np.int32)
+  scores = m.score_items(tf.constant(users), item_chunk=4).numpy()
+  pairs, _ = m.score_pairs(tf.constant(users), tf.constant([3, 8], tf.int32),
+                           explain=True)
+  for row, u in enumerate(users):
+    for i in range(N_ITEMS):
+      r, _ = oracles.lrml_relation(P[u], Q[i], keys, memory)
+      assert scores[row, i] == pytest.approx(
+          -oracles.lrml_distance(P[u], Q[i], r, distance), rel=1e-5)
+  assert pairs.numpy()[1] == pytest.approx(scores[1, 8], rel=1e-5)
+  clone = LRML.from_config(m.get_config())
+  assert clone.distance == distance
+  with pytest.raises(ValueError, match="`distance` must be squared, l2 or l1"):
+    LRML(3, 3, distance="cosine")
 
 
 def test_the_two_negative_relations_differ():
@@ -143,3 +166,16 @@ def test_lrml_from_the_cli_trains_exports_and_serves(tmp_path):
   assert rec["item_ids"].shape == (1, 10)
   info = json.loads((path / "assets.extra" / "export_info.json").read_text())
   assert info["model"] == "lrml"
+
+
+def test_lrml_distance_flag_is_checked_and_reaches_the_model():
+  from maml_tf import config as config_lib
+  from maml_tf.errors import UsageError
+  from maml_tf.models import lrml
+  assert config_lib.LRML_DISTANCES == lrml.DISTANCES
+  with pytest.raises(UsageError, match=r"^`--lrml_distance` must be one of squared, "
+                     r"l2, l1. Received: 'cosine'$"):
+    config_lib.Config(model="lrml", num_neg=1, lrml_distance="cosine").validate()
+  ds = type("DS", (), {"n_users": 3, "n_items": 4})()
+  config = config_lib.Config(model="lrml", num_neg=1, lrml_distance="l1").validate()
+  assert LRML.from_run_config(config, ds).distance == "l1"

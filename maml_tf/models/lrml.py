@@ -2,7 +2,9 @@
 
 Latent Relational Metric Learning: a memory-based attention learns one
 latent relation vector r per user-item pair, and the distance is
-D(u, i) = ||p_u + r - q_i||^2:
+D(u, i) = ||p_u + r - q_i||^2 (`distance="squared"`, the paper's; the
+authors' code offers sqrt(||p_u + r - q_i||^2 + 1e-3), "l2", and the L1
+norm, "l1"):
 
   s = p_u * q_i                 (element-wise joint key)
   beta = softmax(s K^T)         (over the N memory slots; K [N, d] the keys)
@@ -31,6 +33,10 @@ from maml_tf.models import base
 from maml_tf.models.base import map_item_chunks
 
 NEGATIVE_RELATIONS = ("positive", "own")
+# "squared": ||p + r - q||^2 (the paper's); "l2": sqrt(||p + r - q||^2 + 1e-3)
+# and "l1": ||p + r - q||_1, the two distances the authors' code offers.
+DISTANCES = ("squared", "l2", "l1")
+L2_EPSILON = 1e-3
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
@@ -72,9 +78,14 @@ class MemoryRelation(keras.layers.Layer):
     return config
 
 
-def relation_distance(p, q, r):
-  """||p + r - q||^2 over the last axis."""
-  return tf.reduce_sum(tf.square(p + r - q), axis=-1)
+def relation_distance(p, q, r, distance="squared"):
+  """D(u, i) over the last axis: ||p + r - q||^2, its square root with
+  L2_EPSILON under it ("l2"), or the L1 norm of p + r - q ("l1")."""
+  diff = p + r - q
+  if distance == "l1":
+    return tf.reduce_sum(tf.abs(diff), axis=-1)
+  squared = tf.reduce_sum(tf.square(diff), axis=-1)
+  return tf.sqrt(squared + L2_EPSILON) if distance == "l2" else squared
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
@@ -93,10 +104,14 @@ class LRML(base.RankingModel):
 
   def __init__(self, n_users, n_items, embed_dim=64, memory_slots=10,
                margin=0.5, negative_relation="positive", clip_norm=1.0,
-               seed=None, **kwargs):
+               distance="squared", seed=None, **kwargs):
     if negative_relation not in NEGATIVE_RELATIONS:
       raise ValueError("`negative_relation` must be positive or own. "
                        f"Received: {negative_relation!r}")
+    if distance not in DISTANCES:
+      raise ValueError("`distance` must be squared, l2 or l1. "
+                       f"Received: {distance!r}")
+    self.distance = distance
     super().__init__(n_users, n_items, embed_dim=embed_dim, clip_norm=clip_norm,
                      seed=seed, **kwargs)
     base.check_positive("margin", margin)
@@ -124,7 +139,7 @@ class LRML(base.RankingModel):
     """D(u, i) for users [B] and items [B, N], each pair its own relation."""
     p = tf.gather(self.user_embeddings, users)[:, None, :]
     q = tf.gather(self.item_embeddings, items)
-    return relation_distance(p, q, self.relation(p, q))
+    return relation_distance(p, q, self.relation(p, q), self.distance)
 
   def score_pairs(self, users, items, explain=False):
     """-D(u, i) [B, C]; with `explain`, (-D [B], beta [B, N slots])."""
@@ -161,7 +176,7 @@ class LRML(base.RankingModel):
       r = self.relation(p[:, 0], q[:, 0])[:, None, :]  # the positive's, twice
     else:
       r = self.relation(p, q)
-    d = relation_distance(p, q, r)
+    d = relation_distance(p, q, r, self.distance)
     emb = losses.embedding_loss(d[:, 0], d[:, 1:], self.margin, self.n_items,
                                 use_rank_weight=False)
     return {"embedding_loss": emb, "loss": emb}
@@ -176,7 +191,7 @@ class LRML(base.RankingModel):
 
     def block(args):
       q = args[0][None]
-      return -relation_distance(p, q, self.relation(p, q))
+      return -relation_distance(p, q, self.relation(p, q), self.distance)
 
     return map_item_chunks(block, (tf.convert_to_tensor(tables["items"]),),
                            self.n_items, item_chunk)
@@ -187,7 +202,8 @@ class LRML(base.RankingModel):
     if items.shape.rank == 2:
       p = p[:, None, :]
     beta = self.relation.attention(p, q)
-    return -relation_distance(p, q, self.relation.relate(beta)), beta
+    return (-relation_distance(p, q, self.relation.relate(beta), self.distance),
+            beta)
 
   def retrieval_space(self, tables):
     # The relation moves the user by r (||r|| bounded by the slices); plain
@@ -197,14 +213,14 @@ class LRML(base.RankingModel):
   def describe(self):
     out = super().describe()
     out.update(memory_slots=self.memory_slots,
-               negative_relation=self.negative_relation)
+               negative_relation=self.negative_relation, distance=self.distance)
     return out
 
   def get_config(self):
     config = self.base_config()
     config.update(memory_slots=self.memory_slots, margin=self.margin,
                   negative_relation=self.negative_relation,
-                  clip_norm=self.clip_norm)
+                  clip_norm=self.clip_norm, distance=self.distance)
     return config
 
   @classmethod
@@ -212,5 +228,6 @@ class LRML(base.RankingModel):
     return cls(dataset.n_users, dataset.n_items, embed_dim=config.embed_dim,
                memory_slots=config.memory_slots, margin=config.margin,
                negative_relation=config.negative_relation,
-               clip_norm=config.clip_norm, seed=config.seed, name="lrml")
+               clip_norm=config.clip_norm, distance=config.lrml_distance,
+               seed=config.seed, name="lrml")
 
