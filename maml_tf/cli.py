@@ -64,9 +64,10 @@ HELP = {
     "memory_slots": "LRML: number of memory slots N (keys and slices)",
     "negative_relation": "LRML: the negative pair reuses the positive pair's "
                          "relation (positive, the authors' code) or gets its own",
-    "lrml_distance": "LRML: D(u, i) = ||p + r - q||^2 (squared, the paper's), "
-                     "sqrt(||p + r - q||^2 + 1e-3) (l2) or ||p + r - q||_1 (l1), "
-                     "the last two the authors' code's options",
+    "lrml_distance": "LRML: D(u, i) = sqrt(||p + r - q||^2 + 1e-3) (l2, the "
+                     "authors' code's default here) or ||p + r - q||_1 (l1, "
+                     "its other option) or ||p + r - q||^2 (squared, as the "
+                     "paper writes it)",
     "backbone": "MARIO: the CF backbone giving the user and interaction "
                 "embeddings: mf (plain tables) or lightgcn (--gcn_layers of "
                 "propagation)",

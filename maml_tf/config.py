@@ -24,7 +24,7 @@ DATASETS = ("office", "custom")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 MODELS = models_lib.NAMES
 NEGATIVE_RELATIONS = ("positive", "own")
-LRML_DISTANCES = ("squared", "l2", "l1")
+LRML_DISTANCES = ("l2", "l1", "squared")
 DATA_FORMATS = ("auto", "release", "recbole", "mmrec", "npz")
 BACKBONES = ("mf", "lightgcn")
 MARIO_FUSIONS = ("attention", "mean", "max", "fc")
@@ -62,7 +62,7 @@ class Config:
   clip_norm: float = 1.0
   memory_slots: int = 10
   negative_relation: str = "positive"
-  lrml_distance: str = "squared"
+  lrml_distance: str = "l2"
 
   # Model: BPR, graph and multimodal models.
   backbone: str = "mf"

@@ -270,9 +270,9 @@ def lrml_relation(p, q, keys, memory):
   return r, np.array(beta)
 
 
-def lrml_distance(p, q, r, distance="squared"):
-  """||p + r - q||^2 for one pair; "l2": sqrt(that + 1e-3); "l1": the sum
-  of |p + r - q|."""
+def lrml_distance(p, q, r, distance="l2"):
+  """sqrt(||p + r - q||^2 + 1e-3) for one pair (the authors' code);
+  "squared": ||p + r - q||^2; "l1": the sum of |p + r - q|."""
   diff = _as_f64(p) + _as_f64(r) - _as_f64(q)
   if distance == "l1":
     return float(sum(abs(x) for x in diff))
@@ -281,7 +281,7 @@ def lrml_distance(p, q, r, distance="squared"):
 
 
 def lrml_loss(P, Q, keys, memory, users, pos, neg, margin, shared_relation=True,
-              distance="squared"):
+              distance="l2"):
   """Sum over the batch of max(0, m + D(u, i+) - D(u, i-))."""
   total = 0.0
   for u, i, j in zip(users, pos, neg):

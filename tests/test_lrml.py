@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf.models.lrml import LRML, MemoryRelation
+from maml_tf.models.lrml import LRML, MemoryRelation, relation_distance
 from tests import oracles
 
 N_USERS, N_ITEMS, K, SLOTS = 7, 9, 4, 3
 
 
-def _model(negative_relation="positive", seed=0, distance="squared"):
+def _model(negative_relation="positive", seed=0, distance=None):
   keras.utils.set_random_seed(seed)
+  extra = {} if distance is None else {"distance": distance}  # None: the default
   m = LRML(N_USERS, N_ITEMS, embed_dim=K, memory_slots=SLOTS, margin=0.5,
-           negative_relation=negative_relation, distance=distance, seed=seed)
+           negative_relation=negative_relation, seed=seed, **extra)
   m.compile(optimizer=keras.optimizers.Adam(1e-2, epsilon=1e-8))
   return m
 
@@ -62,8 +63,8 @@ def test_distance_and_attention_match_the_oracle():
 
 
 @pytest.mark.parametrize("negative_relation, distance", [
-    ("positive", "squared"), ("own", "squared"), ("positive", "l2"),
-    ("own", "l1")])
+    ("positive", None), ("own", None), ("positive", "squared"),
+    ("own", "squared"), ("positive", "l1")])
 def test_loss_matches_the_oracle(negative_relation, distance):
   m = _model(negative_relation, distance=distance)
   rng = np.random.default_rng(2)
@@ -73,15 +74,15 @@ def test_loss_matches_the_oracle(negative_relation, distance):
   expected = oracles.lrml_loss(
       _np(m.user_embeddings), _np(m.item_embeddings), _np(m.relation.keys),
       _np(m.relation.memory), users, items[:, 0], items[:, 1], 0.5,
-      shared_relation=negative_relation == "positive", distance=distance)
+      shared_relation=negative_relation == "positive", distance=distance or "l2")
   assert expected > 0
   assert float(terms["embedding_loss"]) == pytest.approx(expected, rel=1e-5)
   assert float(terms["loss"]) == float(terms["embedding_loss"])
   assert set(terms) == {"loss", "embedding_loss"}
 
 
-@pytest.mark.parametrize("distance", ["l2", "l1"])
-def test_the_code_s_distances_score_against_the_oracle(distance):
+@pytest.mark.parametrize("distance", ["squared", "l1"])
+def test_the_other_distances_score_against_the_oracle(distance):
   m = _model(distance=distance)
   P, Q = _np(m.user_embeddings), _np(m.item_embeddings)
   keys, memory = _np(m.relation.keys), _np(m.relation.memory)
@@ -97,7 +98,7 @@ def test_the_code_s_distances_score_against_the_oracle(distance):
   assert pairs.numpy()[1] == pytest.approx(scores[1, 8], rel=1e-5)
   clone = LRML.from_config(m.get_config())
   assert clone.distance == distance
-  with pytest.raises(ValueError, match="`distance` must be squared, l2 or l1"):
+  with pytest.raises(ValueError, match="`distance` must be l2, l1 or squared"):
     LRML(3, 3, distance="cosine")
 
 
@@ -173,9 +174,30 @@ def test_lrml_distance_flag_is_checked_and_reaches_the_model():
   from maml_tf.errors import UsageError
   from maml_tf.models import lrml
   assert config_lib.LRML_DISTANCES == lrml.DISTANCES
-  with pytest.raises(UsageError, match=r"^`--lrml_distance` must be one of squared, "
-                     r"l2, l1. Received: 'cosine'$"):
+  with pytest.raises(UsageError, match=r"^`--lrml_distance` must be one of l2, l1, "
+                     r"squared. Received: 'cosine'$"):
     config_lib.Config(model="lrml", num_neg=1, lrml_distance="cosine").validate()
   ds = type("DS", (), {"n_users": 3, "n_items": 4})()
   config = config_lib.Config(model="lrml", num_neg=1, lrml_distance="l1").validate()
   assert LRML.from_run_config(config, ds).distance == "l1"
+
+
+def test_the_default_distance_cannot_be_gamed_by_the_shared_relation():
+  """The defect the squared distance had (the README's LRML diagnosis): with
+  the negative reusing the positive's relation r, growing r along q+ - q-
+  lowers D(u, i+) - D(u, i-) without bound for ||.||^2, so the hinge is met
+  by one offset instead of by the embeddings. With the default (the
+  authors' code's sqrt), |D(u, i+) - D(u, i-)| <= ||q+ - q-|| for any r."""
+  users = tf.constant([0, 1, 2, 3, 4, 5], tf.int32)
+  items = tf.constant([[1, 2], [3, 4], [5, 6], [7, 8], [0, 1], [2, 3]], tf.int32)
+  for distance, bounded in ((None, True), ("squared", False)):
+    m = _model(distance=distance)
+    q = _np(m.item_embeddings)
+    bound = np.linalg.norm(q[items.numpy()[:, 0]] - q[items.numpy()[:, 1]], axis=1)
+    m.relation.memory.assign(m.relation.memory * 1000.0)
+    p = tf.gather(m.user_embeddings, users)
+    qq = tf.gather(m.item_embeddings, items)
+    r = m.relation(p, qq[:, 0])[:, None, :]
+    d = relation_distance(p[:, None, :], qq, r, m.distance).numpy()
+    gap = np.abs(d[:, 0] - d[:, 1])
+    assert (gap <= bound + 1e-3).all() == bounded, (distance, gap, bound)

@@ -28,8 +28,12 @@ def _run(model_name, mode):
   pairs = np.unique(np.stack([rng.integers(0, 30, 300), rng.integers(0, 20, 300)], 1), axis=0)
   ds = data.from_arrays(pairs[:150], pairs[150:],
                         features={"text": rng.normal(size=(20, 6)).astype(np.float32)})
+  # LRML's distance was the squared one then (now `--lrml_distance=squared`;
+  # the default became the authors' code's sqrt later).
+  extra = {"lrml_distance": "squared"} if model_name == "lrml" else {}
   cfg = Config(model=model_name, mode=mode, embed_dim=8, hidden_layer_dim=8, batch_size=32,
-               num_neg=1 if model_name == "lrml" else 4, seed=0, jit_compile=False)
+               num_neg=1 if model_name == "lrml" else 4, seed=0, jit_compile=False,
+               **extra)
   keras.utils.set_random_seed(0)
   model = train.build_model(cfg, train.prepare_data(cfg, ds))
   sampler = PairSampler(ds.train, 32, cfg.num_neg, 0)
