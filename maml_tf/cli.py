@@ -133,6 +133,10 @@ HELP = {
     "restore_from": "start from this checkpoint (weights, optimizer, step): a "
                     "<workdir>/checkpoints/ckpt-<step> prefix, a workdir (its "
                     "last) or <workdir>/checkpoints/best",
+    "init_from": "initialise the model's weights from this checkpoint (same "
+                 "forms as --restore_from; e.g. a faithful run's, to train "
+                 "--mode=paper from it) and train from step 0 with a fresh "
+                 "optimizer; a resumed run ignores it",
     "keep_checkpoints": "how many of the latest checkpoints to keep (the best is kept too)",
     "tensorboard": "write TensorBoard logs under <workdir>/tensorboard",
     "export": "export a SavedModel for TF Serving at the end of training",
@@ -264,6 +268,7 @@ def config_from_workdir(argv, what="the run"):
     FLAGS(list(argv))  # parsed before: keeps FLAGS usable for the error path
     raise UsageError(f"{flagfile}: {str(e).splitlines()[0]}") from None
   FLAGS.restore_from = None  # the run's starting point is irrelevant here
+  FLAGS.init_from = None
   FLAGS.overwrite = False
   return config_from_flags()
 

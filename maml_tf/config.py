@@ -100,6 +100,7 @@ class Config:
   workdir: str = "runs/office"
   overwrite: bool = False
   restore_from: Optional[str] = None
+  init_from: Optional[str] = None  # weights only; step 0, a fresh optimizer
   keep_checkpoints: int = 3
   tensorboard: bool = True
   export: bool = True
@@ -254,9 +255,13 @@ class Config:
         fail(flag, "must name an existing file", path)
     if not self.workdir:
       fail("workdir", "must be a folder path", self.workdir)
-    if self.restore_from and not os.path.exists(self.restore_from) and not (
-        os.path.exists(self.restore_from + ".index")):
-      fail("restore_from", "must name an existing checkpoint", self.restore_from)
+    for flag in ("restore_from", "init_from"):
+      path = getattr(self, flag)
+      if path and not os.path.exists(path) and not os.path.exists(path + ".index"):
+        fail(flag, "must name an existing checkpoint", path)
+    if self.restore_from and self.init_from:
+      fail("init_from", "must not be given with --restore_from (one starting "
+           "point)", self.init_from)
     if self.export_name is not None and not MODALITY_NAME.match(self.export_name):
       fail("export_name", "must be a name like maml_office (a-z, 0-9, _)",
            self.export_name)

@@ -113,7 +113,8 @@ def preservation_dataset(config: Config, ds: Dataset) -> Dataset:
 
 # Flags a resumed run may change: they do not change what is computed.
 RESUMABLE_CHANGES = frozenset({
-    "workdir", "overwrite", "restore_from", "keep_checkpoints", "tensorboard",
+    "workdir", "overwrite", "restore_from", "init_from", "keep_checkpoints",
+    "tensorboard",
     "export", "export_dir", "export_name", "export_topk", "retrieve_candidates",
     "jit_compile", "cache_dir", "train_steps", "strategy",
     # Like train_steps, these only decide when training ends and what runs
@@ -401,6 +402,12 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
           f"{prefix} is at step {start_step}. Received: {config.restore_from!r}")
     if verbose:
       print(f"Starting from {prefix} (step {start_step})", flush=True)
+  elif config.init_from:
+    prefix = checkpoint_lib.resolve(config.init_from, which="last")
+    init_step = checkpoint_lib.restore(model, prefix)  # weights only
+    if verbose:
+      print(f"Weights initialised from {prefix} (its step {init_step}); "
+            "training from step 0", flush=True)
 
   sampler = PairSampler(ds.train, config.batch_size, config.num_neg, config.seed)
   evaluation = eval_lib.EvaluationCallback(
@@ -564,7 +571,7 @@ def _refit(config: Config, ds: Dataset, protocol_info: dict, steps: int,
   workdir = os.path.join(config.workdir, REFIT)
   refit_config = dataclasses.replace(
       config, workdir=workdir, train_steps=steps, patience=0, refit=False,
-      export=False, overwrite=False, restore_from=None)
+      export=False, overwrite=False, restore_from=None, init_from=None)
   refit_ds = _refit_dataset(ds)
   info = dict(protocol_info, refit="train + validation pooled as train",
               sizes={"train": int(len(refit_ds.train)), "valid": 0,

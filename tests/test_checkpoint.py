@@ -333,6 +333,32 @@ def test_restore_from_continues_another_runs_checkpoint(layout, reference,
                 eva_batches=2, train_steps=12), verbose=0)
 
 
+def test_init_from_starts_a_paper_mode_run_from_faithful_weights(layout, reference,
+                                                                   tmp_path):
+  ref_dir, _ = reference
+  start = os.path.join(ref_dir, "checkpoints", f"ckpt-{EVA}")
+  workdir = str(tmp_path / "paper")
+  # A learning rate too small to move anything: the weights the run trained
+  # from are then its checkpoint's, to float precision.
+  summary = train.train_and_evaluate(
+      _config(layout, workdir, init_from=start, mode="paper",
+              learning_rate=1e-12, train_steps=EVA), verbose=0)
+  assert "started_from_step" not in summary
+  assert [r["step"] for r in _records(workdir)] == [EVA]  # from step 0
+  # The weights (float); integer state such as dropout's seed counter moves.
+  before = {k: v for k, v in _tensors(start).items()
+            if k.startswith("model/") and np.issubdtype(v.dtype, np.floating)}
+  after = _tensors(_last(workdir))
+  assert len(before) > 4  # tables and the fusion / attention networks
+  for name, value in before.items():
+    np.testing.assert_allclose(after[name], value, rtol=0, atol=1e-6, err_msg=name)
+  with pytest.raises(UsageError, match="`--init_from` must not be given with "
+                     "--restore_from"):
+    _config(layout, workdir, init_from=start, restore_from=start).validate()
+  with pytest.raises(UsageError, match="`--init_from` must name an existing checkpoint"):
+    _config(layout, workdir, init_from=str(tmp_path / "nothing")).validate()
+
+
 def test_restore_api(layout, reference):
   ref_dir, summary = reference
   config = _config(layout, ref_dir)
