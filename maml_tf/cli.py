@@ -133,6 +133,9 @@ HELP = {
     "restore_from": "start from this checkpoint (weights, optimizer, step): a "
                     "<workdir>/checkpoints/ckpt-<step> prefix, a workdir (its "
                     "last) or <workdir>/checkpoints/best",
+    "paper_trains": "--mode=paper: which networks train with P and Q: fusion, "
+                    "attention or both (the paper's); the others keep their "
+                    "initial weights as in faithful mode",
     "init_from": "initialise the model's weights from this checkpoint (same "
                  "forms as --restore_from; e.g. a faithful run's, to train "
                  "--mode=paper from it) and train from step 0 with a fresh "
@@ -187,7 +190,8 @@ def define_flags():
       flags.DEFINE_integer(name, default, help_)
     elif isinstance(default, float):
       flags.DEFINE_float(name, default, help_)
-    elif name in ("extra_features", "modalities", "topk", "preservation_modalities"):
+    elif name in ("extra_features", "modalities", "topk", "preservation_modalities",
+                  "paper_trains"):
       flags.DEFINE_list(name, None if default is None else list(map(str, default)), help_)
     else:
       flags.DEFINE_string(name, default, help_)
@@ -216,8 +220,8 @@ def config_from_flags() -> Config:
         value = tuple(int(k) for k in value)
       except ValueError:
         raise UsageError(f"`--topk` must be integers. Received: {','.join(value)!r}") from None
-    elif field.name in ("extra_features", "preservation_modalities"):
-      value = tuple(value or ())
+    elif field.name in ("extra_features", "preservation_modalities", "paper_trains"):
+      value = tuple(v.strip() for v in (value or ()) if v.strip())
     elif field.name == "modalities":
       value = None if value is None else tuple(v.strip() for v in value if v.strip())
     values[field.name] = value

@@ -58,6 +58,7 @@ class Config:
   dropout: float = 0.2
   attention_dropout: float = 0.05
   attention_l2: float = 100.0
+  paper_trains: Tuple[str, ...] = ("fusion", "attention")
   feature_scaling: float = 1.0
   clip_norm: float = 1.0
   memory_slots: int = 10
@@ -200,6 +201,11 @@ class Config:
     number("validation_fraction", 0, 1)
     number("seed", 0, integer=True)
     number("patience", 0, integer=True)
+    if (not self.paper_trains
+        or set(self.paper_trains) - {"fusion", "attention"}
+        or len(set(self.paper_trains)) != len(self.paper_trains)):
+      fail("paper_trains", "must name fusion, attention or both, once each",
+           ",".join(self.paper_trains))
     for name in self.preservation_modalities:
       if not MODALITY_NAME.match(name):
         fail("preservation_modalities", "must be modality names like text, "

@@ -202,6 +202,40 @@ def test_paper_step_trains_everything_with_l2_and_dropout():
   assert float(att.regularization_loss()) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("trains", [("attention",), ("fusion",)])
+def test_paper_trains_one_network_and_leaves_the_other_as_faithful(trains):
+  m = _model(mode="paper", paper_trains=trains)
+  users, items = _batch()
+  before = _weights(m)
+  fused = _np(m.fused_features)
+  logs = m.train_step((users, items))
+  after = _weights(m)
+  names = {"fusion": {v.path for v in m.fusion.weights},
+           "attention": {v.path for v in m.attention.weights}}
+  trainable = {v.path for v in m.trainable_variables}
+  for network, paths in names.items():
+    for path in paths:
+      moved = not np.array_equal(before[path], after[path])
+      assert moved == (network in trains), (network, path)
+      assert (path in trainable) == (network in trains), (network, path)
+  assert ("l2_loss" in logs) == ("attention" in trains)
+  if trains == ("attention",):  # the stored F of faithful mode, unchanged
+    np.testing.assert_array_equal(_np(m.item_fusion(training=True)), fused)
+  clone = MAML.from_config(m.get_config())
+  assert clone.paper_trains == trains
+  with pytest.raises(ValueError, match="`paper_trains` must name one or both"):
+    _model(mode="paper", paper_trains=("attention", "embeddings"))
+
+
+def test_paper_trains_flag_is_checked():
+  from maml_tf.config import Config
+  from maml_tf.errors import UsageError
+  for bad in ((), ("fusion", "fusion"), ("tables",)):
+    with pytest.raises(UsageError, match=r"^`--paper_trains` must name fusion, "
+                       r"attention or both, once each"):
+      Config(mode="paper", paper_trains=bad).validate()
+
+
 def test_rows_stay_in_the_unit_ball_after_steps():
   m = _model()
   m.optimizer.learning_rate.assign(0.5)  # big steps push rows outward

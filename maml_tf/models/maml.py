@@ -28,6 +28,8 @@ from maml_tf import losses
 from maml_tf.models import base
 from maml_tf.models.base import map_item_chunks
 
+# The networks --mode=paper trains (both by default; --paper_trains picks).
+PAPER_NETWORKS = ("fusion", "attention")
 TERMS_ORDER = ("loss", "embedding_loss", "feature_loss", "cov_loss", "l2_loss")
 
 
@@ -72,7 +74,8 @@ class MAML(base.RankingModel):
                margin=1.6, feature_l2_reg=5.0, use_rank_weight=True,
                use_cov_loss=True, cov_loss_weight=5.0, dropout=0.2,
                attention_dropout=0.05, attention_l2=100.0,
-               feature_scaling=1.0, clip_norm=1.0, seed=None, **kwargs):
+               feature_scaling=1.0, clip_norm=1.0, paper_trains=PAPER_NETWORKS,
+               seed=None, **kwargs):
     super().__init__(n_users, n_items, embed_dim=embed_dim, clip_norm=clip_norm,
                      seed=seed, **kwargs)
     if mode not in ("faithful", "paper"):
@@ -80,6 +83,11 @@ class MAML(base.RankingModel):
     if attention not in ("scaled", "softmax", "none"):
       raise ValueError("`attention` must be scaled, softmax or none. "
                        f"Received: attention={attention!r}")
+    paper_trains = tuple(paper_trains)
+    if not paper_trains or set(paper_trains) - set(PAPER_NETWORKS):
+      raise ValueError("`paper_trains` must name one or both of fusion, "
+                       f"attention. Received: {paper_trains!r}")
+    self.paper_trains = tuple(n for n in PAPER_NETWORKS if n in paper_trains)
     self.feature_dim = int(feature_dim)
     self.hidden_dim, self.attention_kind, self.mode = int(hidden_dim), attention, mode
     self.margin, self.feature_l2_reg = float(margin), float(feature_l2_reg)
@@ -101,7 +109,7 @@ class MAML(base.RankingModel):
           self.hidden_dim, k, dropout=self.dropout, scaling=self.feature_scaling,
           clip_norm=self.clip_norm, seed=seed, name="fusion")
       self.fusion.build((None, self.feature_dim))
-      self.fusion.trainable = paper
+      self.fusion.trainable = paper and "fusion" in self.paper_trains
 
     self.attention = None
     if attention != "none":
@@ -110,7 +118,7 @@ class MAML(base.RankingModel):
           dropout=self.attention_dropout, l2=self.attention_l2,
           use_features=bool(self.feature_dim), seed=seed, name="attention")
       self.attention.build()
-      self.attention.trainable = paper
+      self.attention.trainable = paper and "attention" in self.paper_trains
 
     # The hand-derived gradient of fastpath.py (faithful mode only); False
     # gives the plain autodiff computation, for tests and benchmarks.
@@ -144,7 +152,7 @@ class MAML(base.RankingModel):
       names.append("feature_loss")
     if self.use_cov_loss:
       names.append("cov_loss")
-    if self.paper_mode and self.attention is not None:
+    if self.paper_mode and self.attention is not None and self.attention.trainable:
       names.append("l2_loss")
     return names
 
@@ -173,10 +181,11 @@ class MAML(base.RankingModel):
 
   # ---------------------------------------------------------------- forward
   def item_fusion(self, training=False):
-    """F for all items: recomputed in paper mode, the stored constant else."""
+    """F for all items: recomputed while the fusion network trains (paper
+    mode), the stored constant else."""
     if self.fusion is None:
       return None
-    if self.paper_mode:
+    if self.paper_mode and self.fusion.trainable:
       return self.fusion(self.item_features, training=training)
     return tf.convert_to_tensor(self.fused_features)
 
@@ -267,7 +276,7 @@ class MAML(base.RankingModel):
     if self.use_cov_loss:
       terms["cov_loss"] = losses.covariance_loss(
           self.item_embeddings, self.user_embeddings, self.cov_loss_weight)
-    if self.paper_mode and self.attention is not None:
+    if self.paper_mode and self.attention is not None and self.attention.trainable:
       terms["l2_loss"] = self.attention.regularization_loss()
     terms["loss"] = tf.add_n(list(terms.values()))
     return terms
@@ -373,6 +382,7 @@ class MAML(base.RankingModel):
         "attention_dropout": self.attention_dropout,
         "attention_l2": self.attention_l2,
         "feature_scaling": self.feature_scaling, "clip_norm": self.clip_norm,
+        "paper_trains": list(self.paper_trains),
         "seed": self.seed, "name": self.name,
     }
 
@@ -391,7 +401,8 @@ class MAML(base.RankingModel):
         use_cov_loss=config.use_cov_loss, cov_loss_weight=config.cov_loss_weight,
         dropout=config.dropout, attention_dropout=config.attention_dropout,
         attention_l2=config.attention_l2, feature_scaling=config.feature_scaling,
-        clip_norm=config.clip_norm, seed=config.seed, name="maml")
+        clip_norm=config.clip_norm, paper_trains=config.paper_trains,
+        seed=config.seed, name="maml")
     if features is not None:
       model.set_item_features(features)
     return model
