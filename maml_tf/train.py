@@ -563,15 +563,17 @@ def _refit_dataset(ds: Dataset) -> Dataset:
 
 def _refit(config: Config, ds: Dataset, protocol_info: dict, steps: int,
            verbose: int, strategy) -> dict:
-  """--refit: a fresh model, same config and seed, trained on train +
-  validation for `steps` steps in <workdir>/refit (a workdir of its own:
-  checkpoints, metrics, resumable). Returns the "refit" block of metrics.json:
+  """--refit: a fresh model, same config, seed and --init_from, trained on
+  train + validation for `steps` steps in <workdir>/refit (a workdir of its
+  own: checkpoints, metrics, resumable). Returns the "refit" block of metrics.json:
   its test metrics at that step.
   """
   workdir = os.path.join(config.workdir, REFIT)
+  # --init_from is kept: the refit starts from the weights the selected run
+  # started from (--restore_from is a run's own history: not carried over).
   refit_config = dataclasses.replace(
       config, workdir=workdir, train_steps=steps, patience=0, refit=False,
-      export=False, overwrite=False, restore_from=None, init_from=None)
+      export=False, overwrite=False, restore_from=None)
   refit_ds = _refit_dataset(ds)
   info = dict(protocol_info, refit="train + validation pooled as train",
               sizes={"train": int(len(refit_ds.train)), "valid": 0,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from maml_tf import checkpoint
 from maml_tf import evaluate as eval_lib
 from maml_tf import protocols
 from maml_tf import train
@@ -394,6 +395,30 @@ def test_a_run_killed_during_refit_resumes_the_refit(scripted, tmp_path):
   assert inner["started_from_step"] == EVA and inner["finished"] is True
   for label in ("best", "refit"):
     assert summary["results"][label]["test"] == reference["results"][label]["test"]
+
+
+def test_refit_starts_from_the_init_from_checkpoint_as_the_main_run(
+    scripted, tmp_path):
+  """--init_from carries over to the refit: both trainings start from the
+  same weights (it once started the refit from a fresh seeded init)."""
+  train.train_and_evaluate(_config(tmp_path / "start", patience=0,
+                                   train_steps=EVA), _tiny(), verbose=0)
+  start = checkpoint.last_prefix(str(tmp_path / "start"))
+  # A learning rate too small to move anything: the refit's weights after
+  # its rounds are the ones it started from, to float precision.
+  train.train_and_evaluate(
+      _config(tmp_path / "run", init_from=start, refit=True,
+              learning_rate=1e-12), _tiny(), verbose=0)
+  refit_dir = tmp_path / "run" / "refit"
+  assert f"--init_from={start}" in (refit_dir / "flags.txt").read_text()
+  reader = tf.train.load_checkpoint(start)
+  after = tf.train.load_checkpoint(checkpoint.last_prefix(str(refit_dir)))
+  names = [n for n in reader.get_variable_to_shape_map()
+           if n.startswith("model/") and "VARIABLE_VALUE" in n]
+  assert len(names) >= 2  # the user and item tables
+  for name in names:
+    np.testing.assert_allclose(after.get_tensor(name), reader.get_tensor(name),
+                               rtol=0, atol=1e-6, err_msg=name)
 
 
 def test_refit_uses_the_real_evaluators_end_to_end(tmp_path):
