@@ -1,5 +1,9 @@
-"""scripts/train.py end to end on a tiny flagfile, and its usage errors."""
+"""scripts/train.py end to end on a tiny flagfile, and its usage errors (the
+real process where the process is the point: exit status of a whole run,
+--debug's traceback; its main in this process for the many one-line errors)."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -35,6 +39,42 @@ def run(args, cwd=ROOT, timeout=300):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   return subprocess.run([sys.executable, SCRIPT] + args, cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+def run_in_process(args):
+  """scripts/train.py's main in this process, as its command line runs it
+  (the same flag parsing, cli.run and exit statuses; no interpreter and
+  TensorFlow start-up per call). Returns a CompletedProcess. An exception
+  that would have been a traceback propagates and fails the test."""
+  from absl import flags as absl_flags
+  from maml_tf import cli
+  if "model" not in absl_flags.FLAGS:
+    cli.define_flags()
+  script = _train_script()
+  absl_flags.FLAGS.unparse_flags()
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      code = script.main(cli.parse_flags([SCRIPT] + list(args)))
+    except SystemExit as e:  # flag errors: usage_error exits 2
+      code = e.code
+    finally:
+      absl_flags.FLAGS.unparse_flags()
+  return subprocess.CompletedProcess([SCRIPT] + list(args), code,
+                                     out.getvalue(), err.getvalue())
+
+
+def _train_script():
+  """scripts/train.py as a module, without its flag definitions (this
+  process defines them once, above)."""
+  import importlib.util
+  import unittest.mock
+  from maml_tf import cli
+  spec = importlib.util.spec_from_file_location("_train_script", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  with unittest.mock.patch.object(cli, "define_flags", lambda: None):
+    spec.loader.exec_module(module)
+  return module
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +161,7 @@ def test_finished_workdir_is_not_silently_overwritten(tiny):
     (["--memory_slots=0"], "`--memory_slots` must be >= 1. Received: 0"),
 ])
 def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
-  proc = run(args + [f"--workdir={tmp_path / 'w'}", "--noexport",
+  proc = run_in_process(args + [f"--workdir={tmp_path / 'w'}", "--noexport",
                      f"--cache_dir={tmp_path / 'cache'}"])
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert message in proc.stderr

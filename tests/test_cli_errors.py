@@ -1,7 +1,9 @@
 """Bad input through the real CLI: exit code 2, one clear line, nothing written.
 
 Each case starts from a valid tiny dataset in the release's layout, breaks one
-thing, runs scripts/train.py and checks the message names the file (or the
+thing, runs scripts/train.py's main (in this process: the same parsing and
+exit statuses as its command line; tests/test_cli.py runs the real process)
+and checks the message names the file (or the
 flag), the rule and the value.
 """
 
@@ -11,7 +13,7 @@ import pickle
 import numpy as np
 import pytest
 
-from tests.test_cli import run, write_release_layout
+from tests.test_cli import run_in_process, write_release_layout
 
 
 def _rewrite(path, old, new):
@@ -139,7 +141,7 @@ def test_bad_data_exits_2_with_one_clear_line(tmp_path, case):
   write_release_layout(str(data))
   breaker(data)
   workdir = tmp_path / "w"
-  proc = run(["--dataset=custom", f"--data_dir={data}",
+  proc = run_in_process(["--dataset=custom", f"--data_dir={data}",
               f"--extra_features=meta={data / 'meta.npy'}", "--batch_size=8",
               "--train_steps=2", "--eva_batches=2", "--noexport",
               "--notensorboard", f"--workdir={workdir}",

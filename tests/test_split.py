@@ -21,7 +21,7 @@ from maml_tf.config import Config
 from maml_tf.dataset_types import Dataset
 from maml_tf.errors import UsageError
 from maml_tf.protocols import split as split_lib
-from tests.test_cli import run, write_release_layout
+from tests.test_cli import run, run_in_process, write_release_layout
 
 
 def _pairs_dataset(counts, n_items=60, seed=0, test_share=0.3):
@@ -492,7 +492,7 @@ def test_split_protocol_from_the_cli(layout, tmp_path):
 def test_new_flags_usage_errors_exit_2_with_one_line(layout, tmp_path, args,
                                                      message):
   data, _ = layout
-  proc = run(["--dataset=custom", f"--data_dir={data}", "--model=cml",
+  proc = run_in_process(["--dataset=custom", f"--data_dir={data}", "--model=cml",
               "--batch_size=16", "--train_steps=6", "--eva_batches=3",
               "--noexport", "--notensorboard", f"--workdir={tmp_path / 'w'}"]
              + args)
