@@ -95,6 +95,10 @@ HELP = {
     "hidden_layer_dim": "fusion MLP width H",
     "dropout": "fusion dropout rate (active only in paper mode)",
     "attention_dropout": "attention dropout rate (active only in paper mode)",
+    "network_lr_scale": "multiplies --learning_rate for every trained weight "
+                        "but the user and item tables (MAML's attention and "
+                        "fusion networks in paper mode, LRML's memory, "
+                        "MARIO's encoders, attention and decoders)",
     "attention_l2": "L2 weight on the attention kernels (counted only in paper mode)",
     "feature_scaling": "scale of the fusion output before clipping",
     "clip_norm": "radius of the unit ball for embeddings and fusion output",

@@ -80,6 +80,8 @@ class Config:
   use_cov_loss: bool = True
   cov_loss_weight: float = 5.0
   learning_rate: float = 1e-3
+  # Multiplies learning_rate for every weight but the user and item tables.
+  network_lr_scale: float = 1.0
 
   # Sampling, schedule, evaluation.
   num_neg: int = 4
@@ -194,7 +196,8 @@ class Config:
     number("hidden_layer_dim", 2, integer=True)
     for flag in ("dropout", "attention_dropout"):
       number(flag, 0, 1)
-    for flag in ("margin", "learning_rate", "clip_norm", "feature_scaling"):
+    for flag in ("margin", "learning_rate", "clip_norm", "feature_scaling",
+                 "network_lr_scale"):
       number(flag, 0, low_open=True)
     for flag in ("attention_l2", "feature_l2_reg", "cov_loss_weight"):
       number(flag, 0)

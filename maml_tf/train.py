@@ -36,6 +36,7 @@ from maml_tf import evaluate as eval_lib
 from maml_tf import explanation as explanation_lib
 from maml_tf import formats as formats_lib
 from maml_tf import models as models_lib
+from maml_tf import optimizers as optimizers_lib
 from maml_tf import preservation as preservation_lib
 from maml_tf import protocols
 from maml_tf import vocab as vocab_lib
@@ -267,7 +268,9 @@ def build_model(config: Config, ds: Dataset, strategy=None):
   with scope:
     model = models_lib.build(config, ds)
     model.compile(
-        optimizer=keras.optimizers.Adam(
+        optimizer=optimizers_lib.GroupedAdam(
+            tables=model.table_variables(),
+            network_scale=config.network_lr_scale,
             learning_rate=config.learning_rate, beta_1=0.9, beta_2=0.999,
             epsilon=1e-8),
         jit_compile=config.jit_compile and strategy is None)

@@ -93,7 +93,7 @@ def test_conditional_entries_follow_the_base_run():
   faithful = {p.name for p in tuning.build_space(Config(validation_fraction=0.1))}
   paper = {p.name for p in tuning.build_space(
       Config(validation_fraction=0.1, mode="paper"))}
-  assert paper - faithful == {"attention_l2", "dropout"}
+  assert paper - faithful == {"attention_l2", "dropout", "network_lr_scale"}
   with pytest.raises(UsageError, match=r"`--search_space` entry dropout "
                      r"applies only with --mode=paper"):
     tuning.build_space(Config(validation_fraction=0.1), ["dropout"])

@@ -126,6 +126,11 @@ class RankingModel(keras.Model):
     self.built = True
 
   # ------------------------------------------------------------ tables
+  def table_variables(self):
+    """The user and item tables: what --network_lr_scale leaves at
+    --learning_rate (every other trained weight is scaled)."""
+    return [self.user_embeddings, self.item_embeddings]
+
   @property
   def user_embeddings(self):
     return self.user_table.embeddings

@@ -67,6 +67,7 @@ class MAML(base.RankingModel):
       "embed_dim": ("choice", [32, 64, 128]),
       "attention_l2": ("float", 1e-2, 1e3, "log", {"mode": "paper"}),
       "dropout": ("float", 0.0, 0.5, "linear", {"mode": "paper"}),
+      "network_lr_scale": ("float", 1e-2, 1.0, "log", {"mode": "paper"}),
   }
 
   def __init__(self, n_users, n_items, feature_dim=0, embed_dim=64,
