@@ -42,39 +42,27 @@ def run(args, cwd=ROOT, timeout=300):
 
 
 def run_in_process(args):
-  """scripts/train.py's main in this process, as its command line runs it
-  (the same flag parsing, cli.run and exit statuses; no interpreter and
-  TensorFlow start-up per call). Returns a CompletedProcess. An exception
-  that would have been a traceback propagates and fails the test."""
+  """What scripts/train.py's main runs (`cli.run(cli.train_main)` after
+  `cli.parse_flags`), in this process: the same parsing, one-line errors and
+  exit statuses, without an interpreter and TensorFlow start-up per call.
+  Returns a CompletedProcess. An exception that would have been a traceback
+  propagates and fails the test."""
   from absl import flags as absl_flags
   from maml_tf import cli
   if "model" not in absl_flags.FLAGS:
     cli.define_flags()
-  script = _train_script()
   absl_flags.FLAGS.unparse_flags()
   out, err = io.StringIO(), io.StringIO()
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     try:
-      code = script.main(cli.parse_flags([SCRIPT] + list(args)))
+      cli.parse_flags([SCRIPT] + list(args))
+      code = cli.run(cli.train_main)
     except SystemExit as e:  # flag errors: usage_error exits 2
       code = e.code
     finally:
       absl_flags.FLAGS.unparse_flags()
   return subprocess.CompletedProcess([SCRIPT] + list(args), code,
                                      out.getvalue(), err.getvalue())
-
-
-def _train_script():
-  """scripts/train.py as a module, without its flag definitions (this
-  process defines them once, above)."""
-  import importlib.util
-  import unittest.mock
-  from maml_tf import cli
-  spec = importlib.util.spec_from_file_location("_train_script", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  with unittest.mock.patch.object(cli, "define_flags", lambda: None):
-    spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope="module")

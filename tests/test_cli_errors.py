@@ -1,7 +1,7 @@
 """Bad input through the real CLI: exit code 2, one clear line, nothing written.
 
 Each case starts from a valid tiny dataset in the release's layout, breaks one
-thing, runs scripts/train.py's main (in this process: the same parsing and
+thing, runs what scripts/train.py runs (in this process: the same parsing and
 exit statuses as its command line; tests/test_cli.py runs the real process)
 and checks the message names the file (or the
 flag), the rule and the value.
