@@ -571,8 +571,10 @@ class Search:
     from keras_tuner import errors as kt_errors  # pylint: disable=g-import-not-at-top
     from maml_tf import train as train_lib  # pylint: disable=g-import-not-at-top
     values = trial.hyperparameters.values
+    # A trial is scored on validation only, so it never refits (a base
+    # --refit is kept for best.flags, whose run reports the refit model).
     overrides = dict(workdir=self.trial_workdir(trial.trial_id), export=False,
-                     overwrite=False, restore_from=None)
+                     overwrite=False, restore_from=None, refit=False)
     if "tuner/epochs" in values:
       overrides["train_steps"] = values["tuner/epochs"] * self.base.eva_batches
       parent = values.get("tuner/trial_id")

@@ -224,6 +224,22 @@ def test_a_failing_trial_fails_alone_and_is_reported(tiny):
   assert "\n--batch_size=16\n" in best_flags
 
 
+def test_trials_never_refit_and_best_flags_keeps_the_base_refit(tiny):
+  root, _ = tiny
+  base = base_config(root, refit=True)
+  tune_dir = root / "refit_base"
+  settings = tuning.TuneSettings(tune_dir=str(tune_dir), max_trials=1,
+                                 search_space=("margin",))
+  record = tuning.search(base, settings, verbose=0)["trials"][0]
+  assert record["status"] == "COMPLETED"
+  workdir = tune_dir / "trials" / record["trial_id"]
+  summary = json.loads((workdir / "metrics.json").read_text())
+  assert "refit" not in summary["results"] and "refit" not in summary
+  assert not (workdir / "refit").exists()
+  assert "--norefit\n" in _flags(str(workdir))
+  assert "\n--refit\n" in (tune_dir / "best.flags").read_text()
+
+
 def _trial_state(tune_dir):
   """(finished trial ids, ids of unfinished runs that have a checkpoint)."""
   done, partial = [], []
