@@ -202,7 +202,9 @@ def prepare_workdir(config: Config, read_only: bool = False) -> Optional[str]:
   nothing is written or cleared: it only decides, or refuses, the same way.
 
   - A finished run (metrics.json says "finished": true) is refused unless
-    --overwrite, which clears it.
+    --overwrite, which clears it, or --refit when it has no refit yet: it is
+    resumed from its last checkpoint (nothing more is trained up to its
+    train_steps) and the refit is added.
   - An unfinished run with a checkpoint is resumed from its last checkpoint
     when its flags match (train_steps, keep_checkpoints, tensorboard, export
     and jit_compile may change); with other flags it is refused unless
@@ -227,10 +229,13 @@ def prepare_workdir(config: Config, read_only: bool = False) -> Optional[str]:
   summary_path = os.path.join(workdir, "metrics.json")
   try:
     with open(summary_path) as f:
-      finished = json.load(f).get("finished") is True
+      summary = json.load(f)
+    finished = summary.get("finished") is True
   except (OSError, ValueError, AttributeError):
-    finished = False
-  if finished:
+    summary, finished = {}, False
+  adds_refit = (finished and config.refit and not config.overwrite
+                and "refit" not in summary.get("results", {}))
+  if finished and not adds_refit:
     if not config.overwrite:
       raise UsageError(
           f"`--workdir` holds a finished run ({summary_path}); pass --overwrite"
@@ -238,6 +243,10 @@ def prepare_workdir(config: Config, read_only: bool = False) -> Optional[str]:
     clear(workdir)
     return None
   last = checkpoint_lib.last_prefix(workdir)
+  if last is None and adds_refit:
+    raise UsageError(
+        f"`--refit` on a finished run needs its checkpoints; {workdir} has "
+        f"none. Pass --overwrite to train it again. Received: {workdir!r}")
   if last is None:
     clear(workdir)
     return None
@@ -249,7 +258,8 @@ def prepare_workdir(config: Config, read_only: bool = False) -> Optional[str]:
     shown = ", ".join(f"--{name}: {there} there, {here} here"
                       for name, there, here in changed[:3])
     raise UsageError(
-        f"`--workdir` holds an unfinished run with other settings ({shown}); "
+        f"`--workdir` holds {'a finished' if adds_refit else 'an unfinished'}"
+        f" run with other settings ({shown}); "
         f"rerun with --flagfile={os.path.join(workdir, 'flags.txt')} to resume "
         f"it, or pass --overwrite to start afresh. Received: {workdir!r}")
   return last

@@ -8,6 +8,7 @@ All data is tiny and written here.
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -395,6 +396,46 @@ def test_a_run_killed_during_refit_resumes_the_refit(scripted, tmp_path):
   assert inner["started_from_step"] == EVA and inner["finished"] is True
   for label in ("best", "refit"):
     assert summary["results"][label]["test"] == reference["results"][label]["test"]
+
+
+def test_refit_added_to_a_finished_run_equals_a_run_made_with_it(
+    scripted, tmp_path):
+  """A finished run rerun with --refit (and no refit yet) trains no main
+  round, keeps its rounds and best, and gains the refit a --refit run from
+  the start would have; then, like any finished run, it is refused."""
+  reference = train.train_and_evaluate(
+      _config(tmp_path / "reference", refit=True), _tiny(), verbose=0)
+  workdir = tmp_path / "added"
+  first = train.train_and_evaluate(_config(workdir), _tiny(), verbose=0)
+  assert "refit" not in first["results"]
+  rounds = (workdir / "metrics.jsonl").read_text()
+  scripted["log"].clear()
+  summary = train.train_and_evaluate(_config(workdir, refit=True), _tiny(),
+                                     verbose=0)
+  assert not [s for s, _, _ in scripted["log"] if s == "valid"]  # no main round
+  assert (workdir / "metrics.jsonl").read_text() == rounds
+  assert summary["results"]["best"] == first["results"]["best"]
+  for label in ("best", "refit"):
+    assert summary["results"][label]["test"] == reference["results"][label]["test"]
+  assert "\n--refit\n" in (workdir / "flags.txt").read_text()
+  with pytest.raises(UsageError, match="holds a finished run"):
+    train.train_and_evaluate(_config(workdir, refit=True), _tiny(), verbose=0)
+  # With other settings it is refused, as an unfinished run is, and kept.
+  other = tmp_path / "other"
+  train.train_and_evaluate(_config(other), _tiny(), verbose=0)
+  kept = (other / "metrics.json").read_text()
+  with pytest.raises(UsageError, match=r"holds a finished run with other "
+                     r"settings \(--margin: "):
+    train.train_and_evaluate(_config(other, refit=True, margin=0.3), _tiny(),
+                             verbose=0)
+  assert (other / "metrics.json").read_text() == kept
+  assert not (other / "refit").exists()
+  # Without its checkpoints there is nothing to resume: refused, kept.
+  shutil.rmtree(other / "checkpoints")
+  with pytest.raises(UsageError, match=r"`--refit` on a finished run needs its "
+                     r"checkpoints"):
+    train.train_and_evaluate(_config(other, refit=True), _tiny(), verbose=0)
+  assert (other / "metrics.json").read_text() == kept
 
 
 def test_refit_starts_from_the_init_from_checkpoint_as_the_main_run(
