@@ -362,3 +362,38 @@ def test_a_trial_whose_run_finished_unrecorded_is_not_trained_again(tiny):
   assert len(again) == 1 and again[0]["status"] == "COMPLETED"
   assert again[0]["objective"] == first["objective"]
   assert (tune_dir / "trials" / "0" / "metrics.jsonl").read_text() == rounds
+
+
+# --- The committed tuned flagfiles ---------------------------------------------
+
+
+def test_the_tuned_office_flagfiles_hold_their_searches_best_values():
+  """flags/tuned/*.flags (README, "Tuned, honest results"): each parses and
+  validates as a run of scripts/train.py, reports the refit model, keeps the
+  search's protocol and budget, and holds exactly the best values its header
+  names (the file was made from the search's best.flags)."""
+  import glob
+  from absl import flags as absl_flags
+  from maml_tf import cli
+  if "model" not in absl_flags.FLAGS:
+    cli.define_flags()
+  paths = sorted(glob.glob(os.path.join(ROOT, "flags", "tuned", "*.flags")))
+  assert len(paths) >= 4, paths
+  for path in paths:
+    text = open(path).read()
+    best = text.split("# Best values: ")[1].splitlines()[0].split(", ")
+    absl_flags.FLAGS.unparse_flags()
+    try:
+      absl_flags.FLAGS(["x", f"--flagfile={path}"])
+      config = cli.config_from_flags().validate()
+    finally:
+      absl_flags.FLAGS.unparse_flags()
+    assert config.refit and config.validation_fraction == 0.1, path
+    assert (config.train_steps, config.eva_batches) == (2000, 400), path
+    assert config.select_metric == "ndcg@10", path
+    assert "5 trials x 2000 steps = 10,000 training steps" in text, path
+    for entry in best:
+      name, value = entry[2:].split("=", 1)
+      assert f"\n--{name}={value}\n" in text, (path, entry)
+      field = getattr(config, name)
+      assert field == type(field)(value), (path, name, field, value)
