@@ -393,6 +393,7 @@ def test_the_tuned_office_flagfiles_hold_their_searches_best_values():
     steps = int(re.search(r"# Search: random: 5 trials x (\d+) steps = ",
                           text).group(1))
     assert steps in (2000, 6000), (path, steps)
+    assert f"5 trials x {steps} steps = {5 * steps:,} training steps" in text, path
     assert f"--train_steps={steps} " in text, path  # the header's command
     assert (config.train_steps, config.eva_batches) == (steps, 400), path
     assert config.select_metric == "ndcg@10", path
