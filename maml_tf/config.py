@@ -2,7 +2,16 @@
 
 The field names are the command-line flag names, so `Config.to_flagfile()`
 writes a flagfile that reruns the experiment exactly. Defaults are the
-release's Office settings (SPEC §6) and its hard-coded constants.
+release's Office settings (docs/spec.md §6) and its hard-coded constants.
+
+Each field is declared once, with `setting(...)`, and carries every fact
+about its flag: the help line, the group `--help` lists it under, its
+choices or its range (checked by `Config.validate`), and whether a resumed
+run or search may change it. The command line (`maml_tf.cli`), the
+resume check (`maml_tf.train`) and the tuner (`maml_tf.tuning`) read those
+facts from here; nothing else lists flag names. A new flag is one
+`setting(...)` line (plus a rule in `validate` only if it involves other
+flags).
 """
 
 from __future__ import annotations
@@ -30,89 +39,291 @@ BACKBONES = ("mf", "lightgcn")
 MARIO_FUSIONS = ("attention", "mean", "max", "fc")
 MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
+# `--help` lists the flags under these headings, in this order.
+GROUPS = ("data", "model", "training", "evaluation", "outputs", "export",
+          "distribution")
+# What a resumed run may change without invalidating the rounds it has:
+# "any" -- where and how results are written (a resumed search may change it
+# too); "run" -- when training ends, what runs after it, or where it starts.
+RESUME_ANY, RESUME_RUN = "any", "run"
+
+
+def setting(default, help, *, group, choices=None, low=None, high=None,
+            low_open=False, high_open=True, integer=False, kind=None,
+            resume=None, searchable=True, protocol_default=False):
+  """A Config field with its flag's facts.
+
+  Args:
+    default: the flag's default (None: unset).
+    help: the one-line help text.
+    group: one of GROUPS (the `--help` heading).
+    choices: the allowed values (a string flag).
+    low, high, low_open, high_open, integer: the range rule checked by
+      `validate` (low inclusive and high exclusive unless said otherwise).
+    kind: the flag's type where the default does not tell it: "list" (a
+      comma-separated list), "int", "float" or "string".
+    resume: RESUME_ANY or RESUME_RUN (see above); None: a resumed run must
+      keep the value.
+    searchable: False for a flag a search may not vary (the budget, the
+      objective, the data it is measured on, where and how a run writes).
+    protocol_default: unset means the protocol's default (protocols.DEFAULTS).
+  """
+  assert group in GROUPS, group
+  meta = dict(help=help, group=group, choices=choices, low=low, high=high,
+              low_open=low_open, high_open=high_open, integer=integer,
+              kind=kind, resume=resume, searchable=searchable,
+              protocol_default=protocol_default)
+  return dataclasses.field(default=default, metadata=meta)
+
+
+def _model_help() -> str:
+  return "the model: " + "; ".join(
+      f"{spec.name} ({spec.help})" for spec in models_lib.SPECS)
+
+
+_FIXED = dict(searchable=False)
+_IO = dict(resume=RESUME_ANY, searchable=False)
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """A run's settings. See scripts/train.py for the help text of each."""
+  """A run's settings; `maml-tf train --help` lists them with their help."""
 
-  # Data.
-  dataset: str = "office"
-  data_dir: Optional[str] = None
-  text_features: Optional[str] = None
-  image_features: Optional[str] = None
-  extra_features: Tuple[str, ...] = ()  # "name=path" items
-  modalities: Optional[Tuple[str, ...]] = None  # None: the dataset's default
-  text_dim: int = 512
-  cache_dir: Optional[str] = None
-  validation_fraction: float = 0.0
-  data_format: str = "auto"
-  min_rating: Optional[float] = None  # None: keep every rating
-  kcore: int = 0  # 0: no k-core filter
+  # ------------------------------------------------------------- data
+  dataset: str = setting(
+      "office", "office (the embedded Office data) or custom (--data_dir in "
+      "the release's layout)", group="data", choices=DATASETS, **_FIXED)
+  data_dir: Optional[str] = setting(
+      None, "folder with train.csv and test.csv (release layout)",
+      group="data", kind="string", **_FIXED)
+  text_features: Optional[str] = setting(
+      None, "text modality file: a gensim Doc2Vec model whose tags are asins, "
+      "or a .npy (asin->vector dict, or [n_items, d] matrix)", group="data",
+      kind="string", **_FIXED)
+  image_features: Optional[str] = setting(
+      None, "image modality file: .npy asin->vector dict or [n_items, d] "
+      "matrix", group="data", kind="string", **_FIXED)
+  extra_features: Tuple[str, ...] = setting(
+      (), "further modalities as name=path (.npy matrix or dict)",
+      group="data", kind="list", **_FIXED)
+  modalities: Optional[Tuple[str, ...]] = setting(
+      None, "modalities to use, in order (e.g. text,meta); empty for none "
+      "(CML); default: all the dataset has", group="data", kind="list",
+      **_FIXED)
+  text_dim: int = setting(
+      512, "Doc2Vec size when the project builds text features", group="data",
+      low=1, integer=True)
+  cache_dir: Optional[str] = setting(
+      None, "where built text features are cached (default $MAML_TF_CACHE or "
+      "~/.cache/maml_tf)", group="data", kind="string", **_IO)
+  validation_fraction: float = setting(
+      0.0, "share of each user's train items held out to select the best "
+      "round (0: the release's protocol)", group="data", low=0, high=1,
+      **_FIXED)
+  data_format: str = setting(
+      "auto", "format of --data_dir: release (train.csv, test.csv, optional "
+      "valid.csv), recbole (<name>.inter, optional <name>.item, or "
+      "<name>.train/.valid/.test.inter), mmrec (<name>.inter with x_label, "
+      "image_feat.npy, text_feat.npy), npz (train.npz, test.npz, optional "
+      "valid.npz scipy sparse user x item matrices) or auto (detected from "
+      "the files)", group="data", choices=DATA_FORMATS, **_FIXED)
+  min_rating: Optional[float] = setting(
+      None, "keep only interactions rated at least this (needs a rating "
+      "column); unset keeps all", group="data", kind="float", **_FIXED)
+  kcore: int = setting(
+      0, "iterated k-core filter: drop users and items with fewer than k "
+      "interactions until none is left (0: off)", group="data", low=0,
+      integer=True, **_FIXED)
 
-  # Model.
-  model: str = "maml"
-  mode: str = "faithful"
-  attention: str = "scaled"
-  embed_dim: int = 64
-  hidden_layer_dim: int = 256
-  dropout: float = 0.2
-  attention_dropout: float = 0.05
-  attention_l2: float = 100.0
-  paper_trains: Tuple[str, ...] = ("fusion", "attention")
-  feature_scaling: float = 1.0
-  clip_norm: float = 1.0
-  memory_slots: int = 10
-  negative_relation: str = "positive"
-  lrml_distance: str = "l2"
+  # ------------------------------------------------------------- model
+  model: str = setting("maml", _model_help(), group="model", choices=MODELS,
+                       **_FIXED)
+  mode: str = setting(
+      "faithful", "faithful (the release: only P and Q train) or paper (the "
+      "networks train, dropout and L2 active)", group="model", choices=MODES)
+  attention: str = setting(
+      "scaled", "scaled (alpha=K), softmax (alpha=1) or none (plain CML "
+      "distance)", group="model", choices=ATTENTIONS)
+  embed_dim: int = setting(64, "embedding size K", group="model", low=1,
+                           integer=True)
+  hidden_layer_dim: int = setting(
+      256, "fusion MLP width H", group="model", low=2, integer=True)
+  dropout: float = setting(
+      0.2, "fusion dropout rate (active only in paper mode)", group="model",
+      low=0, high=1)
+  attention_dropout: float = setting(
+      0.05, "attention dropout rate (active only in paper mode)",
+      group="model", low=0, high=1)
+  attention_l2: float = setting(
+      100.0, "L2 weight on the attention kernels (counted only in paper "
+      "mode)", group="model", low=0)
+  paper_trains: Tuple[str, ...] = setting(
+      ("fusion", "attention"), "--mode=paper: which networks train with P "
+      "and Q: fusion, attention or both (the paper's); the others keep their "
+      "initial weights as in faithful mode", group="model", kind="list")
+  feature_scaling: float = setting(
+      1.0, "scale of the fusion output before clipping", group="model", low=0,
+      low_open=True)
+  clip_norm: float = setting(
+      1.0, "radius of the unit ball for embeddings and fusion output",
+      group="model", low=0, low_open=True)
+  memory_slots: int = setting(
+      10, "LRML: number of memory slots N (keys and slices)", group="model",
+      low=1, integer=True)
+  negative_relation: str = setting(
+      "positive", "LRML: the negative pair reuses the positive pair's "
+      "relation (positive, the authors' code) or gets its own", group="model",
+      choices=NEGATIVE_RELATIONS)
+  lrml_distance: str = setting(
+      "l2", "LRML: D(u, i) = sqrt(||p + r - q||^2 + 1e-3) (l2, the authors' "
+      "code's default here) or ||p + r - q||_1 (l1, its other option) or "
+      "||p + r - q||^2 (squared, as the paper writes it)", group="model",
+      choices=LRML_DISTANCES)
+  backbone: str = setting(
+      "mf", "MARIO: the CF backbone giving the user and interaction "
+      "embeddings: mf (plain tables) or lightgcn (--gcn_layers of "
+      "propagation)", group="model", choices=BACKBONES)
+  gcn_layers: int = setting(
+      3, "LightGCN (and MARIO's lightgcn backbone): propagation layers L over "
+      "the normalised train graph (>= 1)", group="model", low=1, integer=True)
+  l2_reg: float = setting(
+      1e-4, "mf, lightgcn, mario: weight lambda of the L2 on the batch's ego "
+      "embeddings, lambda * sum ||row||^2 / (2 B)", group="model", low=0)
+  mp_weight: float = setting(
+      0.1, "MARIO: weight mu of the modality-preserving loss, the decoders' "
+      "L1 error relative to the features' mean |x| (0: the mu = 0 ablation)",
+      group="model", low=0)
+  mario_fusion: str = setting(
+      "attention", "MARIO: how the modality embeddings are combined: "
+      "attention (modality-aware), mean, max or fc (a dense layer on their "
+      "concatenation)", group="model", choices=MARIO_FUSIONS)
+  mario_hidden: int = setting(
+      64, "MARIO: hidden width of the modality attention MLP", group="model",
+      low=1, integer=True)
 
-  # Model: BPR, graph and multimodal models.
-  backbone: str = "mf"
-  gcn_layers: int = 3
-  l2_reg: float = 1e-4
-  mp_weight: float = 0.1
-  mario_fusion: str = "attention"
-  mario_hidden: int = 64
-
-  # Loss and optimiser.
-  margin: float = 1.6
-  feature_l2_reg: float = 5.0
-  use_rank_weight: bool = True
-  use_cov_loss: bool = True
-  cov_loss_weight: float = 5.0
-  learning_rate: float = 1e-3
-  # Multiplies learning_rate for every weight but the user and item tables.
-  network_lr_scale: float = 1.0
-
-  # Sampling, schedule, evaluation.
-  num_neg: int = 4
-  batch_size: int = 5000
-  train_steps: int = 4000
-  eva_batches: int = 400
+  # ------------------------------------------------------------- training
+  margin: float = setting(1.6, "hinge margin", group="training", low=0,
+                          low_open=True)
+  feature_l2_reg: float = setting(
+      5.0, "weight of the feature loss sum ||q_i - F_i||^2", group="training",
+      low=0)
+  use_rank_weight: bool = setting(
+      True, "weight the hinge by log(rank + 1) (WARP)", group="training")
+  use_cov_loss: bool = setting(True, "add the covariance loss",
+                               group="training")
+  cov_loss_weight: float = setting(
+      5.0, "weight of the covariance loss", group="training", low=0)
+  learning_rate: float = setting(
+      1e-3, "Adam learning rate", group="training", low=0, low_open=True)
+  network_lr_scale: float = setting(
+      1.0, "multiplies --learning_rate for every trained weight but the user "
+      "and item tables (MAML's attention and fusion networks in paper mode, "
+      "LRML's memory, MARIO's encoders, attention and decoders)",
+      group="training", low=0, low_open=True)
+  num_neg: int = setting(
+      4, "negatives sampled per positive pair", group="training", low=1,
+      integer=True)
+  batch_size: int = setting(
+      5000, "positive pairs per step", group="training", low=1, integer=True)
+  train_steps: int = setting(
+      4000, "training steps in all (a multiple of --eva_batches)",
+      group="training", low=1, integer=True, resume=RESUME_RUN,
+      searchable=False)
+  eva_batches: int = setting(
+      400, "steps between evaluations", group="evaluation", low=1,
+      integer=True, searchable=False)
   # topk, select_metric and patience: None = the protocol's default
   # (PROTOCOL_DEFAULTS), filled in by __post_init__.
-  topk: Optional[Tuple[int, ...]] = None
-  select_metric: Optional[str] = None
-  protocol: str = "release"
-  loo_negatives: int = 100
-  seed: int = 0
-  patience: Optional[int] = None
-  refit: bool = False
-  preservation_modalities: Tuple[str, ...] = ()  # measured every round
+  topk: Optional[Tuple[int, ...]] = setting(
+      None, "cutoffs k for the metrics, e.g. 10,20", group="evaluation",
+      kind="list", searchable=False, protocol_default=True)
+  select_metric: Optional[str] = setting(
+      None, "metric that picks the best round, e.g. ndcg@10",
+      group="evaluation", kind="string", searchable=False,
+      protocol_default=True)
+  protocol: str = setting(
+      "release", "evaluation protocol: release (full ranking on the "
+      "release's split), loo (leave the last interaction out by time, ranked "
+      "among --loo_negatives sampled items; HR and nDCG) or split (each "
+      "user's interactions split 8:1:1 at random, seeded, into train, "
+      "validation and test; full ranking; MARIO/LATTICE's)",
+      group="evaluation", choices=PROTOCOLS, **_FIXED)
+  loo_negatives: int = setting(
+      100, "items sampled per test user under --protocol=loo",
+      group="evaluation", low=1, integer=True, searchable=False)
+  seed: int = setting(
+      0, "seed for initialisation, sampling and the validation split (and "
+      "--protocol=split's split)", group="training", low=0, integer=True,
+      searchable=False)
+  patience: Optional[int] = setting(
+      None, "early stopping: evaluations without improvement of "
+      "--select_metric on validation before training stops and the best "
+      "round is restored (0: off; needs a validation split)",
+      group="evaluation", kind="int", low=0, integer=True, resume=RESUME_RUN,
+      protocol_default=True)
+  refit: bool = setting(
+      False, "after choosing the best round on validation, train a fresh "
+      "model (same seed and flags) on train + validation for that many steps "
+      "in <workdir>/refit, report its test metrics beside the selected "
+      "round's, and export it", group="training", resume=RESUME_RUN)
+  preservation_modalities: Tuple[str, ...] = setting(
+      (), "modalities whose preservation (mean |cosine gap| between the "
+      "model's item embeddings and the features, all items and the top 10% "
+      "by degree) is measured every evaluation into metrics.jsonl and "
+      "TensorBoard; empty: off", group="evaluation", kind="list")
 
-  # Outputs.
-  workdir: str = "runs/office"
-  overwrite: bool = False
-  restore_from: Optional[str] = None
-  init_from: Optional[str] = None  # weights only; step 0, a fresh optimizer
-  keep_checkpoints: int = 3
-  tensorboard: bool = True
-  export: bool = True
-  export_dir: str = "saved_models"
-  export_name: Optional[str] = None  # default: maml_<dataset>
-  export_topk: int = 10
-  retrieve_candidates: int = 200
-  jit_compile: bool = True
-  strategy: str = "default"
+  # ------------------------------------------------------------- outputs
+  workdir: str = setting(
+      "runs/office", "output folder (metrics.jsonl, metrics.json, flags.txt, "
+      "checkpoints/, tensorboard/); rerun the same command to resume an "
+      "interrupted run", group="outputs", **_IO)
+  overwrite: bool = setting(
+      False, "replace the results of a finished run in --workdir (or of an "
+      "unfinished one with other flags); an unfinished run with the same "
+      "flags is resumed from its last checkpoint either way", group="outputs",
+      **_IO)
+  restore_from: Optional[str] = setting(
+      None, "start from this checkpoint (weights, optimizer, step): a "
+      "<workdir>/checkpoints/ckpt-<step> prefix, a workdir (its last) or "
+      "<workdir>/checkpoints/best", group="outputs", kind="string",
+      resume=RESUME_RUN, searchable=False)
+  init_from: Optional[str] = setting(
+      None, "initialise the model's weights from this checkpoint (same forms "
+      "as --restore_from; e.g. a faithful run's, to train --mode=paper from "
+      "it) and train from step 0 with a fresh optimizer; a resumed run "
+      "ignores it", group="outputs", kind="string", resume=RESUME_RUN)
+  keep_checkpoints: int = setting(
+      3, "how many of the latest checkpoints to keep (the best is kept too)",
+      group="outputs", low=1, integer=True, **_IO)
+  tensorboard: bool = setting(
+      True, "write TensorBoard logs under <workdir>/tensorboard",
+      group="outputs", **_IO)
+
+  # ------------------------------------------------------------- export
+  export: bool = setting(
+      True, "export a SavedModel for TF Serving at the end of training",
+      group="export", **_IO)
+  export_dir: str = setting(
+      "saved_models", "base folder of exports: "
+      "<export_dir>/<export_name>/<version>/", group="export", **_IO)
+  export_name: Optional[str] = setting(
+      None, "exported model name (default maml_<dataset>)", group="export",
+      kind="string", **_IO)
+  export_topk: int = setting(
+      10, "k of the serving_default and retrieve signatures", group="export",
+      low=1, integer=True, **_IO)
+  retrieve_candidates: int = setting(
+      200, "candidates the retrieve signature's index passes to re-ranking",
+      group="export", low=1, integer=True, **_IO)
+
+  # ------------------------------------------------------------- distribution
+  jit_compile: bool = setting(
+      True, "compile the train step and evaluation with XLA (the train step "
+      "only with --strategy=default)", group="distribution", **_IO)
+  strategy: str = setting(
+      "default", "tf.distribute strategy: default (one device), mirrored "
+      "(this machine's devices) or multi_worker (a cluster from TF_CONFIG)",
+      group="distribution", choices=STRATEGIES, **_IO)
 
   def __post_init__(self):
     # The one place the protocol-dependent defaults are resolved. An unknown
@@ -150,131 +361,87 @@ class Config:
     return paths
 
   def validate(self) -> "Config":
-    """Raises UsageError naming the first flag that breaks a rule."""
+    """Raises UsageError naming the first flag that breaks a rule: first
+    each field's own rule (its choices, its range), then the rules that
+    involve several flags or the file system."""
+    for field in dataclasses.fields(self):
+      _check_field(field, getattr(self, field.name))
+    self._check_lists()
+    self._check_combinations()
+    self._check_paths()
+    return self
 
-    def fail(flag, rule, value):
-      raise UsageError(f"`--{flag}` {rule}. Received: {value!r}")
-
-    def choice(flag, options):
-      value = getattr(self, flag)
-      if value not in options:
-        fail(flag, "must be one of " + ", ".join(options), value)
-
-    def number(flag, low=None, high=None, low_open=False, high_open=True,
-               integer=False):
-      value = getattr(self, flag)
-      if integer and (isinstance(value, bool) or not isinstance(value, int)):
-        fail(flag, "must be an integer", value)
-      if not isinstance(value, (int, float)) or isinstance(value, bool):
-        fail(flag, "must be a number", value)
-      if not math.isfinite(value):
-        fail(flag, "must be finite", value)
-      if low is not None and (value <= low if low_open else value < low):
-        fail(flag, f"must be {'>' if low_open else '>='} {low}", value)
-      if high is not None and (value >= high if high_open else value > high):
-        fail(flag, f"must be {'<' if high_open else '<='} {high}", value)
-
-    choice("dataset", DATASETS)
-    choice("mode", MODES)
-    choice("attention", ATTENTIONS)
-    choice("strategy", STRATEGIES)
-    choice("model", MODELS)
-    choice("negative_relation", NEGATIVE_RELATIONS)
-    choice("lrml_distance", LRML_DISTANCES)
-    choice("protocol", PROTOCOLS)
-    choice("backbone", BACKBONES)
-    choice("mario_fusion", MARIO_FUSIONS)
-    number("gcn_layers", 1, integer=True)
-    number("mario_hidden", 1, integer=True)
-    for flag in ("l2_reg", "mp_weight"):
-      number(flag, 0)
-    for flag in ("embed_dim", "hidden_layer_dim", "text_dim", "num_neg",
-                 "batch_size", "train_steps", "eva_batches", "keep_checkpoints",
-                 "export_topk", "retrieve_candidates", "memory_slots",
-                 "loo_negatives"):
-      number(flag, 1, integer=True)
-    number("hidden_layer_dim", 2, integer=True)
-    for flag in ("dropout", "attention_dropout"):
-      number(flag, 0, 1)
-    for flag in ("margin", "learning_rate", "clip_norm", "feature_scaling",
-                 "network_lr_scale"):
-      number(flag, 0, low_open=True)
-    for flag in ("attention_l2", "feature_l2_reg", "cov_loss_weight"):
-      number(flag, 0)
-    number("validation_fraction", 0, 1)
-    number("seed", 0, integer=True)
-    number("patience", 0, integer=True)
+  def _check_lists(self):
     if (not self.paper_trains
         or set(self.paper_trains) - {"fusion", "attention"}
         or len(set(self.paper_trains)) != len(self.paper_trains)):
-      fail("paper_trains", "must name fusion, attention or both, once each",
-           ",".join(self.paper_trains))
+      _fail("paper_trains", "must name fusion, attention or both, once each",
+            ",".join(self.paper_trains))
     for name in self.preservation_modalities:
       if not MODALITY_NAME.match(name):
-        fail("preservation_modalities", "must be modality names like text, "
-             "meta", ",".join(self.preservation_modalities))
+        _fail("preservation_modalities", "must be modality names like text, "
+              "meta", ",".join(self.preservation_modalities))
     if not self.topk:
-      fail("topk", "must name at least one cutoff", "")
+      _fail("topk", "must name at least one cutoff", "")
     for k in self.topk:
       if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        fail("topk", "must be positive integers", ",".join(map(str, self.topk)))
-    if models_lib.spec(self.model).one_negative and self.num_neg != 1:
-      fail("num_neg", f"must be 1 with --model={self.model} (it trains on one "
-           "negative per positive)", self.num_neg)
-    if self.train_steps % self.eva_batches:
-      fail("train_steps", f"must be a multiple of --eva_batches "
-           f"({self.eva_batches}), one evaluation per round", self.train_steps)
-    metric, _, k = self.select_metric.partition("@")
-    if (metric not in ("ndcg", "recall", "hr", "precision") or not k.isdigit()
-        or int(k) not in self.topk):
-      fail("select_metric", "must be ndcg|recall|hr|precision@k with k in "
-           "--topk", self.select_metric)
-    if self.protocol == "loo" and metric not in ("ndcg", "hr"):
-      fail("select_metric", "must be ndcg@k or hr@k with --protocol=loo (its "
-           "only metrics)", self.select_metric)
-    if self.protocol == "split" and self.validation_fraction:
-      fail("validation_fraction", "must be 0 with --protocol=split (it holds "
-           "out its own validation split)", self.validation_fraction)
+        _fail("topk", "must be positive integers", ",".join(map(str, self.topk)))
     if self.modalities is not None:
       for name in self.modalities:
         if not MODALITY_NAME.match(name):
-          fail("modalities", "must be names like text, image, meta",
-               ",".join(self.modalities))
+          _fail("modalities", "must be names like text, image, meta",
+                ",".join(self.modalities))
       if len(set(self.modalities)) != len(self.modalities):
-        fail("modalities", "must not repeat a name", ",".join(self.modalities))
+        _fail("modalities", "must not repeat a name", ",".join(self.modalities))
     for item in self.extra_features:
       name, sep, path = item.partition("=")
       if not sep or not MODALITY_NAME.match(name.strip()) or not path.strip():
-        fail("extra_features", "items must look like name=path", item)
-    choice("data_format", DATA_FORMATS)
+        _fail("extra_features", "items must look like name=path", item)
+
+  def _check_combinations(self):
+    if models_lib.spec(self.model).one_negative and self.num_neg != 1:
+      _fail("num_neg", f"must be 1 with --model={self.model} (it trains on one "
+            "negative per positive)", self.num_neg)
+    if self.train_steps % self.eva_batches:
+      _fail("train_steps", f"must be a multiple of --eva_batches "
+            f"({self.eva_batches}), one evaluation per round", self.train_steps)
+    metric, _, k = self.select_metric.partition("@")
+    if (metric not in ("ndcg", "recall", "hr", "precision") or not k.isdigit()
+        or int(k) not in self.topk):
+      _fail("select_metric", "must be ndcg|recall|hr|precision@k with k in "
+            "--topk", self.select_metric)
+    if self.protocol == "loo" and metric not in ("ndcg", "hr"):
+      _fail("select_metric", "must be ndcg@k or hr@k with --protocol=loo (its "
+            "only metrics)", self.select_metric)
+    if self.protocol == "split" and self.validation_fraction:
+      _fail("validation_fraction", "must be 0 with --protocol=split (it holds "
+            "out its own validation split)", self.validation_fraction)
     if self.dataset == "office" and self.data_format not in ("auto", "release"):
-      fail("data_format", "must be auto or release with --dataset=office (built"
-           " in, the release's layout)", self.data_format)
-    if self.min_rating is not None:
-      number("min_rating")
-    number("kcore", 0, integer=True)
+      _fail("data_format", "must be auto or release with --dataset=office "
+            "(built in, the release's layout)", self.data_format)
+    if self.restore_from and self.init_from:
+      _fail("init_from", "must not be given with --restore_from (one starting "
+            "point)", self.init_from)
+    if self.export_name is not None and not MODALITY_NAME.match(self.export_name):
+      _fail("export_name", "must be a name like maml_office (a-z, 0-9, _)",
+            self.export_name)
+
+  def _check_paths(self):
     if self.dataset == "custom":
       if not self.data_dir:
-        fail("data_dir", "is required with --dataset=custom", self.data_dir)
+        _fail("data_dir", "is required with --dataset=custom", self.data_dir)
       if not os.path.isdir(self.data_dir):
-        fail("data_dir", "must be an existing folder", self.data_dir)
+        _fail("data_dir", "must be an existing folder", self.data_dir)
     for flag, path in (("text_features", self.text_features),
                        ("image_features", self.image_features)):
       if path and not os.path.exists(path):
-        fail(flag, "must name an existing file", path)
+        _fail(flag, "must name an existing file", path)
     if not self.workdir:
-      fail("workdir", "must be a folder path", self.workdir)
+      _fail("workdir", "must be a folder path", self.workdir)
     for flag in ("restore_from", "init_from"):
       path = getattr(self, flag)
       if path and not os.path.exists(path) and not os.path.exists(path + ".index"):
-        fail(flag, "must name an existing checkpoint", path)
-    if self.restore_from and self.init_from:
-      fail("init_from", "must not be given with --restore_from (one starting "
-           "point)", self.init_from)
-    if self.export_name is not None and not MODALITY_NAME.match(self.export_name):
-      fail("export_name", "must be a name like maml_office (a-z, 0-9, _)",
-           self.export_name)
-    return self
+        _fail(flag, "must name an existing checkpoint", path)
 
   def to_flagfile(self) -> str:
     """One `--flag=value` a line; reading it back gives this Config."""
@@ -290,3 +457,53 @@ class Config:
       else:
         lines.append(f"--{field.name}={value}")
     return "\n".join(lines) + "\n"
+
+
+def _fail(flag, rule, value):
+  raise UsageError(f"`--{flag}` {rule}. Received: {value!r}")
+
+
+def _check_field(field, value):
+  """A field's own rule: its choices or its range (None: unset, no rule)."""
+  meta = field.metadata
+  name = field.name
+  if meta["choices"] is not None:
+    if value not in meta["choices"]:
+      _fail(name, "must be one of " + ", ".join(meta["choices"]), value)
+    return
+  number = meta["low"] is not None or meta["high"] is not None or meta["integer"]
+  number = number or meta["kind"] in ("int", "float")
+  if not number or value is None:
+    return
+  if meta["integer"] and (isinstance(value, bool) or not isinstance(value, int)):
+    _fail(name, "must be an integer", value)
+  if not isinstance(value, (int, float)) or isinstance(value, bool):
+    _fail(name, "must be a number", value)
+  if not math.isfinite(value):
+    _fail(name, "must be finite", value)
+  low, high = meta["low"], meta["high"]
+  if low is not None and (value <= low if meta["low_open"] else value < low):
+    _fail(name, f"must be {'>' if meta['low_open'] else '>='} {low}", value)
+  if high is not None and (value >= high if meta["high_open"] else value > high):
+    _fail(name, f"must be {'<' if meta['high_open'] else '<='} {high}", value)
+
+
+def fields():
+  """The Config fields, in declaration order (each with its metadata)."""
+  return dataclasses.fields(Config)
+
+
+def names(resume=None, searchable=None):
+  """Flag names, optionally only those whose facts match.
+
+  `resume`: a set of RESUME_* values the field's `resume` must be in;
+  `searchable`: the field's `searchable` must equal it.
+  """
+  out = []
+  for field in fields():
+    if resume is not None and field.metadata["resume"] not in resume:
+      continue
+    if searchable is not None and field.metadata["searchable"] != searchable:
+      continue
+    out.append(field.name)
+  return frozenset(out)

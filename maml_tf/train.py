@@ -40,6 +40,7 @@ from maml_tf import optimizers as optimizers_lib
 from maml_tf import preservation as preservation_lib
 from maml_tf import protocols
 from maml_tf import vocab as vocab_lib
+from maml_tf import config as config_lib
 from maml_tf.config import Config
 from maml_tf.dataset_types import Dataset
 from maml_tf.errors import DataError, UsageError
@@ -112,15 +113,10 @@ def preservation_dataset(config: Config, ds: Dataset) -> Dataset:
                              feature_sources={})
 
 
-# Flags a resumed run may change: they do not change what is computed.
-RESUMABLE_CHANGES = frozenset({
-    "workdir", "overwrite", "restore_from", "init_from", "keep_checkpoints",
-    "tensorboard",
-    "export", "export_dir", "export_name", "export_topk", "retrieve_candidates",
-    "jit_compile", "cache_dir", "train_steps", "strategy",
-    # Like train_steps, these only decide when training ends and what runs
-    # after it; the rounds already trained stay valid.
-    "patience", "refit"})
+# Flags a resumed run may change: they do not change what is computed
+# (each Config field says so itself).
+RESUMABLE_CHANGES = config_lib.names(
+    resume={config_lib.RESUME_ANY, config_lib.RESUME_RUN})
 REFIT = "refit"  # <workdir>/refit: the --refit run, a workdir of its own
 RUN_FILES = ("metrics.json", "metrics.jsonl", "flags.txt")
 RUN_DIRS = (checkpoint_lib.CHECKPOINTS, "tensorboard", REFIT, vocab_lib.FOLDER)

@@ -54,6 +54,7 @@ try:
 except ImportError:  # not POSIX: no lock
   fcntl = None
 
+from maml_tf import config as config_lib
 from maml_tf.config import Config
 from maml_tf.errors import MamlError, UsageError
 
@@ -62,14 +63,8 @@ KINDS = ("float", "int", "choice")
 SAMPLINGS = ("log", "linear")
 
 # Flags a search may not vary: the budget, the objective and the data it is
-# measured on, and where and how a run writes.
-FIXED = frozenset({
-    "dataset", "data_dir", "text_features", "image_features", "extra_features",
-    "modalities", "cache_dir", "validation_fraction", "model", "train_steps",
-    "eva_batches", "topk", "select_metric", "protocol", "loo_negatives",
-    "seed", "workdir", "overwrite", "restore_from", "keep_checkpoints",
-    "tensorboard", "export", "export_dir", "export_name", "export_topk",
-    "retrieve_candidates", "jit_compile", "strategy"})
+# measured on, and where and how a run writes (each Config field says so).
+FIXED = config_lib.names(searchable=False)
 
 KERAS_TUNER_DIR = "keras_tuner"
 TRIALS_DIR = "trials"
@@ -79,10 +74,7 @@ SEARCH_JSON = "search.json"
 BEST_WORKDIR = "best"
 # Base flags a resumed search may change (they do not change what a trial
 # computes); train_steps is the budget and may not.
-_RESUMABLE = frozenset({"workdir", "overwrite", "keep_checkpoints",
-                        "tensorboard", "export", "export_dir", "export_name",
-                        "export_topk", "retrieve_candidates", "jit_compile",
-                        "cache_dir", "strategy"})
+_RESUMABLE = config_lib.names(resume={config_lib.RESUME_ANY})
 
 _DEFAULTS = Config()
 _FIELDS = tuple(f.name for f in dataclasses.fields(Config))

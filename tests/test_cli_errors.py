@@ -13,7 +13,7 @@ import pickle
 import numpy as np
 import pytest
 
-from tests.test_cli import run_in_process, write_release_layout
+from tests.helpers import run_in_process, write_release_layout
 
 
 def _rewrite(path, old, new):

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from tests.test_cli import SCRIPT, ROOT, write_release_layout
+from tests.helpers import SCRIPT, ROOT, write_release_layout
 
 NATIVE_LOG = re.compile(r"^([IWEF]\d{4} .*\.cc:\d+\]|WARNING: All log messages before)")
 

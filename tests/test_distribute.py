@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from maml_tf import distribute
 from maml_tf.errors import UsageError
-from tests.test_cli import ROOT, SCRIPT, run, write_release_layout
+from tests.helpers import ROOT, SCRIPT, run, write_release_layout
 
 MIRRORED_CHILD = textwrap.dedent(r"""
     import json, sys

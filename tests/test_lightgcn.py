@@ -196,7 +196,7 @@ def test_export_bakes_the_propagated_tables_in(tmp_path):
 
 
 def test_lightgcn_from_the_cli_trains_and_exports(tmp_path):
-  from tests.test_cli import run, write_release_layout
+  from tests.helpers import run, write_release_layout
   data = tmp_path / "data"
   write_release_layout(str(data))
   workdir = tmp_path / "run"

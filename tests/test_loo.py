@@ -138,7 +138,7 @@ def test_final_table_shows_only_the_protocols_metrics():
 
 def test_loo_protocol_from_the_cli(tmp_path):
   import json
-  from tests.test_cli import run
+  from tests.helpers import run
   data = tmp_path / "data"
   data.mkdir()
   for split, rows in (("train", range(0, 4)), ("test", range(4, 6))):

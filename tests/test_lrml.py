@@ -140,7 +140,7 @@ def test_diagnostics_match_numpy():
 
 
 def test_lrml_from_the_cli_trains_exports_and_serves(tmp_path):
-  from tests.test_cli import run, write_release_layout
+  from tests.helpers import run, write_release_layout
   data = tmp_path / "data"
   write_release_layout(str(data))
   workdir = tmp_path / "run"

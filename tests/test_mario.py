@@ -297,7 +297,7 @@ def test_export_loads_in_an_isolated_process_and_matches(tmp_path):
 
 
 def test_mario_from_the_cli_trains_exports_and_logs_modality_histograms(tmp_path):
-  from tests.test_cli import run, write_release_layout
+  from tests.helpers import run, write_release_layout
   data = tmp_path / "data"
   features = write_release_layout(str(data))
   workdir = tmp_path / "run"

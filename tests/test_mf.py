@@ -154,7 +154,7 @@ def test_one_negative_is_required():
 
 
 def test_cli_flag_error_is_one_line_and_exit_2(tmp_path):
-  from tests.test_cli import run
+  from tests.helpers import run
   proc = run(["--model=lightgcn", "--num_neg=1", "--gcn_layers=0",
               f"--workdir={tmp_path / 'run'}"])
   assert proc.returncode == 2
@@ -238,7 +238,7 @@ def test_export_loads_in_an_isolated_process_and_matches(tmp_path):
 
 
 def test_mf_from_the_cli_trains_and_exports(tmp_path):
-  from tests.test_cli import run, write_release_layout
+  from tests.helpers import run, write_release_layout
   data = tmp_path / "data"
   write_release_layout(str(data))
   workdir = tmp_path / "run"

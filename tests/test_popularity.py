@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests import oracles
-from tests.test_cli import ROOT, write_release_layout
+from tests.helpers import ROOT, write_release_layout
 
 SCRIPT = os.path.join(ROOT, "scripts", "popularity.py")
 

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from maml_tf import preservation
-from tests.test_cli import ROOT, run, write_release_layout
+from tests.helpers import ROOT, run, write_release_layout
 
 
 def _events_tags(logdir):

@@ -22,7 +22,7 @@ from maml_tf.config import Config
 from maml_tf.dataset_types import Dataset
 from maml_tf.errors import UsageError
 from maml_tf.protocols import split as split_lib
-from tests.test_cli import run, run_in_process, write_release_layout
+from tests.helpers import run, run_in_process, write_release_layout
 
 
 def _pairs_dataset(counts, n_items=60, seed=0, test_share=0.3):

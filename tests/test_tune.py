@@ -14,7 +14,7 @@ from maml_tf import checkpoint as checkpoint_lib
 from maml_tf import tuning
 from maml_tf.config import Config
 from maml_tf.errors import UsageError
-from tests.test_cli import ROOT, run as run_train, write_release_layout
+from tests.helpers import ROOT, run as run_train, write_release_layout
 
 TUNE = os.path.join(ROOT, "scripts", "tune.py")
 
