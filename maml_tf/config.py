@@ -37,6 +37,10 @@ LRML_DISTANCES = ("l2", "l1", "squared")
 DATA_FORMATS = ("auto", "release", "recbole", "mmrec", "npz")
 BACKBONES = ("mf", "lightgcn")
 MARIO_FUSIONS = ("attention", "mean", "max", "fc")
+NEUMF_TOWERS = ("both", "gmf", "mlp")
+MMGCN_AGGREGATIONS = ("mean", "sum", "max")
+MMGCN_COMBINATIONS = ("concat", "add")
+GRCN_WEIGHT_MODES = ("confid", "max", "mean")
 MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 # `--help` lists the flags under these headings, in this order.
@@ -200,6 +204,89 @@ class Config:
   mario_hidden: int = setting(
       64, "MARIO: hidden width of the modality attention MLP", group="model",
       low=1, integer=True)
+
+  # NeuMF (--model=neumf); also reads --embed_dim (the predictive factors),
+  # --l2_reg and --num_neg.
+  neumf_towers: str = setting(
+      "both", "NeuMF: the towers trained: gmf or mlp (the NCF paper's GMF and "
+      "MLP models alone, e.g. to pre-train) or both (NeuMF)", group="model",
+      choices=NEUMF_TOWERS)
+  neumf_layers: int = setting(
+      3, "NeuMF: hidden layers L of the MLP tower, widths halving down to "
+      "--embed_dim; its tables are --embed_dim * 2^(L-1) wide", group="model",
+      low=1, integer=True)
+  neumf_alpha: float = setting(
+      0.5, "NeuMF: with --neumf_pretrain, the GMF tower's share alpha of the "
+      "fused output layer, h = [alpha h_G; (1 - alpha) h_M]", group="model",
+      low=0, high=1, high_open=False)
+  neumf_pretrain: Tuple[str, ...] = setting(
+      (), "NeuMF: GMF_RUN,MLP_RUN -- initialise --neumf_towers=both from a "
+      "trained gmf run and mlp run (workdirs, read at their selected round, "
+      "or checkpoint prefixes) with the same data, --embed_dim and "
+      "--neumf_layers; empty: random initialisation", group="model",
+      kind="list", searchable=False)
+  # VBPR (--model=vbpr); lambda_Theta is --l2_reg.
+  vbpr_l2_e: float = setting(
+      0.0, "VBPR: weight lambda_E of the L2 on the feature projection E and "
+      "the feature bias beta', lambda_E (||E||^2 + ||beta'||^2) / 2",
+      group="model", low=0)
+  # NGCF (--model=ngcf); also reads --embed_dim (the ego tables' width) and
+  # --l2_reg.
+  ngcf_layers: Tuple[int, ...] = setting(
+      (64, 64, 64), "NGCF: output width of each embedding propagation layer, "
+      "one per layer (the authors' 64,64,64)", group="model", kind="list")
+  ngcf_node_dropout: float = setting(
+      0.1, "NGCF: node dropout rate p in training: each entry of the "
+      "normalised adjacency dropped with probability p (the authors' code's "
+      "form); 0: off", group="model", low=0, high=1)
+  ngcf_message_dropout: float = setting(
+      0.1, "NGCF: message dropout rate on every propagation layer's output, "
+      "in training; 0: off", group="model", low=0, high=1)
+  # MMGCN (--model=mmgcn); also reads --embed_dim, --gcn_layers (its layers)
+  # and --l2_reg.
+  mmgcn_latent: int = setting(
+      256, "MMGCN: width the item features are projected to (a dense layer), "
+      "also the width of the users' per-modality preferences; 0: the raw "
+      "features, no projection", group="model", low=0, integer=True)
+  mmgcn_aggregation: str = setting(
+      "mean", "MMGCN: how a node aggregates its neighbours' messages: mean, "
+      "sum or max (elementwise)", group="model", choices=MMGCN_AGGREGATIONS)
+  mmgcn_combination: str = setting(
+      "concat", "MMGCN: how a node's aggregate and its own representation "
+      "combine: concat (the paper's concatenation, what the authors' code "
+      "runs) or add (its element-wise sum)", group="model",
+      choices=MMGCN_COMBINATIONS)
+  # GRCN (--model=grcn); also reads --embed_dim (the ID and content widths),
+  # --gcn_layers (the ID GCN's layers on the refined graph) and --l2_reg.
+  grcn_routing: int = setting(
+      3, "GRCN: routing iterations T refining each user's per-modality "
+      "preference from its items' content (the authors' 3; 0: no refinement, "
+      "what the authors' code computes in effect)", group="model", low=0,
+      integer=True)
+  grcn_weight_mode: str = setting(
+      "confid", "GRCN: an edge's weight from its per-modality affinities: "
+      "confid (the max over modalities of affinity x the source node's learned "
+      "confidence, the authors' default), max or mean; then relu (pruning)",
+      group="model", choices=GRCN_WEIGHT_MODES)
+  # LATTICE (--model=lattice); also reads --embed_dim, --gcn_layers (the
+  # LightGCN backbone's layers) and --l2_reg (on the batch's final rows).
+  lattice_knn_k: int = setting(
+      10, "LATTICE: neighbours k per item in each modality's kNN item-item "
+      "graph, the item itself included (the paper's 10)", group="model", low=1,
+      integer=True)
+  lattice_lambda: float = setting(
+      0.9, "LATTICE: weight lambda of the raw-feature graph in each modality's "
+      "(1 - lambda) learned + lambda raw graph (the authors' 0.9)",
+      group="model", low=0, high=1, high_open=False)
+  lattice_item_layers: int = setting(
+      1, "LATTICE: convolution layers of the item ID embeddings over the "
+      "fused item-item graph (the authors' 1)", group="model", low=1,
+      integer=True)
+  lattice_graph_every: int = setting(
+      0, "LATTICE: train steps between rebuilds of the learned item-item "
+      "graphs (1: every step; 0: once per pass over the train pairs, the "
+      "authors' once an epoch); evaluation and export always rebuild them",
+      group="model", low=0, integer=True)
 
   # ------------------------------------------------------------- training
   margin: float = setting(1.6, "hinge margin", group="training", low=0,
@@ -397,6 +484,14 @@ class Config:
       name, sep, path = item.partition("=")
       if not sep or not MODALITY_NAME.match(name.strip()) or not path.strip():
         _fail("extra_features", "items must look like name=path", item)
+    if self.neumf_pretrain and (len(self.neumf_pretrain) != 2 or
+                                not all(p.strip() for p in self.neumf_pretrain)):
+      _fail("neumf_pretrain", "must name two runs, GMF_RUN,MLP_RUN",
+            ",".join(self.neumf_pretrain))
+    if not self.ngcf_layers or not all(
+        str(s).strip().isdigit() and int(s) >= 1 for s in self.ngcf_layers):
+      _fail("ngcf_layers", "must be positive integers, one width per layer",
+            ",".join(map(str, self.ngcf_layers)))
 
   def _check_combinations(self):
     if models_lib.spec(self.model).one_negative and self.num_neg != 1:
@@ -422,6 +517,9 @@ class Config:
     if self.restore_from and self.init_from:
       _fail("init_from", "must not be given with --restore_from (one starting "
             "point)", self.init_from)
+    if self.neumf_pretrain and self.neumf_towers != "both":
+      _fail("neumf_pretrain", "must be empty unless --neumf_towers=both (it "
+            "loads a GMF and an MLP tower)", ",".join(self.neumf_pretrain))
     if self.export_name is not None and not MODALITY_NAME.match(self.export_name):
       _fail("export_name", "must be a name like maml_office (a-z, 0-9, _)",
             self.export_name)
@@ -442,6 +540,11 @@ class Config:
       path = getattr(self, flag)
       if path and not os.path.exists(path) and not os.path.exists(path + ".index"):
         _fail(flag, "must name an existing checkpoint", path)
+    for path in self.neumf_pretrain:
+      path = os.path.expanduser(path.strip())
+      if not os.path.exists(path) and not os.path.exists(path + ".index"):
+        _fail("neumf_pretrain", "must name existing runs or checkpoints",
+              ",".join(self.neumf_pretrain))
 
   def to_flagfile(self) -> str:
     """One `--flag=value` a line; reading it back gives this Config."""

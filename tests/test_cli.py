@@ -87,7 +87,7 @@ def test_finished_workdir_is_not_silently_overwritten(tiny):
     (["--num_neg=two"], "num_neg"),
     (["--learning_rate=0"], "`--learning_rate` must be > 0. Received: 0"),
     (["--network_lr_scale=-1"], "`--network_lr_scale` must be > 0. Received: -1"),
-    (["--model=bpr"], "`--model` must be one of maml, lrml, cml, mf, lightgcn, mario. Received: 'bpr'"),
+    (["--model=bpr"], "`--model` must be one of maml, lrml, cml, mf, lightgcn, mario, neumf, vbpr, cmlf, ngcf, mmgcn, grcn, lattice. Received: 'bpr'"),
     (["--model=lrml"], "`--num_neg` must be 1 with --model=lrml"),
     (["--protocol=ncf"], "`--protocol` must be one of release, loo, split. Received: 'ncf'"),
     (["--protocol=loo", "--select_metric=recall@10"],

@@ -39,6 +39,29 @@ SPECS: Tuple[Spec, ...] = (
     Spec("mario", "mario", "MARIO", "modality-aware attention and "
          "modality-preserving decoders over an mf or lightgcn backbone (Kim "
          "et al., CIKM 2022)", uses_features=True, one_negative=True),
+    Spec("neumf", "neumf", "NeuMF", "neural collaborative filtering: GMF and "
+         "MLP towers fused into one logit, cross-entropy over the sampled "
+         "negatives, no features (He et al., WWW 2017)"),
+    Spec("vbpr", "vbpr", "VBPR", "BPR-MF plus the users' preference for a "
+         "learned projection of the item features and a feature bias (He & "
+         "McAuley, AAAI 2016)", uses_features=True, one_negative=True),
+    Spec("cmlf", "cmlf", "CMLF", "CML plus the feature loss pulling items "
+         "towards a trained MLP of their features (Hsieh et al., WWW 2017, "
+         "section 3.4)", uses_features=True),
+    Spec("ngcf", "ngcf", "NGCF", "BPR over tables propagated on the train "
+         "graph by bi-interaction layers, concatenated, no features (Wang et "
+         "al., SIGIR 2019)", one_negative=True),
+    Spec("mmgcn", "mmgcn", "MMGCN", "a graph convolution per content "
+         "modality with modality-specific user preferences, summed, BPR (Wei "
+         "et al., MM 2019)", uses_features=True, one_negative=True),
+    Spec("grcn", "grcn", "GRCN", "the train graph refined per content "
+         "modality by routing user preferences over item content, a GCN of ID "
+         "embeddings on it, concatenated with the content representations, BPR "
+         "(Wei et al., MM 2020)", uses_features=True, one_negative=True),
+    Spec("lattice", "lattice", "LATTICE", "item-item kNN graphs mined from "
+         "raw and learned item features, fused, convolving the item "
+         "embeddings added to a LightGCN backbone's, BPR (Zhang et al., MM "
+         "2021)", uses_features=True, one_negative=True),
 )
 _BY_NAME = {spec.name: spec for spec in SPECS}
 NAMES = tuple(spec.name for spec in SPECS)
