@@ -14,6 +14,9 @@ setup(
     packages=find_packages(include=["maml_tf", "maml_tf.*"]),
     package_data={"maml_tf": ["datasets/office/*"]},
     include_package_data=True,
+    # `maml-tf <command>` (maml_tf/commands/); `python -m maml_tf` too.
+    entry_points={"console_scripts": ["maml-tf=maml_tf.commands:main"]},
+    license="Apache-2.0",
     # Pinned to the minor versions this port is tested on: TF 2.21 with
     # Keras 3.15; tf-keras matches TF for TensorFlow Recommenders, which
     # needs Keras 2 under tf.keras (see maml_tf/retrieval.py).
@@ -35,7 +38,7 @@ setup(
         "scikit-learn>=1.9,<2",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6,<1"],
         "serving": ["tensorflow-serving-api>=2.21,<2.22"],
     },
 )

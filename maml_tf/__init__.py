@@ -27,12 +27,12 @@ __version__ = "0.1.0"
 _LAZY = {
     "Config": ("maml_tf.config", "Config"),
     "train_and_evaluate": ("maml_tf.train", "train_and_evaluate"),
-    "load_dataset": ("maml_tf.formats", "load_dataset"),
+    "load_dataset": ("maml_tf.data", "load_dataset"),
     "from_arrays": ("maml_tf.data", "from_arrays"),
-    "Dataset": ("maml_tf.dataset_types", "Dataset"),
-    "PairSampler": ("maml_tf.sampler", "PairSampler"),
+    "Dataset": ("maml_tf.data", "Dataset"),
+    "PairSampler": ("maml_tf.data.sampler", "PairSampler"),
     "Evaluator": ("maml_tf.evaluate", "Evaluator"),
-    "RankingMetrics": ("maml_tf.callbacks", "RankingMetrics"),
+    "RankingMetrics": ("maml_tf.evaluate", "RankingMetrics"),
     "RankingModel": ("maml_tf.models.base", "RankingModel"),
     "export_saved_model": ("maml_tf.export", "export_saved_model"),
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import textwrap
 import traceback
 
 from absl import flags
@@ -75,6 +76,67 @@ def define_flags():
     else:
       flags.DEFINE_string(name, default, help_)
   flags.DEFINE_boolean("debug", False, "show tracebacks for usage and data errors")
+
+
+HELP_ARGS = ("-h", "-?", "--help", "--helpshort")
+_ABSL_MODULES = ("absl.", "tensorflow", "keras")
+
+
+def _shown_default(flag) -> str:
+  value = flag.default
+  if value is None:
+    return ""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, (list, tuple)):
+    return ",".join(map(str, value))
+  return str(value)
+
+
+def _flag_lines(name, default, text, width=79):
+  head = f"  --{name}" + (f"={default}" if default else "")
+  body = textwrap.fill(text, width, initial_indent=" " * 6,
+                       subsequent_indent=" " * 6)
+  return [head, body]
+
+
+def help_text(prog: str) -> str:
+  """`--help`: the command's own flags, the run's settings grouped as
+  GROUPS (data, model, training, ...), each with its default and help."""
+  lines = [f"usage: {prog} [--flagfile=FILE] [--flag=value ...]"]
+  config_names = {f.name for f in config_lib.fields()}
+  own = []
+  for module, defined in FLAGS.flags_by_module_dict().items():
+    if module.startswith(_ABSL_MODULES):
+      continue
+    own += [f for f in defined if f.name not in config_names and f.name != "debug"]
+  if own:
+    lines += ["", "this command:"]
+    for f in sorted({f.name: f for f in own}.values(), key=lambda f: f.name):
+      lines += _flag_lines(f.name, _shown_default(f), f.help)
+  if "model" in FLAGS:
+    for group in config_lib.GROUPS:
+      lines += ["", f"{group}:"]
+      for field in config_lib.fields():
+        if field.metadata["group"] == group:
+          lines += _flag_lines(field.name, _shown_default(FLAGS[field.name]),
+                               flag_help(field))
+    lines += ["", "  --flagfile=FILE", "      read flags from FILE, one a line "
+              "(<workdir>/flags.txt reruns a run)"]
+  if "debug" in FLAGS:
+    lines += _flag_lines("debug", "", FLAGS["debug"].help)
+  lines += ["", "absl's own flags (logging, ...): --helpfull"]
+  return "\n".join(lines)
+
+
+def exit_on_help(argv=None):
+  """Prints `help_text` and exits 0 when argv asks for help (before absl,
+  whose own `--help` lists flags by module)."""
+  argv = sys.argv if argv is None else argv
+  if any(arg in HELP_ARGS for arg in argv[1:]):
+    print(help_text(os.path.basename(argv[0]) if argv[0].endswith(".py")
+                    else argv[0]))
+    sys.exit(0)
 
 
 def usage_error(message):
@@ -158,7 +220,7 @@ def config_from_workdir(argv, what="the run"):
 
 def train_main():
   import_tensorflow_quietly()
-  from maml_tf.train import train_and_evaluate  # heavy import after flag checks
+  from maml_tf.train.run import train_and_evaluate  # heavy import after flag checks
   # The live progress bar on a terminal; one line per round when the output
   # goes to a file or a pipe (the bar's redraws would flood a log).
   verbose = 1 if sys.stdout.isatty() else 2

@@ -8,7 +8,7 @@ Each field is declared once, with `setting(...)`, and carries every fact
 about its flag: the help line, the group `--help` lists it under, its
 choices or its range (checked by `Config.validate`), and whether a resumed
 run or search may change it. The command line (`maml_tf.cli`), the
-resume check (`maml_tf.train`) and the tuner (`maml_tf.tuning`) read those
+resume check (`maml_tf.train.run`) and the tuner (`maml_tf.tuning`) read those
 facts from here; nothing else lists flag names. A new flag is one
 `setting(...)` line (plus a rule in `validate` only if it involves other
 flags).
@@ -17,67 +17,30 @@ flags).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import re
 from typing import Optional, Tuple
 
 from maml_tf import models as models_lib
-from maml_tf.errors import UsageError
+from maml_tf.data.formats import DATA_FORMATS, DATASETS
+from maml_tf.data.modalities import MODALITY_NAME
+from maml_tf import settings
+from maml_tf.settings import (GROUPS, RESUME_ANY, RESUME_RUN, check_field,
+                              fail as _fail, setting)
 from maml_tf.protocols import DEFAULTS as PROTOCOL_DEFAULTS
 from maml_tf.protocols import NAMES as PROTOCOLS
 
 MODES = ("faithful", "paper")
 ATTENTIONS = ("scaled", "softmax", "none")
-DATASETS = ("office", "custom")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 MODELS = models_lib.NAMES
 NEGATIVE_RELATIONS = ("positive", "own")
 LRML_DISTANCES = ("l2", "l1", "squared")
-DATA_FORMATS = ("auto", "release", "recbole", "mmrec", "npz")
 BACKBONES = ("mf", "lightgcn")
 MARIO_FUSIONS = ("attention", "mean", "max", "fc")
 NEUMF_TOWERS = ("both", "gmf", "mlp")
 MMGCN_AGGREGATIONS = ("mean", "sum", "max")
 MMGCN_COMBINATIONS = ("concat", "add")
 GRCN_WEIGHT_MODES = ("confid", "max", "mean")
-MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-# `--help` lists the flags under these headings, in this order.
-GROUPS = ("data", "model", "training", "evaluation", "outputs", "export",
-          "distribution")
-# What a resumed run may change without invalidating the rounds it has:
-# "any" -- where and how results are written (a resumed search may change it
-# too); "run" -- when training ends, what runs after it, or where it starts.
-RESUME_ANY, RESUME_RUN = "any", "run"
-
-
-def setting(default, help, *, group, choices=None, low=None, high=None,
-            low_open=False, high_open=True, integer=False, kind=None,
-            resume=None, searchable=True, protocol_default=False):
-  """A Config field with its flag's facts.
-
-  Args:
-    default: the flag's default (None: unset).
-    help: the one-line help text.
-    group: one of GROUPS (the `--help` heading).
-    choices: the allowed values (a string flag).
-    low, high, low_open, high_open, integer: the range rule checked by
-      `validate` (low inclusive and high exclusive unless said otherwise).
-    kind: the flag's type where the default does not tell it: "list" (a
-      comma-separated list), "int", "float" or "string".
-    resume: RESUME_ANY or RESUME_RUN (see above); None: a resumed run must
-      keep the value.
-    searchable: False for a flag a search may not vary (the budget, the
-      objective, the data it is measured on, where and how a run writes).
-    protocol_default: unset means the protocol's default (protocols.DEFAULTS).
-  """
-  assert group in GROUPS, group
-  meta = dict(help=help, group=group, choices=choices, low=low, high=high,
-              low_open=low_open, high_open=high_open, integer=integer,
-              kind=kind, resume=resume, searchable=searchable,
-              protocol_default=protocol_default)
-  return dataclasses.field(default=default, metadata=meta)
 
 
 def _model_help() -> str:
@@ -452,7 +415,7 @@ class Config:
     each field's own rule (its choices, its range), then the rules that
     involve several flags or the file system."""
     for field in dataclasses.fields(self):
-      _check_field(field, getattr(self, field.name))
+      check_field(field, getattr(self, field.name))
     self._check_lists()
     self._check_combinations()
     self._check_paths()
@@ -562,51 +525,15 @@ class Config:
     return "\n".join(lines) + "\n"
 
 
-def _fail(flag, rule, value):
-  raise UsageError(f"`--{flag}` {rule}. Received: {value!r}")
-
-
-def _check_field(field, value):
-  """A field's own rule: its choices or its range (None: unset, no rule)."""
-  meta = field.metadata
-  name = field.name
-  if meta["choices"] is not None:
-    if value not in meta["choices"]:
-      _fail(name, "must be one of " + ", ".join(meta["choices"]), value)
-    return
-  number = meta["low"] is not None or meta["high"] is not None or meta["integer"]
-  number = number or meta["kind"] in ("int", "float")
-  if not number or value is None:
-    return
-  if meta["integer"] and (isinstance(value, bool) or not isinstance(value, int)):
-    _fail(name, "must be an integer", value)
-  if not isinstance(value, (int, float)) or isinstance(value, bool):
-    _fail(name, "must be a number", value)
-  if not math.isfinite(value):
-    _fail(name, "must be finite", value)
-  low, high = meta["low"], meta["high"]
-  if low is not None and (value <= low if meta["low_open"] else value < low):
-    _fail(name, f"must be {'>' if meta['low_open'] else '>='} {low}", value)
-  if high is not None and (value >= high if meta["high_open"] else value > high):
-    _fail(name, f"must be {'<' if meta['high_open'] else '<='} {high}", value)
-
-
 def fields():
   """The Config fields, in declaration order (each with its metadata)."""
   return dataclasses.fields(Config)
 
 
 def names(resume=None, searchable=None):
-  """Flag names, optionally only those whose facts match.
+  """Config's flag names whose facts match (see `settings.names`)."""
+  return settings.names(Config, resume, searchable)
 
-  `resume`: a set of RESUME_* values the field's `resume` must be in;
-  `searchable`: the field's `searchable` must equal it.
-  """
-  out = []
-  for field in fields():
-    if resume is not None and field.metadata["resume"] not in resume:
-      continue
-    if searchable is not None and field.metadata["searchable"] != searchable:
-      continue
-    out.append(field.name)
-  return frozenset(out)
+
+__all__ = ["Config", "GROUPS", "RESUME_ANY", "RESUME_RUN", "fields", "names",
+           "setting"]

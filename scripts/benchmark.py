@@ -93,7 +93,7 @@ def _config(**overrides):
 def _train_throughput(ds, steps, fast=True, strategy=None, **overrides):
   import keras
   from maml_tf import train
-  from maml_tf.sampler import PairSampler
+  from maml_tf.data.sampler import PairSampler
   config = _config(**overrides)
   keras.utils.set_random_seed(0)
   model = train.build_model(config, ds, strategy)
@@ -115,12 +115,12 @@ def _train_throughput(ds, steps, fast=True, strategy=None, **overrides):
 
 
 def _eval_time(ds, max_users=None, fast=True, **overrides):
-  import numpy as np
-  from maml_tf import evaluate, train
+  from maml_tf.evaluate import full_ranking
+  from maml_tf import train
   config = _config(**overrides)
   model = train.build_model(config, ds)
   if fast:
-    ev = evaluate.Evaluator(model, ds.train, ds.test, (10,))
+    ev = full_ranking.Evaluator(model, ds.train, ds.test, (10,))
   else:
     ev = PlainEvaluator(model, ds.train, ds.test)
   n_all = ev.n_users
@@ -147,8 +147,8 @@ class PlainEvaluator:
   def __init__(self, model, exclude, target):
     import numpy as np
     import tensorflow as tf
-    from maml_tf import evaluate
-    self.inner = evaluate.Evaluator(model, exclude, target, (10,))
+    from maml_tf.evaluate import full_ranking
+    self.inner = full_ranking.Evaluator(model, exclude, target, (10,))
     self.users, self.targets = self.inner.users, self.inner.targets
     self.user_chunk = 2
     n_items = model.n_items
@@ -169,19 +169,20 @@ class PlainEvaluator:
   def __call__(self):
     import numpy as np
     import tensorflow as tf
-    from maml_tf import evaluate
+    from maml_tf.evaluate import metrics as metrics_lib
     ptr, items = self.excl
     top = []
     for start in range(0, len(self.users), self.user_chunk):
       users = self.users[start:start + self.user_chunk]
       s = self.scores(tf.constant(users, tf.int32)).numpy()
-      top.append(evaluate.top_k_excluding(
+      top.append(metrics_lib.top_k_excluding(
           s, [items[ptr[u]:ptr[u + 1]] for u in users], 10))
-    return evaluate.ranking_metrics(np.concatenate(top), self.targets, (10,))
+    return metrics_lib.ranking_metrics(np.concatenate(top), self.targets, (10,))
 
 
 def _serve_latency(ds, repeats):
-  from maml_tf import export, train
+  from maml_tf.export import saved_model as export
+  from maml_tf import train
   config = _config()
   model = train.build_model(config, ds)
   folder = tempfile.mkdtemp(prefix="bench-export-")
@@ -200,7 +201,7 @@ def _workers(n, quick):
   Each worker gets 1/n of every global batch of 5000; the figure is the
   global pairs/s the chief measures.
   """
-  from maml_tf import distribute
+  from maml_tf.train import distribute
   procs = []
   for tf_config in distribute.local_tf_configs(n):
     env = dict(os.environ, TF_CONFIG=tf_config)
@@ -282,7 +283,7 @@ def run_scenario(name, quick):
   from maml_tf import data
   steps = 10 if quick else 40
   if name == "worker":  # one worker of a `workers` scenario, TF_CONFIG set
-    from maml_tf import distribute
+    from maml_tf.train import distribute
     strategy = distribute.make_strategy("multi_worker")
     ds = _synthetic(OFFICE_ITEMS)
     return {"train": _train_throughput(ds, steps, strategy=strategy),

@@ -1,62 +1,12 @@
-"""Modality preservation of a run's model, measured after the fact.
+"""`python scripts/preservation.py ...`: the same as `maml-tf preservation ...`, from a
+checkout without installing (see maml_tf/commands/preservation.py)."""
 
-  python scripts/preservation.py --workdir=runs/office_mario [--which=best|last] \\
-      [--preservation_modalities=text,meta]
-
-Rebuilds the run from <workdir>/flags.txt (any flag given here overrides
-it), restores its checkpoint (`--which`), and prints, per modality, the
-measure of `maml_tf.preservation` (mean |cosine gap| between the model's
-item embeddings and the modality's features, over all items and over the
-top 10% by train degree; smaller is better) as one JSON object. The
-modalities default to text,meta when the run named none; a model that reads
-no features is measured against them too. Usage and data errors exit with
-status 2 and one line on stderr.
-"""
-
-import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from maml_tf import cli  # noqa: E402
-
-cli.define_flags()
-flags.DEFINE_enum("which", "best", ["best", "last"],
-                  "which checkpoint of the run: the best round or the last one")
-FLAGS = flags.FLAGS
-
-
-def preservation_main():
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  config = cli.config_from_workdir(sys.argv, "the run to measure")
-  if not config.preservation_modalities:
-    config = dataclasses.replace(config, preservation_modalities=("text", "meta"))
-  from maml_tf import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from maml_tf import preservation as preservation_lib  # pylint: disable=g-import-not-at-top
-  from maml_tf import train as train_lib  # pylint: disable=g-import-not-at-top
-
-  dataset = train_lib.load_data(config)
-  model = train_lib.build_model(config, dataset)
-  step = checkpoint_lib.restore(model, config.workdir, FLAGS.which)
-  measured = train_lib.preservation_dataset(config, dataset)
-  report = preservation_lib.preservation_report(model, measured)
-  print(json.dumps({"workdir": config.workdir, "model": config.model,
-                    "which": FLAGS.which, "step": step, "preservation": report}),
-        flush=True)
-  return 0
-
-
-def main(argv):
-  if len(argv) > 1:
-    cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-  return cli.run(preservation_main)
-
+from maml_tf.commands import preservation  # noqa: E402
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  preservation.entry()

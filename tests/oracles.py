@@ -59,7 +59,7 @@ def dense(x, kernel, bias):
 
 
 def fusion(x_text_and_image_concat, weights, scaling=1.0, clip_norm=1.0):
-  """SPEC §2.2: the feature-fusion MLP over all items.
+  """docs/spec.md §2.2: the feature-fusion MLP over all items.
 
   Args:
     x_text_and_image_concat: [n, d] raw features, text columns first.
@@ -81,7 +81,7 @@ def fusion(x_text_and_image_concat, weights, scaling=1.0, clip_norm=1.0):
 
 
 def attention(p, q, f, W1, b1, W2, b2, alpha):
-  """SPEC §2.3: per-pair attention vectors a [N, K].
+  """docs/spec.md §2.3: per-pair attention vectors a [N, K].
 
   z = l2norm([p; q; f]) (or l2norm([p; q]) when f is None),
   a1 = tanh(Dense_5K(z)), a2 = relu(Dense_K(l2norm(a1))),
@@ -97,7 +97,7 @@ def attention(p, q, f, W1, b1, W2, b2, alpha):
 
 
 def distance(a, p, q):
-  """SPEC §2.4: d = sum_k (a_k p_k - a_k q_k)^2 per row; a=None is CML."""
+  """docs/spec.md §2.4: d = sum_k (a_k p_k - a_k q_k)^2 per row; a=None is CML."""
   p = _as_f64(p)
   q = _as_f64(q)
   if a is None:
@@ -109,7 +109,7 @@ def distance(a, p, q):
 
 
 def warp_rank(d_pos, d_neg, margin, n_items):
-  """SPEC §3: rank = mean_j[d_pos - d_neg_j + m > 0] * |I| (strict >)."""
+  """docs/spec.md §3: rank = mean_j[d_pos - d_neg_j + m > 0] * |I| (strict >)."""
   d_pos = _as_f64(d_pos)
   d_neg = _as_f64(d_neg)
   batch, n_neg = d_neg.shape
@@ -124,7 +124,7 @@ def warp_rank(d_pos, d_neg, margin, n_items):
 
 
 def embedding_loss(d_pos, d_neg, margin, n_items, use_rank_weight=True):
-  """SPEC §3: sum over the batch of hinge(closest negative) * log(rank + 1)."""
+  """docs/spec.md §3: sum over the batch of hinge(closest negative) * log(rank + 1)."""
   d_pos = _as_f64(d_pos)
   d_neg = _as_f64(d_neg)
   ranks = warp_rank(d_pos, d_neg, margin, n_items)
@@ -157,13 +157,13 @@ def embedding_loss_grads(d_pos, d_neg, margin, n_items, use_rank_weight=True):
 
 
 def feature_loss(Q, F, weight):
-  """SPEC §3: lambda_f * sum over all items of ||q_i - F_i||^2."""
+  """docs/spec.md §3: lambda_f * sum over all items of ||q_i - F_i||^2."""
   diff = _as_f64(Q) - _as_f64(F)
   return weight * float(np.sum(diff * diff))
 
 
 def covariance_loss(Q, P, weight):
-  """SPEC §3: lambda_c * (sum(C) - trace(C)), C the covariance of [Q; P]."""
+  """docs/spec.md §3: lambda_c * (sum(C) - trace(C)), C the covariance of [Q; P]."""
   X = np.concatenate([_as_f64(Q), _as_f64(P)], axis=0)
   n_rows, dim = X.shape
   X = X - X.mean(axis=0, keepdims=True)
@@ -189,7 +189,7 @@ def adam_step(var, grad, m, v, t, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
 
 
 def user_metrics(ranked_items_after_exclusion, test_items, k):
-  """SPEC §5 for one user.
+  """docs/spec.md §5 for one user.
 
   Args:
     ranked_items_after_exclusion: item ids best first, train items already
@@ -228,7 +228,7 @@ def rank_excluding(scores_row, exclude):
 
 
 def evaluate(scores, train_items, test_items, k):
-  """SPEC §5 over all users: mean of `user_metrics` over users with tests.
+  """docs/spec.md §5 over all users: mean of `user_metrics` over users with tests.
 
   Args:
     scores: [U, I], higher is better (the model's -d).

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import checkpoint
-from maml_tf import losses
+from maml_tf.train import checkpoint
+from maml_tf.models import metric_losses as losses
 from maml_tf import train
-from maml_tf.callbacks import NonFiniteLossError
+from maml_tf.train.callbacks import NonFiniteLossError
 from maml_tf.config import Config
 from maml_tf.errors import MamlError, UsageError
 
@@ -136,7 +136,7 @@ def test_sigkill_mid_round_then_rerun_matches_uninterrupted(layout, reference,
       import runpy, sys, time
       sys.argv = [{os.path.join(ROOT, "scripts", "train.py")!r}] + sys.argv[1:]
       sys.path.insert(0, {ROOT!r})
-      from maml_tf import callbacks
+      from maml_tf.train import callbacks
       original = callbacks.TensorBoardCallback.on_train_batch_end
       def on_train_batch_end(self, batch, logs=None):
         original(self, batch, logs)
@@ -421,7 +421,7 @@ def test_nan_loss_stops_with_step_and_term(layout, reference, tmp_path,
 
 
 def test_guard_names_the_term_and_checks_weights():
-  from maml_tf.callbacks import NonFiniteGuard
+  from maml_tf.train.callbacks import NonFiniteGuard
   from maml_tf.models.maml import MAML
   guard = NonFiniteGuard(eva_batches=3)
   guard.on_epoch_begin(2)

@@ -8,7 +8,6 @@ flag), the rule and the value.
 """
 
 import os
-import pickle
 
 import numpy as np
 import pytest

@@ -6,7 +6,7 @@ one, dropout only while training, the initialisation Q = f(x), why no
 the networks differ), the config round trip, bad arguments, the export in
 an isolated process, and the CLI end to end."""
 
-from maml_tf import export as export_lib  # first: TFRS wants tf.keras = Keras 2
+from maml_tf.export import saved_model as export_lib  # first: TFRS wants tf.keras = Keras 2
 
 import keras
 import numpy as np

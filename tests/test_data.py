@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from maml_tf import data
-from maml_tf import formats
+from maml_tf.data import formats
 from maml_tf.errors import DataError, UsageError
 
 HEADER = "itemID,userID,reviewerID,asin\n"

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import distribute
+from maml_tf.train import distribute
 from maml_tf.errors import UsageError
 from tests.helpers import ROOT, SCRIPT, run, write_release_layout
 
@@ -34,7 +34,7 @@ MIRRORED_CHILD = textwrap.dedent(r"""
     import keras
     import numpy as np
     from maml_tf.models import maml as model_lib
-    from maml_tf.sampler import PairSampler
+    from maml_tf.data.sampler import PairSampler
 
     attention, features = sys.argv[1], sys.argv[2] == "1"
     rng = np.random.default_rng(0)

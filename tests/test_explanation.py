@@ -1,4 +1,4 @@
-"""The concentration statistics of explanation weights (maml_tf.explanation):
+"""The concentration statistics of explanation weights (maml_tf.evaluate.explanation):
 hand-computed cases, invariance to each row's scale (MAML's attention rows
 sum to alpha, not 1), bad input, and the report of a real explaining model
 (LRML's memory attention) against numpy."""
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import explanation
+from maml_tf.evaluate import explanation
 from maml_tf.models.lrml import LRML
 from tests import oracles
 

@@ -1,4 +1,4 @@
-"""`maml_tf.export`: the SavedModel as TF Serving loads it, against the model.
+"""`maml_tf.export.saved_model`: the SavedModel as TF Serving loads it, against the model.
 
 The exports are loaded in a SEPARATE Python process that cannot import
 maml_tf (isolated mode, clean environment, cwd outside the repository) with
@@ -20,14 +20,15 @@ import shutil
 import subprocess
 import sys
 
-from maml_tf import export as export_lib  # first: TFRS wants tf.keras = Keras 2
+from maml_tf.export import saved_model as export_lib  # first: TFRS wants tf.keras = Keras 2
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from maml_tf import data as data_lib
-from maml_tf import evaluate as eval_lib
+from maml_tf.evaluate import full_ranking
+from maml_tf.evaluate import metrics as metrics_lib
 from maml_tf import train as train_lib
 from maml_tf.config import Config
 from maml_tf.errors import UsageError
@@ -303,7 +304,7 @@ def test_serving_default_is_full_scoring_without_known_items(setups, served, tag
   s = setups[tag]
   model, ds = s["model"], s["ds"]
   full = model.score_items(tf.range(N_USERS)).numpy()
-  want = eval_lib.top_k_excluding(full, known_lists(ds), TOPK)
+  want = metrics_lib.top_k_excluding(full, known_lists(ds), TOPK)
   got = served["by_case"][f"{tag}/recommend"]["outputs"]
   ids, scores = np.array(got["item_ids"]), np.array(got["scores"])
   np.testing.assert_array_equal(ids, want)
@@ -424,7 +425,7 @@ def test_recommend_by_id_is_the_models_answer_in_raw_ids(setups, served):
   users = [USER_KEYS.index(k) for k in _order()]
   full = model.score_items(tf.constant(users)).numpy()
   known = known_lists(ds)
-  want = eval_lib.top_k_excluding(full, [known[u] for u in users], TOPK)
+  want = metrics_lib.top_k_excluding(full, [known[u] for u in users], TOPK)
   got = served["by_case"]["raw/recommend_by_id"]["outputs"]
   np.testing.assert_array_equal(got["item_ids"], want)
   assert got["item_keys"] == _keys_of(want)
@@ -508,7 +509,7 @@ def test_training_exports_by_the_raw_ids_of_its_vocab(tmp_path):
   # End to end: string ids in RecBole files -> train_and_evaluate (which
   # writes <workdir>/vocab/ and exports) -> the *_by_id answers name the
   # raw ids of that vocab/, and agree with the int answers.
-  from maml_tf import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from maml_tf.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(4)
   folder = tmp_path / "shop"
   folder.mkdir()
@@ -554,7 +555,7 @@ def test_blocks_and_item_chunks_give_the_same_results(setups, served):
   got = graphs.recommend(tf.constant(users, tf.int64))
   full = model.score_items(tf.constant(users)).numpy()
   known = known_lists(ds)
-  want = eval_lib.top_k_excluding(full, [known[u] for u in users], TOPK)
+  want = metrics_lib.top_k_excluding(full, [known[u] for u in users], TOPK)
   np.testing.assert_array_equal(got["item_ids"].numpy(), want)
   got = graphs.retrieve(tf.constant(users, tf.int64))
   whole = np.array(served["by_case"]["maml/retrieve"]["outputs"]["item_ids"])
@@ -705,7 +706,7 @@ def test_ranking_quality_of_the_signatures(setups):
   ds = s["ds"]
   quality = export_lib.ranking_quality(s["path"], ds, batch_users=7)
   # attention=none: retrieve is exact, so both agree with the evaluator.
-  evaluator = eval_lib.Evaluator(s["model"], ds.train, ds.test, (TOPK,),
+  evaluator = full_ranking.Evaluator(s["model"], ds.train, ds.test, (TOPK,),
                                  jit_compile=False)
   want = evaluator()
   for name in ("serving_default", "retrieve"):
@@ -764,9 +765,9 @@ def _write_release_layout(folder, rng):
 
 
 def test_export_script_restores_the_checkpoint_and_exports(tmp_path):
-  if importlib.util.find_spec("maml_tf.checkpoint") is None:
-    pytest.skip("maml_tf.checkpoint (checkpoint.restore) is not in the tree yet")
-  from maml_tf import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("maml_tf.train.checkpoint") is None:
+    pytest.skip("maml_tf.train.checkpoint (checkpoint.restore) is not in the tree yet")
+  from maml_tf.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(3)
   meta = _write_release_layout(str(tmp_path / "data"), rng)
   workdir = tmp_path / "run"
@@ -791,7 +792,7 @@ def test_export_script_restores_the_checkpoint_and_exports(tmp_path):
     prefix = saver.save(step)
     if step == 2:
       saver.save_best(step, prefix)
-  from maml_tf import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from maml_tf.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   vocab_lib.write_vocab(str(workdir), ds)  # as training does
   out = tmp_path / "exports"
   proc = subprocess.run(
@@ -814,7 +815,7 @@ def test_export_script_restores_the_checkpoint_and_exports(tmp_path):
   got = loaded.signatures["serving_default"](user_ids=users)
   full = fresh.score_items(tf.cast(users, tf.int32)).numpy()
   known = known_lists(ds)
-  want = eval_lib.top_k_excluding(full, [known[u] for u in (0, 5, 11)], 3)
+  want = metrics_lib.top_k_excluding(full, [known[u] for u in (0, 5, 11)], 3)
   np.testing.assert_array_equal(got["item_ids"].numpy(), want)
   # A version that exists is refused with one line, exit status 2.
   again = subprocess.run(

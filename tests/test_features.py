@@ -1,4 +1,4 @@
-"""Tests for maml_tf.features: meta one-hot, Doc2Vec, modality file loaders."""
+"""Tests for maml_tf.data.features: meta one-hot, Doc2Vec, modality file loaders."""
 
 import csv
 import os
@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from maml_tf import features
+from maml_tf.data import features
 from maml_tf.errors import DataError, UsageError
 
 TEXTS = [
@@ -82,7 +82,7 @@ def test_doc2vec_does_not_depend_on_python_hash_seed(tmp_path):
   out = tmp_path / "m.npy"
   script = textwrap.dedent(f"""
       import numpy as np
-      from maml_tf import features
+      from maml_tf.data import features
       m = features.train_doc2vec({TEXTS!r}, {ASINS!r}, {DIM}, seed=1,
                                  epochs={EPOCHS})
       np.save({str(out)!r}, features.doc2vec_matrix(m, {ASINS!r}))

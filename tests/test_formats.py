@@ -1,4 +1,4 @@
-"""Tests for maml_tf.formats, the filters, raw ids and vocabularies.
+"""Tests for maml_tf.data.formats, the filters, raw ids and vocabularies.
 
 Every fixture is a tiny folder written here into tmp_path.
 """
@@ -10,8 +10,8 @@ import pytest
 import scipy.sparse
 
 from maml_tf import data
-from maml_tf import formats
-from maml_tf import vocab
+from maml_tf.data import formats
+from maml_tf.data import vocab
 from maml_tf.config import Config
 from maml_tf.errors import DataError, UsageError
 

@@ -1,7 +1,7 @@
-"""`maml_tf.layers` and `maml_tf.models.maml.attentive_distance` vs the oracles.
+"""`maml_tf.models.layers` and `maml_tf.models.maml.attentive_distance` vs the oracles.
 
-SPEC §2: the fusion MLP, the alpha-attention and the attentive distance, fed
-the package layers' own (random) weights; SPEC §3: the unit-ball clip.
+docs/spec.md §2: the fusion MLP, the alpha-attention and the attentive distance, fed
+the package layers' own (random) weights; docs/spec.md §3: the unit-ball clip.
 Also the Keras config / serialization round trip of every custom object.
 """
 
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import layers
+from maml_tf.models import maml_layers
+from maml_tf.models import layers
 from maml_tf.models import maml as model
 
 try:
@@ -91,9 +92,9 @@ def test_unit_ball_default_is_norm_one():
 
 
 def test_feature_fusion_shapes_and_release_init():
-  # SPEC §2.2: Dense_H, Dense_H/2, Dense_H/2, Dense_K; glorot-uniform kernel,
+  # docs/spec.md §2.2: Dense_H, Dense_H/2, Dense_H/2, Dense_K; glorot-uniform kernel,
   # zero bias.
-  layer = layers.FeatureFusion(hidden_dim=8, embed_dim=4)
+  layer = maml_layers.FeatureFusion(hidden_dim=8, embed_dim=4)
   out = layer(_f32(np.ones((3, 10))))
   assert tuple(out.shape) == (3, 4)
   shapes = [(10, 8), (8, 4), (4, 4), (4, 4)]
@@ -109,7 +110,7 @@ def test_feature_fusion_hand():
   # Same hand case as test_oracles: d = 2, H = 2, K = 2, input [3, 4]
   # -> [0.6, 0.8] -> h1 [0.6, 0] -> h2 2.5 -> h3 2 -> out [2, -4]
   # -> clipped to [2, -4] / sqrt(20)
-  layer = layers.FeatureFusion(hidden_dim=2, embed_dim=2)
+  layer = maml_layers.FeatureFusion(hidden_dim=2, embed_dim=2)
   layer(_f32(np.ones((1, 2))))
   layer.dense1.kernel.assign(np.eye(2, dtype=np.float32))
   layer.dense1.bias.assign(np.array([0.0, -1.0], np.float32))
@@ -133,8 +134,8 @@ def test_feature_fusion_random(seed, scaling, clip_norm):
   text = rng.normal(size=(12, 6))
   image = rng.uniform(0.0, 5.0, size=(12, 4))
   x = np.concatenate([text, image], axis=1).astype(np.float32)
-  # dropout > 0 on purpose: the release never activates it (SPEC §2.2)
-  layer = layers.FeatureFusion(hidden_dim=16, embed_dim=4, dropout=0.2,
+  # dropout > 0 on purpose: the release never activates it (docs/spec.md §2.2)
+  layer = maml_layers.FeatureFusion(hidden_dim=16, embed_dim=4, dropout=0.2,
                                scaling=scaling, clip_norm=clip_norm)
   layer(_f32(x))
   _randomise_biases([layer.dense1, layer.dense2, layer.dense3, layer.out], rng)
@@ -153,7 +154,7 @@ def test_alpha_attention_hand():
   # Same hand case as test_oracles: K = 2, no features, p = [3, 0], q = [0, 4]
   # z = [0.6, 0, 0, 0.8]; a1 = [tanh 0.6, tanh 0.8, 0, ...]
   # a2 = l2norm(a1)[:2] = [n1, n2]; a = 4 * softmax([n1, n2])
-  layer = layers.AlphaAttention(embed_dim=2, alpha=4.0, use_features=False)
+  layer = maml_layers.AlphaAttention(embed_dim=2, alpha=4.0, use_features=False)
   p, q = _f32([[3.0, 0.0]]), _f32([[0.0, 4.0]])
   layer(p, q)
   w1 = np.zeros((4, 10), np.float32)
@@ -183,7 +184,7 @@ def test_alpha_attention_random(seed, use_features, alpha_is_k):
   p = rng.normal(0.0, 0.5, size=(n, k)).astype(np.float32)
   q = rng.normal(0.0, 0.5, size=(n, k)).astype(np.float32)
   f = rng.normal(0.0, 0.5, size=(n, k)).astype(np.float32)
-  layer = layers.AlphaAttention(embed_dim=k, alpha=alpha,
+  layer = maml_layers.AlphaAttention(embed_dim=k, alpha=alpha,
                                 use_features=use_features)
   fin = _f32(f) if use_features else None
   layer(_f32(p), _f32(q), fin)
@@ -212,7 +213,7 @@ def test_alpha_attention_split_path_all_pairs(use_features):
   P = rng.normal(0.0, 0.5, size=(n_users, k)).astype(np.float32)
   Q = rng.normal(0.0, 0.5, size=(n_items, k)).astype(np.float32)
   F = rng.normal(0.0, 0.5, size=(n_items, k)).astype(np.float32)
-  layer = layers.AlphaAttention(embed_dim=k, alpha=float(k),
+  layer = maml_layers.AlphaAttention(embed_dim=k, alpha=float(k),
                                 use_features=use_features)
   layer(_f32(P[:1]), _f32(Q[:1]), _f32(F[:1]) if use_features else None)
   _randomise_biases([layer.dense1, layer.dense2], rng)
@@ -274,8 +275,8 @@ def test_full_forward_fusion_attention_distance(seed):
   users = np.array([0, 1, 2, 0, 1, 2])
   items = np.array([0, 3, 6, 2, 5, 1])
 
-  fusion = layers.FeatureFusion(hidden_dim=8, embed_dim=k)
-  attention = layers.AlphaAttention(embed_dim=k, alpha=float(k))
+  fusion = maml_layers.FeatureFusion(hidden_dim=8, embed_dim=k)
+  attention = maml_layers.AlphaAttention(embed_dim=k, alpha=float(k))
   F = fusion(_f32(x))
   p, q = tf.gather(_f32(P), users), tf.gather(_f32(Q), items)
   attention(p, q, tf.gather(F, items))
@@ -299,11 +300,11 @@ def test_full_forward_fusion_attention_distance(seed):
 
 def _custom_objects():
   return [
-      layers.FeatureFusion(hidden_dim=8, embed_dim=4, dropout=0.2,
+      maml_layers.FeatureFusion(hidden_dim=8, embed_dim=4, dropout=0.2,
                            scaling=2.0, clip_norm=0.5),
-      layers.AlphaAttention(embed_dim=4, alpha=1.0, dropout=0.1, l2=3.0,
+      maml_layers.AlphaAttention(embed_dim=4, alpha=1.0, dropout=0.1, l2=3.0,
                             use_features=False),
-      layers.AlphaAttention(embed_dim=3, alpha=3.0),
+      maml_layers.AlphaAttention(embed_dim=3, alpha=3.0),
       layers.UnitBall(clip_norm=0.5),
   ]
 
@@ -334,7 +335,7 @@ def test_unit_ball_round_trip_keeps_behaviour():
 def test_layer_round_trip_keeps_behaviour():
   rng = np.random.default_rng(3)
   x = _f32(rng.normal(size=(5, 6)))
-  fusion = layers.FeatureFusion(hidden_dim=8, embed_dim=4, scaling=2.0,
+  fusion = maml_layers.FeatureFusion(hidden_dim=8, embed_dim=4, scaling=2.0,
                                 clip_norm=0.5)
   ref = fusion(x)
   for clone in _round_trips(fusion):
@@ -343,7 +344,7 @@ def test_layer_round_trip_keeps_behaviour():
     np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(ref),
                                rtol=1e-6, atol=1e-7)
   p, q = _f32(rng.normal(size=(5, 4))), _f32(rng.normal(size=(5, 4)))
-  attention = layers.AlphaAttention(embed_dim=4, alpha=4.0,
+  attention = maml_layers.AlphaAttention(embed_dim=4, alpha=4.0,
                                     use_features=False)
   ref = attention(p, q)
   for clone in _round_trips(attention):

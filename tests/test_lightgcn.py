@@ -5,14 +5,15 @@ CLI end to end and the export in an isolated process."""
 
 import json
 
-from maml_tf import export as export_lib  # first: TFRS wants tf.keras = Keras 2
+from maml_tf.export import saved_model as export_lib  # first: TFRS wants tf.keras = Keras 2
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import evaluate as eval_lib
+from maml_tf.evaluate import full_ranking
+from maml_tf.evaluate import metrics as metrics_lib
 from maml_tf.models import lightgcn as lgcn
 from maml_tf.models.lightgcn import LightGCN
 from tests import oracles
@@ -126,13 +127,13 @@ def test_score_items_reads_the_cache_that_prepare_scoring_refreshes():
   m.item_embeddings.assign(m.item_embeddings * 2.0)
   np.testing.assert_allclose(m.score_items(users).numpy(), stale)  # the cache
   # The evaluator refreshes it before ranking.
-  evaluator = eval_lib.Evaluator(m, pairs, np.array([[0, 3], [2, 4], [5, 1]]),
+  evaluator = full_ranking.Evaluator(m, pairs, np.array([[0, 3], [2, 4], [5, 1]]),
                                  ks=(3,), jit_compile=True)
   top = evaluator.top_k()
   fresh = oracle_scores()
   np.testing.assert_allclose(m.score_items(users).numpy(), fresh, rtol=1e-5, atol=1e-6)
   known = [np.unique(pairs[pairs[:, 0] == u, 1]) for u in (0, 2, 5)]
-  np.testing.assert_array_equal(top, eval_lib.top_k_excluding(fresh, known, 3))
+  np.testing.assert_array_equal(top, metrics_lib.top_k_excluding(fresh, known, 3))
   # score_pairs propagates afresh, whatever the cache holds.
   got = m.score_pairs(users, tf.constant([[1, 2]] * 3, tf.int32)).numpy()
   np.testing.assert_allclose(got, fresh[:, 1:3], rtol=1e-5, atol=1e-6)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from maml_tf.evaluate import sampled
 from maml_tf.protocols import loo
-from maml_tf.dataset_types import Dataset
+from maml_tf.data.dataset import Dataset
 from maml_tf.errors import DataError
 
 
@@ -50,25 +51,25 @@ def test_candidates_are_unknown_distinct_seeded_and_uniform():
   n_items = 30
   known = np.array([[0, i] for i in range(10)] + [[1, 0], [1, 29]], np.int64)
   test = np.array([[0, 3], [1, 29]], np.int64)
-  users, cand = loo.sample_candidates(known, test, n_items, n_neg=15, seed=1)
+  users, cand = sampled.sample_candidates(known, test, n_items, n_neg=15, seed=1)
   assert users.tolist() == [0, 1] and cand.shape == (2, 16)
   assert cand[:, 0].tolist() == [3, 29]
   for u, row in zip(users, cand):
     negs = row[1:]
     assert len(set(negs.tolist())) == 15
     assert not set(negs.tolist()) & set(known[known[:, 0] == u, 1].tolist())
-  again = loo.sample_candidates(known, test, n_items, n_neg=15, seed=1)[1]
-  other = loo.sample_candidates(known, test, n_items, n_neg=15, seed=2)[1]
+  again = sampled.sample_candidates(known, test, n_items, n_neg=15, seed=1)[1]
+  other = sampled.sample_candidates(known, test, n_items, n_neg=15, seed=2)[1]
   np.testing.assert_array_equal(cand, again)
   assert not np.array_equal(cand, other)
   # Uniform over user 0's 20 allowed items: many rows, counts near 5000 * 15 / 20.
   many = np.repeat(test[:1], 5000, axis=0)
-  _, c = loo.sample_candidates(known, many, n_items, n_neg=15, seed=3)
+  _, c = sampled.sample_candidates(known, many, n_items, n_neg=15, seed=3)
   counts = np.bincount(c[:, 1:].ravel(), minlength=n_items)[10:]
   expected = 5000 * 15 / 20
   assert np.all(np.abs(counts - expected) < 5 * math.sqrt(expected))
   with pytest.raises(DataError, match="user 0 has only 20 items"):
-    loo.sample_candidates(known, test, n_items, n_neg=21)
+    sampled.sample_candidates(known, test, n_items, n_neg=21)
 
 
 def test_sampled_metrics_hand_computed():
@@ -78,12 +79,12 @@ def test_sampled_metrics_hand_computed():
       [0.0, 1.0, 2.0, 3.0],   # rank 3: miss at k=2
       [1.0, 1.0, 0.0, 0.0],   # a tie counts against: rank 1
   ])
-  got = loo.sampled_metrics(scores, ks=(2, 4))
+  got = sampled.sampled_metrics(scores, ks=(2, 4))
   assert got["hr@2"] == pytest.approx(3 / 4)
   assert got["ndcg@2"] == pytest.approx((1 + 2 / math.log2(3)) / 4)
   assert got["hr@4"] == pytest.approx(1.0)
   assert got["ndcg@4"] == pytest.approx((1 + 2 / math.log2(3) + 1 / math.log2(5)) / 4)
-  constant = loo.sampled_metrics(np.zeros((3, 101)), ks=(10,))
+  constant = sampled.sampled_metrics(np.zeros((3, 101)), ks=(10,))
   assert constant == {"hr@10": 0.0, "ndcg@10": 0.0}
 
 
@@ -97,7 +98,7 @@ def test_sampled_metrics_match_an_oracle_on_random_scores():
       if better < k:
         hr += 1
         ndcg += 1 / math.log2(better + 2)
-    got = loo.sampled_metrics(scores, ks=(k,))
+    got = sampled.sampled_metrics(scores, ks=(k,))
     assert got[f"hr@{k}"] == pytest.approx(hr / 200)
     assert got[f"ndcg@{k}"] == pytest.approx(ndcg / 200)
 
@@ -119,16 +120,16 @@ def test_sampled_evaluator_end_to_end():
   test = np.array([[u, 10 + u] for u in range(n_users)])
   best = np.zeros((n_users, n_items))
   best[np.arange(n_users), 10 + np.arange(n_users)] = 1.0
-  ev = loo.SampledEvaluator(_TableModel(best), known, test, ks=(10,), n_neg=20,
+  ev = sampled.SampledEvaluator(_TableModel(best), known, test, ks=(10,), n_neg=20,
                             seed=0, batch_users=4)
   assert ev.n_users == n_users
   assert ev() == {"hr@10": 1.0, "ndcg@10": 1.0}
-  assert loo.SampledEvaluator(_TableModel(-best), known, test, ks=(10,),
+  assert sampled.SampledEvaluator(_TableModel(-best), known, test, ks=(10,),
                               n_neg=20)() == {"hr@10": 0.0, "ndcg@10": 0.0}
 
 
 def test_final_table_shows_only_the_protocols_metrics():
-  from maml_tf.evaluate import metrics_table
+  from maml_tf.evaluate.records import metrics_table
   record = {"step": 4, "test": {"hr@10": 0.5, "ndcg@10": 0.25}}
   text = metrics_table({"selection": "s", "best": record, "last": record}, (10,))
   header = text.splitlines()[1]

@@ -1,4 +1,4 @@
-"""`maml_tf.losses` against the numpy oracles (SPEC §3).
+"""`maml_tf.models.metric_losses` against the numpy oracles (docs/spec.md §3).
 
 Hand cases first (numbers worked out in the comments), then seeded random
 batches in float32 compared with the float64 oracle.
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import losses
+from maml_tf.models import metric_losses as losses
 
 try:
   from tests import oracles
@@ -220,7 +220,7 @@ def test_covariance_loss_gradient_random():
 
 
 def test_keras_adam_matches_tf1_epsilon_hat_form():
-  # SPEC §3: Adam(1e-3, 0.9, 0.999, 1e-8) in the release's TF1 form. The port
+  # docs/spec.md §3: Adam(1e-3, 0.9, 0.999, 1e-8) in the release's TF1 form. The port
   # uses keras.optimizers.Adam; check it is that form, step by step.
   rng = np.random.default_rng(5)
   init = rng.normal(size=(5, 3)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""`maml_tf.evaluate` ranking and metrics vs the oracles (SPEC §5).
+"""`maml_tf.evaluate.full_ranking` ranking and metrics vs the oracles (docs/spec.md §5).
 
 Hand cases, seeded random users, and Hypothesis properties of the metrics.
 """
@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from maml_tf import evaluate
+from maml_tf.evaluate import metrics as metrics_lib
 
 try:
   from tests import oracles
@@ -23,7 +23,7 @@ TOL = 1e-6
 
 
 def _metrics(topk, tests, ks):
-  got = evaluate.ranking_metrics(np.asarray(topk, dtype=np.int64),
+  got = metrics_lib.ranking_metrics(np.asarray(topk, dtype=np.int64),
                                  [np.asarray(t, dtype=np.int64) for t in tests],
                                  ks=ks)
   return {key: float(value) for key, value in got.items()}
@@ -92,7 +92,7 @@ def test_evaluate_hand_through_top_k_excluding():
                      [0.5, 0.5, 0.5, 0.5, 0.5]], dtype=np.float32)
   train = [np.array([0]), np.array([1])]
   test = [np.array([2, 3]), np.array([3])]
-  topk = evaluate.top_k_excluding(scores, train, 2)
+  topk = metrics_lib.top_k_excluding(scores, train, 2)
   np.testing.assert_array_equal(topk, [[1, 2], [0, 2]])
   got = _metrics(topk, test, ks=(2,))
   _assert_matches(got, oracles.evaluate(scores, train, test, 2), 2)
@@ -106,20 +106,20 @@ def test_evaluate_hand_through_top_k_excluding():
 def test_top_k_excluding_never_returns_excluded():
   # The two best-scored items are excluded: the next three come back.
   scores = np.array([[0.1, 9.0, 0.3, 8.0, 0.2, 0.4]], dtype=np.float32)
-  topk = evaluate.top_k_excluding(scores, [np.array([1, 3])], 3)
+  topk = metrics_lib.top_k_excluding(scores, [np.array([1, 3])], 3)
   np.testing.assert_array_equal(topk, [[5, 2, 4]])
 
 
 def test_top_k_excluding_ties_to_lower_id():
   # Convention of the oracle: equal scores rank the lower item id first.
   scores = np.array([[1.0, 2.0, 1.0, 1.0, 2.0, 1.0]], dtype=np.float32)
-  topk = evaluate.top_k_excluding(scores, [np.array([0])], 4)
+  topk = metrics_lib.top_k_excluding(scores, [np.array([0])], 4)
   np.testing.assert_array_equal(topk, [[1, 4, 2, 3]])
 
 
 def test_top_k_excluding_empty_exclusion():
   scores = np.array([[0.3, 0.1, 0.2]], dtype=np.float32)
-  topk = evaluate.top_k_excluding(scores, [np.array([], dtype=np.int64)], 2)
+  topk = metrics_lib.top_k_excluding(scores, [np.array([], dtype=np.int64)], 2)
   np.testing.assert_array_equal(topk, [[0, 2]])
 
 
@@ -129,7 +129,7 @@ def test_fewer_candidates_than_k_padded_and_scored_over_k():
   #   IDCG over min(1, 3) = 1 slot = 1/log2(2) = 1 -> ndcg 0.6309298
   #   recall 1, hr 1, precision = hits / k = 1/3 (SPEC: over k, not over 2)
   scores = np.array([[1.0, 3.0, 2.0]], dtype=np.float32)
-  topk = evaluate.top_k_excluding(scores, [np.array([1])], 3)
+  topk = metrics_lib.top_k_excluding(scores, [np.array([1])], 3)
   np.testing.assert_array_equal(topk, [[2, 0, -1]])
   got = _metrics(topk, [[0]], ks=(3,))
   assert got["ndcg@3"] == pytest.approx(1.0 / math.log2(3.0), rel=TOL)
@@ -158,7 +158,7 @@ def test_random_users_match_oracle(seed):
                     ).astype(np.float32) * 0.01 - 0.3
   train, test = _random_split(rng, n_users, n_items)
   kmax = 10
-  topk = evaluate.top_k_excluding(scores, train, kmax)
+  topk = metrics_lib.top_k_excluding(scores, train, kmax)
   assert topk.shape == (n_users, kmax)
   for u in range(n_users):
     ranked = oracles.rank_excluding(scores[u], train[u])
@@ -176,7 +176,7 @@ def test_random_real_scores_with_ties(seed):
   n_users, n_items = 20, 30
   scores = rng.integers(0, 5, size=(n_users, n_items)).astype(np.float32)
   train, test = _random_split(rng, n_users, n_items)
-  topk = evaluate.top_k_excluding(scores, train, 10)
+  topk = metrics_lib.top_k_excluding(scores, train, 10)
   for u in range(n_users):
     np.testing.assert_array_equal(
         topk[u], oracles.rank_excluding(scores[u], train[u])[:10])
@@ -249,7 +249,7 @@ def exclusion_cases(draw):
 @given(exclusion_cases())
 def test_property_top_k_excluding(case):
   k, scores, excludes = case
-  topk = evaluate.top_k_excluding(
+  topk = metrics_lib.top_k_excluding(
       scores, [np.asarray(e, dtype=np.int64) for e in excludes], k)
   assert topk.shape == (scores.shape[0], k)
   for u in range(scores.shape[0]):

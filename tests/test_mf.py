@@ -9,14 +9,14 @@ import json
 import subprocess
 import sys
 
-from maml_tf import export as export_lib  # first: TFRS wants tf.keras = Keras 2
+from maml_tf.export import saved_model as export_lib  # first: TFRS wants tf.keras = Keras 2
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import evaluate as eval_lib
+from maml_tf.evaluate import metrics as metrics_lib
 from maml_tf.config import Config
 from maml_tf.errors import UsageError
 from maml_tf.models import mf as mf_lib
@@ -195,7 +195,7 @@ def check_export(model, ds, tmp_path, tag, exact_retrieve=True):
   model.prepare_scoring()
   all_scores = model.score_items(tf.constant(users, tf.int32)).numpy()
   known = test_export.known_lists(ds)
-  expected = eval_lib.top_k_excluding(all_scores, known, TOPK)
+  expected = metrics_lib.top_k_excluding(all_scores, known, TOPK)
   np.testing.assert_array_equal(np.array(recommend["outputs"]["item_ids"]), expected)
   got = np.array(recommend["outputs"]["scores"])
   want_top = np.where(expected >= 0, np.take_along_axis(all_scores, expected, 1),

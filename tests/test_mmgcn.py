@@ -10,7 +10,7 @@ import json
 import os
 import types
 
-from maml_tf import export as export_lib  # noqa: F401  first: TFRS wants tf.keras = Keras 2
+from maml_tf.export import saved_model as export_lib  # noqa: F401  first: TFRS wants tf.keras = Keras 2
 
 import keras
 import numpy as np

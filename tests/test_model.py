@@ -73,7 +73,7 @@ def test_loss_terms_match_the_oracle(attention, features):
   for name, value in expected.items():
     np.testing.assert_allclose(got[name], value, rtol=2e-5, atol=1e-4, err_msg=name)
   assert got["loss"] == pytest.approx(sum(got[k] for k in expected), rel=1e-6)
-  if F is not None:  # Q starts at F (SPEC §2.1)
+  if F is not None:  # Q starts at F (docs/spec.md §2.1)
     np.testing.assert_allclose(_np(m.item_embeddings), F, atol=1e-6)
 
 

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import checkpoint, data, layers, models
+from maml_tf import models
+from maml_tf.train import checkpoint
+from maml_tf import data
+from maml_tf.models import layers
 from maml_tf.config import Config
 from maml_tf.models.cml import CML
 from maml_tf.models.maml import MAML

@@ -6,7 +6,7 @@ bad arguments, the export in an isolated process, and the CLI end to end."""
 
 import json
 
-from maml_tf import export as export_lib  # first: TFRS wants tf.keras = Keras 2
+from maml_tf.export import saved_model as export_lib  # first: TFRS wants tf.keras = Keras 2
 
 import keras
 import numpy as np
@@ -359,7 +359,7 @@ def test_retrieval_first_stage_is_the_gmf_term():
 
 def _tower_checkpoint(ds, towers, folder, seed):
   """A checkpoint prefix holding a randomly spread tower model."""
-  from maml_tf import checkpoint as checkpoint_lib
+  from maml_tf.train import checkpoint as checkpoint_lib
   m = NeuMF(ds.n_users, ds.n_items, embed_dim=4, towers=towers, mlp_layers=2,
             seed=seed)
   _spread(m, seed)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import optimizers
+from maml_tf.train import optimizers
 from maml_tf import train
 from maml_tf.config import Config
 from maml_tf.errors import UsageError

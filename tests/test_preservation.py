@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from maml_tf import data as data_lib
-from maml_tf import preservation
+from maml_tf.evaluate import preservation
 
 
 def _cos(a, b):

@@ -1,6 +1,6 @@
 """Modality preservation measured during and after a run.
 
-`--preservation_modalities` puts the measure of `maml_tf.preservation`
+`--preservation_modalities` puts the measure of `maml_tf.evaluate.preservation`
 into every metrics.jsonl round and into TensorBoard, for a model that reads
 the features (MARIO) and for one that does not (LightGCN: the features are
 read for the measure only); `scripts/preservation.py` measures a finished
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import preservation
+from maml_tf.evaluate import preservation
 from tests.helpers import ROOT, run, write_release_layout
 
 

@@ -6,6 +6,16 @@ MAML with attention=none): the same tiny dataset, seed 0, 5 training steps
 without XLA, then P, Q and every user's scores. The script that made it is
 this test's `_run`, run on that commit's tree. The current code must give
 the same numbers (they matched bit for bit when the file was made).
+
+The numbers depend on the CPU: on an AVX-512/AMX Xeon, the faithful MAML
+case of the code that wrote the file, and of commit a1cc07f (the last before
+the package's layout moved), differs from the file by up to 2.6e-5 in P,
+2.6e-3 in Q and 1.0e-2 in the scores, identically for both commits: float
+rounding of the fused kernels, amplified by the loss's discrete choices (WARP
+rank counts, the hardest negative). `pre_refactor_5_steps_a1cc07f_avx512.npz`
+was written there by a1cc07f's tree with this `_run`. A case passes when it
+matches one of the files to the tolerances below: the code must reproduce
+the pre-refactor code's numbers on the CPU kind that wrote one of them.
 """
 
 import os
@@ -15,11 +25,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import data, train
+from maml_tf import data
+from maml_tf import train
 from maml_tf.config import Config
-from maml_tf.sampler import PairSampler
+from maml_tf.data.sampler import PairSampler
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "pre_refactor_5_steps.npz")
+GOLDEN_AVX512 = os.path.join(os.path.dirname(__file__), "data",
+                             "pre_refactor_5_steps_a1cc07f_avx512.npz")
 CASES = (("maml", "faithful"), ("maml", "paper"), ("cml", "faithful"), ("lrml", "faithful"))
 
 
@@ -44,9 +57,16 @@ def _run(model_name, mode):
 
 @pytest.mark.parametrize("model_name,mode", CASES)
 def test_same_numbers_as_before_the_models_package(model_name, mode):
-  golden = np.load(GOLDEN)
   p, q, scores = _run(model_name, mode)
   key = f"{model_name}_{mode}"
-  np.testing.assert_allclose(p, golden[f"{key}_P"], rtol=0, atol=1e-6)
-  np.testing.assert_allclose(q, golden[f"{key}_Q"], rtol=0, atol=1e-6)
-  np.testing.assert_allclose(scores, golden[f"{key}_S"], rtol=0, atol=1e-5)
+  failures = []
+  for path in (GOLDEN, GOLDEN_AVX512):
+    golden = np.load(path)
+    try:
+      np.testing.assert_allclose(p, golden[f"{key}_P"], rtol=0, atol=1e-6)
+      np.testing.assert_allclose(q, golden[f"{key}_Q"], rtol=0, atol=1e-6)
+      np.testing.assert_allclose(scores, golden[f"{key}_S"], rtol=0, atol=1e-5)
+      return
+    except AssertionError as e:
+      failures.append(f"{os.path.basename(path)}: {e}")
+  raise AssertionError("matches no golden file:\n" + "\n".join(failures))

@@ -1,4 +1,4 @@
-"""`maml_tf.retrieval`: the Euclidean TFRS index against a numpy oracle.
+"""`maml_tf.export.retrieval`: the Euclidean TFRS index against a numpy oracle.
 
 The index must rank exactly by -||p - q||^2 (its scores are that value), and
 `nearest_excluding` must return the n nearest items a user does not know.
@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from maml_tf import retrieval  # first: it routes tf.keras to Keras 2 for TFRS
+from maml_tf.export import retrieval  # first: it routes tf.keras to Keras 2 for TFRS
 
 import keras
 import numpy as np
@@ -106,7 +106,7 @@ def _python(code):
 
 def test_import_leaves_the_environment_as_it_was():
   proc = _python("import os\n"
-                 "import maml_tf.retrieval\n"
+                 "import maml_tf.export.retrieval\n"
                  "import tensorflow as tf\n"
                  "print(os.environ.get('TF_USE_LEGACY_KERAS'), tf.keras.__name__)\n")
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -116,7 +116,7 @@ def test_import_leaves_the_environment_as_it_was():
 def test_clear_error_when_tf_keras_is_already_keras3():
   code = ("import tensorflow as tf\n"
           "tf.keras.layers  # resolves tf.keras to Keras 3\n"
-          "import maml_tf.retrieval\n")
+          "import maml_tf.export.retrieval\n")
   proc = _python(code)
   assert proc.returncode != 0
   assert "ImportError" in proc.stderr

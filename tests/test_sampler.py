@@ -1,10 +1,10 @@
-"""The sampler: SPEC §4 (shuffle, full batches, uniform negatives not in train)."""
+"""The sampler: docs/spec.md §4 (shuffle, full batches, uniform negatives not in train)."""
 
 import numpy as np
 import pytest
 
-from maml_tf import sampler
-from maml_tf.sampler import PairSampler
+from maml_tf.data import sampler
+from maml_tf.data.sampler import PairSampler
 
 
 def _pairs(seed=0, n_users=30, n_items=40, n=300):

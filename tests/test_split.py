@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import checkpoint
-from maml_tf import evaluate as eval_lib
+from maml_tf.train import checkpoint
+from maml_tf.evaluate import full_ranking
+from maml_tf.evaluate import metrics as metrics_lib
+from maml_tf.evaluate import records
 from maml_tf import protocols
 from maml_tf import train
 from maml_tf.config import Config
-from maml_tf.dataset_types import Dataset
+from maml_tf.data.dataset import Dataset
 from maml_tf.errors import UsageError
 from maml_tf.protocols import split as split_lib
 from tests.helpers import run, run_in_process, write_release_layout
@@ -174,7 +176,7 @@ def test_validation_is_excluded_at_test_and_train_at_validation():
   # Test: items 1 and 2 dropped, item 3 is the top-1: a hit.
   assert evaluators["test"]()["recall@1"] == 1.0
   # Had validation not been excluded, item 2 would have taken the top slot.
-  leaky = eval_lib.Evaluator(_TableModel(table), ds.train, ds.test, (1,),
+  leaky = full_ranking.Evaluator(_TableModel(table), ds.train, ds.test, (1,),
                              jit_compile=False)
   assert leaky()["recall@1"] == 0.0
 
@@ -271,7 +273,7 @@ def _config(workdir, **overrides):
 
 
 def _records(workdir):
-  return eval_lib.read_records(os.path.join(workdir, "metrics.jsonl"))
+  return records.read_records(os.path.join(workdir, "metrics.jsonl"))
 
 
 def _same(a, b):
@@ -367,7 +369,7 @@ def test_refit_trains_on_train_and_valid_for_the_best_step(scripted, tmp_path):
   assert "--train_steps=4" in (refit_dir / "flags.txt").read_text()
   # A fresh model from the same seed on other data: not the selected one.
   assert refit["test"] != summary["results"]["best"]["test"]
-  table = eval_lib.metrics_table(summary, config.topk)
+  table = records.metrics_table(summary, config.topk)
   assert f"refit (step {2 * EVA})" in table and f"best (step {2 * EVA})" in table
   # --overwrite clears the refit folder with the run.
   train.train_and_evaluate(_config(tmp_path, refit=False, overwrite=True),
@@ -468,7 +470,7 @@ def test_refit_uses_the_real_evaluators_end_to_end(tmp_path):
       verbose=0)
   for label in ("best", "refit"):
     block = summary["results"][label]
-    assert set(block["test"]) == {f"{m}@{k}" for m in eval_lib.METRICS
+    assert set(block["test"]) == {f"{m}@{k}" for m in metrics_lib.METRICS
                                   for k in (10, 20)}
   assert summary["results"]["best"]["test"] == summary["best"]["test"]
 
@@ -504,7 +506,7 @@ def test_split_protocol_from_the_cli(layout, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   records = _records(workdir)
   assert [r["step"] for r in records] == [3, 6]
-  want = {f"{m}@{k}" for m in eval_lib.METRICS for k in (10, 20)}
+  want = {f"{m}@{k}" for m in metrics_lib.METRICS for k in (10, 20)}
   for r in records:
     assert set(r["valid"]) == want and set(r["test"]) == want
   summary = json.loads((workdir / "metrics.json").read_text())
@@ -545,7 +547,7 @@ def test_new_flags_usage_errors_exit_2_with_one_line(layout, tmp_path, args,
 
 
 def test_refit_exports_the_refit_model(scripted, tmp_path):
-  from maml_tf import export as export_lib
+  from maml_tf.export import saved_model as export_lib
   config = _config(tmp_path / "run", refit=True, export=True,
                    export_dir=str(tmp_path / "exports"), export_name="toy")
   summary = train.train_and_evaluate(config, _tiny(), verbose=0)

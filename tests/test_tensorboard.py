@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import callbacks
-from maml_tf import checkpoint
+from maml_tf.train import callbacks
+from maml_tf.train import checkpoint
 from maml_tf import data
 from maml_tf import train
 from maml_tf.config import Config

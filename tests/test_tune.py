@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from maml_tf import checkpoint as checkpoint_lib
+from maml_tf.train import checkpoint as checkpoint_lib
 from maml_tf import tuning
 from maml_tf.config import Config
 from maml_tf.errors import UsageError

@@ -6,7 +6,7 @@ an isolated process, and the CLI end to end."""
 
 import json
 
-from maml_tf import export as export_lib  # first: TFRS wants tf.keras = Keras 2
+from maml_tf.export import saved_model as export_lib  # first: TFRS wants tf.keras = Keras 2
 
 import keras
 import numpy as np

@@ -9,14 +9,14 @@ model:
 
 - `loss_terms(users, items, training)` -> {name: scalar}, "loss" the total.
   The batch is `(users [B], items [B, 1 + W])`, the positive item in column
-  0 and W sampled negatives after it (`maml_tf.sampler`).
+  0 and W sampled negatives after it (`maml_tf.data.sampler`).
 - `score_items(users, item_chunk)` -> [U, n_items], for full-ranking
   evaluation (may use XLA kernels; it is compiled by the evaluator).
 - `score_pairs(users, items, explain=False)` -> scores [B, C] of users [B]
   against their own items [B, C]; with `explain`, (scores, explanation) for
   items [B]: the model's per-pair explanation ([B, E], see
   `explanation_name` / `explanation_labels`) or None.
-- Serving (`maml_tf.export`): `serving_tables()` computes, eagerly, every
+- Serving (`maml_tf.export.signatures`): `serving_tables()` computes, eagerly, every
   tensor that is constant at serving time (e.g. LightGCN's propagated
   tables, MAML's item half of the attention); `serve_items(t, users)`,
   `serve_pairs(t, users, items)` and `serve_queries(t, users)` compute from
@@ -41,10 +41,9 @@ import math
 from typing import Dict, Optional, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from maml_tf import layers as layers_lib
+from maml_tf.models import layers as layers_lib
 
 
 def map_item_chunks(block, item_tensors, n_items, chunk=None):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from maml_tf import losses
+from maml_tf.models import metric_losses as losses
 from maml_tf.models import base
 from maml_tf.models.maml import plain_sq_distances
 

@@ -48,7 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from maml_tf import layers as layers_lib
+from maml_tf.models import layers as layers_lib
 from maml_tf.errors import UsageError
 from maml_tf.models import base
 from maml_tf.models import cml

@@ -29,7 +29,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from maml_tf import losses
+from maml_tf.models import metric_losses as losses
 from maml_tf.models import base
 from maml_tf.models.base import map_item_chunks
 

@@ -1,9 +1,9 @@
-"""MAML as a Keras 3 model with a custom train_step (SPEC §2-3).
+"""MAML as a Keras 3 model with a custom train_step (docs/spec.md §2-3).
 
 Faithful mode (the release): only the user table P and the item table Q
 train; the fusion and attention networks keep their random initial weights,
 dropout is inert, and the declared L2 on the attention kernels is not part of
-the loss. Paper mode (SPEC §8): the two networks train too, dropout is active
+the loss. Paper mode (docs/spec.md §8): the two networks train too, dropout is active
 while training and the L2 counts.
 
 Two deliberate shortcuts, both exact in real arithmetic and checked against
@@ -22,9 +22,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from maml_tf import layers as layers_lib
-from maml_tf import fastpath
-from maml_tf import losses
+from maml_tf.models import maml_layers
+from maml_tf.models import maml_fastpath as fastpath
+from maml_tf.models import metric_losses as losses
 from maml_tf.models import base
 from maml_tf.models.base import map_item_chunks
 
@@ -106,7 +106,7 @@ class MAML(base.RankingModel):
       self.fused_features = self.add_weight(
           shape=(self.n_items, k), initializer="zeros", trainable=False,
           name="fused_features")
-      self.fusion = layers_lib.FeatureFusion(
+      self.fusion = maml_layers.FeatureFusion(
           self.hidden_dim, k, dropout=self.dropout, scaling=self.feature_scaling,
           clip_norm=self.clip_norm, seed=seed, name="fusion")
       self.fusion.build((None, self.feature_dim))
@@ -114,7 +114,7 @@ class MAML(base.RankingModel):
 
     self.attention = None
     if attention != "none":
-      self.attention = layers_lib.AlphaAttention(
+      self.attention = maml_layers.AlphaAttention(
           k, float(k) if attention == "scaled" else 1.0,
           dropout=self.attention_dropout, l2=self.attention_l2,
           use_features=bool(self.feature_dim), seed=seed, name="attention")
@@ -248,7 +248,7 @@ class MAML(base.RankingModel):
     return tf.reshape(attentive_distance(a, flat(p), flat(q)), tf.shape(items))
 
   def loss_terms(self, users, items, training=False):
-    """Every loss term of one step (SPEC §3) as a dict; "loss" is the total.
+    """Every loss term of one step (docs/spec.md §3) as a dict; "loss" is the total.
 
     Dropout is active only in paper mode (faithful mode's is inert)."""
     training = bool(training) and self.paper_mode

@@ -66,7 +66,7 @@ import os
 import keras
 import tensorflow as tf
 
-from maml_tf import layers as layers_lib
+from maml_tf.models import layers as layers_lib
 from maml_tf.errors import UsageError
 from maml_tf.models import base
 from maml_tf.models import mf
@@ -411,7 +411,7 @@ class NeuMF(base.RankingModel):
     model = build(config.neumf_towers)
     pretrain = tuple(config.neumf_pretrain or ())
     if pretrain:
-      from maml_tf import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+      from maml_tf.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
       if len(pretrain) != 2 or config.neumf_towers != "both":
         raise UsageError("`--neumf_pretrain` must be two runs GMF,MLP with "
                          "--neumf_towers=both. Received: "

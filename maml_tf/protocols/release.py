@@ -2,11 +2,11 @@
 
 The dataset's own train/test split is kept. With --validation_fraction > 0 a
 random share of each user's train items is held out as validation
-(`maml_tf.data.split_validation`: stochastic rounding, every user keeps a
+(`maml_tf.data.splits.split_validation`: stochastic rounding, every user keeps a
 train item) and the best round is chosen on it; with 0 (the release) there
 is no validation and the best round is chosen on test, as the release did.
 
-Full ranking (`maml_tf.evaluate.Evaluator`): every item is scored; a user's
+Full ranking (`maml_tf.evaluate.full_ranking.Evaluator`): every item is scored; a user's
 train items are excluded when ranking validation, train and validation items
 when ranking test.
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from maml_tf import data as data_lib
-from maml_tf import evaluate as eval_lib
+from maml_tf.data import splits as splits_lib
+from maml_tf.evaluate import full_ranking
 
 
 def sizes(ds) -> dict:
@@ -27,7 +27,7 @@ def sizes(ds) -> dict:
 def prepare(config, ds):
   """(ds with --validation_fraction of train held out, info)."""
   given = len(ds.valid) > 0
-  out = data_lib.split_validation(ds, config.validation_fraction, config.seed)
+  out = splits_lib.split_validation(ds, config.validation_fraction, config.seed)
   if given:
     how = "the dataset's train / validation / test, as given"
   elif config.validation_fraction:
@@ -45,9 +45,9 @@ def full_ranking_evaluators(config, ds, model, jit_compile):
   known = np.concatenate([ds.train, ds.valid]) if len(ds.valid) else ds.train
   evaluators = {}
   if len(ds.valid):
-    evaluators["valid"] = eval_lib.Evaluator(model, ds.train, ds.valid,
+    evaluators["valid"] = full_ranking.Evaluator(model, ds.train, ds.valid,
                                              config.topk, jit_compile=jit_compile)
-  evaluators["test"] = eval_lib.Evaluator(model, known, ds.test, config.topk,
+  evaluators["test"] = full_ranking.Evaluator(model, known, ds.test, config.topk,
                                           jit_compile=jit_compile)
   return evaluators
 

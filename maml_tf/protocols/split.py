@@ -19,7 +19,7 @@ A dataset that already carries a validation split (Dataset.valid non-empty,
 e.g. a given valid.csv) is used as is: its train / valid / test are not
 re-split, and metrics.json says so ("split": "given").
 
-Full ranking over every item (`maml_tf.evaluate.Evaluator`): validation
+Full ranking over every item (`maml_tf.evaluate.full_ranking.Evaluator`): validation
 ranks exclude the user's train items; test ranks exclude train and
 validation items. The best round is chosen on validation (--select_metric,
 recall@20 by default) and training stops after --patience evaluations

@@ -1,0 +1,81 @@
+"""Top-k ranking metrics of one ranked list per user (docs/spec.md §5).
+
+Recall = hits / |target_u|, Precision = hits / k, HR = [hits > 0], NDCG =
+DCG / IDCG with binary gains (DCG over the 0-based hit positions after the
+known items are dropped, 1 / log2(pos + 2); IDCG over the first
+min(|target_u|, k) positions); averaged over users, kept as fractions.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+import tensorflow as tf
+
+
+
+METRICS = ("ndcg", "recall", "hr", "precision")
+
+
+def group_by_user(pairs, n_users):
+  """CSR of (user, item) pairs: (indptr [n_users + 1], items sorted by user)."""
+  pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+  order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+  indptr = np.zeros(n_users + 1, np.int64)
+  np.cumsum(np.bincount(pairs[:, 0], minlength=n_users), out=indptr[1:])
+  return indptr, pairs[order, 1]
+
+
+def ranking_metrics(topk_items, test_items, ks=(10,)) -> Dict[str, float]:
+  """Average NDCG, Recall, HR and Precision at each k over the given users.
+
+  Args:
+    topk_items: int [U, kmax] ranked item ids per user, best first; -1 marks
+      an empty slot (fewer candidates than kmax).
+    test_items: U arrays of the users' target items (each non-empty).
+    ks: cutoffs, each <= kmax.
+  """
+  topk_items = np.asarray(topk_items, np.int64)
+  sizes = np.array([len(t) for t in test_items], np.int64)
+  if len(sizes) != len(topk_items):
+    raise ValueError(f"`test_items` has {len(sizes)} users, `topk_items` "
+                     f"{len(topk_items)}")
+  if (sizes == 0).any():
+    raise ValueError("every user in `test_items` needs at least one item")
+  if max(ks) > topk_items.shape[1]:
+    raise ValueError(f"`ks` must be <= {topk_items.shape[1]}. Received: {ks}")
+  stride = int(max(topk_items.max(initial=0), max((t.max() for t in test_items),
+                                                  default=0))) + 2
+  rows = np.repeat(np.arange(len(sizes)), sizes)
+  keys = np.sort(rows * stride + np.concatenate(test_items).astype(np.int64))
+  probe = np.arange(len(sizes))[:, None] * stride + topk_items
+  found = np.searchsorted(keys, probe)
+  hits = (keys[np.minimum(found, len(keys) - 1)] == probe) & (topk_items >= 0)
+  out = {}
+  for k in ks:
+    h = hits[:, :k]
+    n_hits = h.sum(1)
+    discount = 1.0 / np.log2(np.arange(k) + 2.0)
+    idcg = np.cumsum(discount)[np.minimum(sizes, k) - 1]
+    out[f"ndcg@{k}"] = float(np.mean((h * discount).sum(1) / idcg))
+    out[f"recall@{k}"] = float(np.mean(n_hits / sizes))
+    out[f"hr@{k}"] = float(np.mean(n_hits > 0))
+    out[f"precision@{k}"] = float(np.mean(n_hits / k))
+  return out
+
+
+def top_k_excluding(scores, exclude, k):
+  """Best-first item ids per row of `scores`, never an excluded item.
+
+  Rows with fewer than k candidates are padded with -1.
+  """
+  scores = np.array(scores, np.float32)
+  rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
+  if len(rows):
+    scores[rows, np.concatenate(exclude).astype(np.int64)] = -np.inf
+  values, idx = tf.math.top_k(scores, k=min(k, scores.shape[1]))
+  idx = np.where(np.isneginf(values.numpy()), -1, idx.numpy())
+  if idx.shape[1] < k:
+    idx = np.pad(idx, [(0, 0), (0, k - idx.shape[1])], constant_values=-1)
+  return idx
