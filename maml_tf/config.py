@@ -17,15 +17,14 @@ flags).
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Optional, Tuple
 
 from maml_tf import models as models_lib
 from maml_tf.data.formats import DATA_FORMATS, DATASETS
-from maml_tf.data.modalities import MODALITY_NAME
+from maml_tf import config_rules
 from maml_tf import settings
 from maml_tf.settings import (GROUPS, RESUME_ANY, RESUME_RUN, check_field,
-                              fail as _fail, setting)
+                              setting)
 from maml_tf.protocols import DEFAULTS as PROTOCOL_DEFAULTS
 from maml_tf.protocols import NAMES as PROTOCOLS
 
@@ -416,98 +415,10 @@ class Config:
     involve several flags or the file system."""
     for field in dataclasses.fields(self):
       check_field(field, getattr(self, field.name))
-    self._check_lists()
-    self._check_combinations()
-    self._check_paths()
+    config_rules.check_lists(self)
+    config_rules.check_combinations(self)
+    config_rules.check_paths(self)
     return self
-
-  def _check_lists(self):
-    if (not self.paper_trains
-        or set(self.paper_trains) - {"fusion", "attention"}
-        or len(set(self.paper_trains)) != len(self.paper_trains)):
-      _fail("paper_trains", "must name fusion, attention or both, once each",
-            ",".join(self.paper_trains))
-    for name in self.preservation_modalities:
-      if not MODALITY_NAME.match(name):
-        _fail("preservation_modalities", "must be modality names like text, "
-              "meta", ",".join(self.preservation_modalities))
-    if not self.topk:
-      _fail("topk", "must name at least one cutoff", "")
-    for k in self.topk:
-      if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        _fail("topk", "must be positive integers", ",".join(map(str, self.topk)))
-    if self.modalities is not None:
-      for name in self.modalities:
-        if not MODALITY_NAME.match(name):
-          _fail("modalities", "must be names like text, image, meta",
-                ",".join(self.modalities))
-      if len(set(self.modalities)) != len(self.modalities):
-        _fail("modalities", "must not repeat a name", ",".join(self.modalities))
-    for item in self.extra_features:
-      name, sep, path = item.partition("=")
-      if not sep or not MODALITY_NAME.match(name.strip()) or not path.strip():
-        _fail("extra_features", "items must look like name=path", item)
-    if self.neumf_pretrain and (len(self.neumf_pretrain) != 2 or
-                                not all(p.strip() for p in self.neumf_pretrain)):
-      _fail("neumf_pretrain", "must name two runs, GMF_RUN,MLP_RUN",
-            ",".join(self.neumf_pretrain))
-    if not self.ngcf_layers or not all(
-        str(s).strip().isdigit() and int(s) >= 1 for s in self.ngcf_layers):
-      _fail("ngcf_layers", "must be positive integers, one width per layer",
-            ",".join(map(str, self.ngcf_layers)))
-
-  def _check_combinations(self):
-    if models_lib.spec(self.model).one_negative and self.num_neg != 1:
-      _fail("num_neg", f"must be 1 with --model={self.model} (it trains on one "
-            "negative per positive)", self.num_neg)
-    if self.train_steps % self.eva_batches:
-      _fail("train_steps", f"must be a multiple of --eva_batches "
-            f"({self.eva_batches}), one evaluation per round", self.train_steps)
-    metric, _, k = self.select_metric.partition("@")
-    if (metric not in ("ndcg", "recall", "hr", "precision") or not k.isdigit()
-        or int(k) not in self.topk):
-      _fail("select_metric", "must be ndcg|recall|hr|precision@k with k in "
-            "--topk", self.select_metric)
-    if self.protocol == "loo" and metric not in ("ndcg", "hr"):
-      _fail("select_metric", "must be ndcg@k or hr@k with --protocol=loo (its "
-            "only metrics)", self.select_metric)
-    if self.protocol == "split" and self.validation_fraction:
-      _fail("validation_fraction", "must be 0 with --protocol=split (it holds "
-            "out its own validation split)", self.validation_fraction)
-    if self.dataset == "office" and self.data_format not in ("auto", "release"):
-      _fail("data_format", "must be auto or release with --dataset=office "
-            "(built in, the release's layout)", self.data_format)
-    if self.restore_from and self.init_from:
-      _fail("init_from", "must not be given with --restore_from (one starting "
-            "point)", self.init_from)
-    if self.neumf_pretrain and self.neumf_towers != "both":
-      _fail("neumf_pretrain", "must be empty unless --neumf_towers=both (it "
-            "loads a GMF and an MLP tower)", ",".join(self.neumf_pretrain))
-    if self.export_name is not None and not MODALITY_NAME.match(self.export_name):
-      _fail("export_name", "must be a name like maml_office (a-z, 0-9, _)",
-            self.export_name)
-
-  def _check_paths(self):
-    if self.dataset == "custom":
-      if not self.data_dir:
-        _fail("data_dir", "is required with --dataset=custom", self.data_dir)
-      if not os.path.isdir(self.data_dir):
-        _fail("data_dir", "must be an existing folder", self.data_dir)
-    for flag, path in (("text_features", self.text_features),
-                       ("image_features", self.image_features)):
-      if path and not os.path.exists(path):
-        _fail(flag, "must name an existing file", path)
-    if not self.workdir:
-      _fail("workdir", "must be a folder path", self.workdir)
-    for flag in ("restore_from", "init_from"):
-      path = getattr(self, flag)
-      if path and not os.path.exists(path) and not os.path.exists(path + ".index"):
-        _fail(flag, "must name an existing checkpoint", path)
-    for path in self.neumf_pretrain:
-      path = os.path.expanduser(path.strip())
-      if not os.path.exists(path) and not os.path.exists(path + ".index"):
-        _fail("neumf_pretrain", "must name existing runs or checkpoints",
-              ",".join(self.neumf_pretrain))
 
   def to_flagfile(self) -> str:
     """One `--flag=value` a line; reading it back gives this Config."""

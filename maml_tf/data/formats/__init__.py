@@ -15,7 +15,7 @@ The built-in Amazon Office data (`--dataset=office`) is `office.py`.
 A format's module defines `detect(data_dir, names) -> [file names]` (the
 files of the folder listing `names` that are its own) and a reader
 `load_x(data_dir, *, feature_paths, modalities, min_rating, kcore) ->
-Dataset`; see docs/data_formats_new.md.
+Dataset`; see docs/adding_a_format.md.
 """
 
 from __future__ import annotations
