@@ -163,3 +163,148 @@ def test_loo_protocol_from_the_cli(tmp_path):
   assert "validation" in summary["selection"]
   assert "hr@10" in proc.stdout and "recall@10" not in proc.stdout
   assert "24 test pairs" in proc.stdout  # each user's latest interaction
+
+
+# --- Every format that has times ---------------------------------------------
+#
+# One history, written in each format's own files: the test item of a user is
+# their latest interaction by time, wherever it was written. ann's latest is
+# i-y (t=9, in the test file); bob's is i-u (t=10, a train row: the test
+# file's i-x, t=3, is earlier and goes to train); cy has one interaction and
+# stays in train. Validation rows (a split file or x_label 1) are kept as the
+# validation split.
+HISTORY = {  # split -> (user, item, time)
+    "train": [("ann", "i-x", 5), ("bob", "i-w", 1), ("ann", "i-z", 7),
+              ("cy", "i-z", 2), ("bob", "i-u", 10)],
+    "valid": [("ann", "i-v", 6), ("bob", "i-v", 2)],
+    "test": [("ann", "i-y", 9), ("bob", "i-x", 3)],
+}
+LOO_TEST = {("ann", "i-y"), ("bob", "i-u")}
+LOO_VALID = {("ann", "i-v"), ("bob", "i-v")}
+LOO_TRAIN = {("ann", "i-x"), ("ann", "i-z"), ("bob", "i-w"), ("bob", "i-x"),
+             ("cy", "i-z")}
+USERS = {"ann": 0, "bob": 1, "cy": 2}
+ITEMS = {"i-x": 0, "i-y": 1, "i-z": 2, "i-w": 3, "i-u": 4, "i-v": 5}
+
+
+def _tsv(path, rows):
+  path.write_text("".join("\t".join(map(str, r)) + "\n" for r in rows))
+
+
+def _recbole_single(folder, times=True):
+  head = ["user_id:token", "item_id:token"] + (["timestamp:float"] if times else [])
+  rows = [(u, i, float(t))[:len(head)] for s in HISTORY
+          for u, i, t in HISTORY[s]]
+  _tsv(folder / "toy.inter", [head] + rows[::-1])  # file order is not time
+
+
+def _recbole_benchmark(folder, times=True):
+  head = ["user_id:token", "item_id:token"] + (["timestamp:float"] if times else [])
+  for s, rows in HISTORY.items():
+    _tsv(folder / f"toy.{s}.inter", [head] + [r[:len(head)] for r in rows])
+
+
+def _mmrec(folder, times=True):
+  head = ["userID", "itemID", "x_label"] + (["timestamp"] if times else [])
+  rows = [(USERS[u], ITEMS[i], label, t)[:len(head)]
+          for label, s in enumerate(("train", "valid", "test"))
+          for u, i, t in HISTORY[s]]
+  _tsv(folder / "toy.inter", [head] + rows)
+
+
+def _release(folder, times=True, test_times=None):
+  for s, rows in HISTORY.items():
+    timed = times if s != "test" or test_times is None else test_times
+    lines = ["reviewerID,asin" + (",unixReviewTime" if timed else "")]
+    lines += [f"{u},{i}" + (f",{t}" if timed else "") for u, i, t in rows]
+    (folder / f"{s}.csv").write_text("\n".join(lines) + "\n")
+
+
+def _npz(folder, times=False):
+  import scipy.sparse
+  del times  # the format has none
+  for s in ("train", "test"):
+    m = np.zeros((len(USERS), len(ITEMS)))
+    for u, i, _ in HISTORY[s]:
+      m[USERS[u], ITEMS[i]] = 1
+    scipy.sparse.save_npz(str(folder / f"{s}.npz"), scipy.sparse.csr_matrix(m))
+
+
+def _loo_config(folder, **changes):
+  from maml_tf.config import Config
+  return Config(dataset="custom", data_dir=str(folder), model="cml",
+                protocol="loo", **changes).validate()
+
+
+def _raw(ds, pairs):
+  """(user, item) pairs as the raw ids of HISTORY."""
+  users = {v: k for k, v in USERS.items()} if ds.user_ids is None else ds.user_ids
+  items = {v: k for k, v in ITEMS.items()} if ds.item_ids is None else ds.item_ids
+  return {(str(users[u]), str(items[i])) for u, i in pairs}
+
+
+@pytest.mark.parametrize("write, has_valid", [
+    (_recbole_single, False), (_recbole_benchmark, True), (_mmrec, True),
+    (_release, True)], ids=["recbole-single", "recbole-benchmark", "mmrec",
+                            "release"])
+def test_loo_on_every_format_with_times(tmp_path, write, has_valid):
+  from maml_tf.train import load_data
+  write(tmp_path)
+  ds, info = load_data(_loo_config(tmp_path), with_info=True)
+  assert _raw(ds, ds.test) == LOO_TEST
+  assert _raw(ds, ds.valid) == (LOO_VALID if has_valid else set())
+  train = LOO_TRAIN if has_valid else LOO_TRAIN | LOO_VALID
+  assert _raw(ds, ds.train) == train and len(ds.train) == len(train)
+  times = {(u, i): t for rows in HISTORY.values() for u, i, t in rows}
+  for pairs, when in ((ds.train, ds.train_time), (ds.test, ds.test_time)):
+    for pair, t in zip(pairs, when):  # each pair keeps its own time
+      assert t == times[_raw(ds, [pair]).pop()]
+  assert info["sizes"] == {"train": len(train), "valid": 2 * has_valid,
+                           "test": 2}
+  assert ("kept as given" in info["split"]) == has_valid
+
+
+@pytest.mark.parametrize("write, names, not_named", [
+    (_recbole_single, ["`timestamp:float` column in <name>.inter"], "unixReviewTime"),
+    (_recbole_benchmark, ["`timestamp:float` column", "<name>.train.inter"],
+     "unixReviewTime"),
+    (_mmrec, ["`timestamp` column (unix seconds) in the MMRec <name>.inter"],
+     "unixReviewTime"),
+    (_release, ["`unixReviewTime` column (unix seconds) in train.csv and test.csv",
+                "has none for its train and test pairs"], "timestamp"),
+    (_npz, ["needs interaction times and --data_format=npz has none",
+            "--protocol=split"], "column"),
+], ids=["recbole-single", "recbole-benchmark", "mmrec", "release", "npz"])
+def test_loo_without_times_names_the_formats_own_column(tmp_path, write, names,
+                                                        not_named):
+  from maml_tf.train import load_data
+  write(tmp_path, times=False)
+  with pytest.raises(DataError) as e:
+    load_data(_loo_config(tmp_path))
+  message = str(e.value)
+  assert message.startswith("`--protocol=loo` needs interaction times")
+  assert "\n" not in message and message.endswith("Received: --protocol=loo")
+  for name in names:
+    assert name in message, message
+  assert not_named not in message, message
+
+
+def test_loo_says_which_split_lacks_times(tmp_path):
+  from maml_tf.train import load_data
+  _release(tmp_path, times=True, test_times=False)
+  with pytest.raises(DataError, match=r"`unixReviewTime` column .* has none "
+                     r"for its test pairs\. Received: --protocol=loo$"):
+    load_data(_loo_config(tmp_path))
+
+
+def test_a_split_without_rows_keeps_the_times_of_the_others(tmp_path):
+  """A single RecBole .inter file: every row train, test empty; the train
+  times are read and the empty test has (no) times, not None."""
+  from maml_tf.data import formats
+  _recbole_single(tmp_path)
+  ds = formats.load_format("recbole", str(tmp_path))
+  assert len(ds.test) == 0 and ds.test_time is not None
+  assert len(ds.test_time) == 0 and len(ds.train_time) == len(ds.train) == 9
+  _recbole_single(tmp_path, times=False)
+  ds = formats.load_format("recbole", str(tmp_path))
+  assert ds.train_time is None and ds.test_time is None

@@ -1,6 +1,7 @@
 """Hyper-parameter search: spaces -> keras-tuner, trials as real runs on tiny
 data, the CLI killed and resumed, best.flags run by scripts/train.py, errors."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from maml_tf.train import checkpoint as checkpoint_lib
@@ -148,8 +150,9 @@ def test_a_declared_space_is_checked_against_the_model():
     (["--max_trials=0"], "error: `--max_trials` must be >= 1. Received: 0"),
     (["--tuner=grid"], "error: `--tuner` must be one of random, bayesian, "
      "hyperband. Received: 'grid'"),
-    (["--validation_fraction=0"], "error: `--validation_fraction` must be > 0 "
-     "to tune"),
+    (["--validation_fraction=0"], "error: `maml-tf tune` needs a validation "
+     "split to compare trials on (tuning on test is refused): use "
+     "--protocol=split, --validation_fraction > 0, or data that gives one"),
     (["--tuner_seed=0"], "error: `--tuner_seed` must be >= 1. Received: 0"),
     (["--search_space=marginn"], "error: `--search_space` names no flag of a "
      "run"),
@@ -162,7 +165,148 @@ def test_cli_usage_errors_exit_2_with_one_line(tiny, tmp_path, args, message):
   lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
-  assert not (tmp_path / "t" / "trials").exists()
+  assert not (tmp_path / "t").exists()  # refused before anything is written
+
+
+# --- What gives a validation split -------------------------------------------
+#
+# Each source of validation, on one small history (12 users, 6 items each:
+# 4 train, 1 validation, 1 test), written in that source's format.
+
+
+def _history():
+  rng = np.random.default_rng(0)
+  rows = {"train": [], "valid": [], "test": []}
+  for u in range(12):
+    for j, i in enumerate(rng.choice(20, size=6, replace=False)):
+      rows["train" if j < 4 else "valid" if j == 4 else "test"].append((u, int(i)))
+  return rows
+
+
+def _release_layout(folder, valid):
+  for split, pairs in _history().items():
+    if split == "valid" and not valid:
+      continue
+    (folder / f"{split}.csv").write_text("itemID,userID\n" + "".join(
+        f"{i},{u}\n" for u, i in pairs))
+
+
+def _recbole_files(folder, valid):
+  for split, pairs in _history().items():
+    if split == "valid" and not valid:
+      continue
+    (folder / f"toy.{split}.inter").write_text(
+        "user_id:token\titem_id:token\n" + "".join(
+            f"u{u}\ti{i}\n" for u, i in pairs))
+
+
+def _mmrec_file(folder, valid):
+  lines = ["userID\titemID\tx_label"]
+  for label, (split, pairs) in enumerate(_history().items()):
+    if split == "valid" and not valid:
+      continue
+    lines += [f"{u}\t{i}\t{label}" for u, i in pairs]
+  (folder / "toy.inter").write_text("\n".join(lines) + "\n")
+
+
+SOURCES = {  # name: (writer, writes a validation file, flags)
+    "split protocol": (_release_layout, False, dict(protocol="split")),
+    "valid.csv": (_release_layout, True, {}),
+    "recbole .valid.inter": (_recbole_files, True, {}),
+    "mmrec x_label 1": (_mmrec_file, True, {}),
+    "validation_fraction": (_release_layout, False,
+                            dict(validation_fraction=0.25)),
+}
+NO_VALIDATION = {  # the same folders with nothing that gives a validation split
+    "release layout": (_release_layout, False, {}),
+    "recbole benchmark files": (_recbole_files, False, {}),
+    "mmrec without x_label 1": (_mmrec_file, False, {}),
+    "loo protocol": (_release_layout, False, dict(protocol="loo")),
+}
+
+
+def _source_base(folder, source, table):
+  write, valid, flags = table[source]
+  folder.mkdir()
+  write(folder, valid)
+  values = dict(dataset="custom", data_dir=str(folder), model="cml",
+                batch_size=8, train_steps=4, eva_batches=2, tensorboard=False,
+                jit_compile=False, export=False)
+  values.update(flags)
+  return Config(**values).validate()
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_each_source_of_validation_makes_a_base_a_search_accepts(tmp_path,
+                                                                  source):
+  from maml_tf import train as train_lib
+  from maml_tf.train import run as run_lib
+  base = _source_base(tmp_path / "data", source, SOURCES)
+  tune_dir = tmp_path / "t"
+  from maml_tf.tuning import loop as tuning_loop
+  search = tuning_loop.Search(base, tuning.TuneSettings(
+      tune_dir=str(tune_dir), max_trials=1, search_space=("margin",)))
+  assert search.objective == f"valid_{base.select_metric}"
+  assert not tune_dir.exists()  # only the check ran
+  # The split the run selects on, and --refit allowed on it.
+  ds = train_lib.load_data(base)
+  assert len(ds.valid) >= 12 and len(ds.test) == 12
+  run_lib._check_run(dataclasses.replace(base, refit=True), ds)
+
+
+@pytest.mark.parametrize("source", list(NO_VALIDATION))
+def test_a_base_without_validation_is_refused_in_one_line(tmp_path, source):
+  from maml_tf import train as train_lib
+  from maml_tf.train import run as run_lib
+  base = _source_base(tmp_path / "data", source, NO_VALIDATION)
+  if base.protocol == "loo":  # the times loo needs
+    for name in ("train.csv", "test.csv"):
+      path = tmp_path / "data" / name
+      lines = path.read_text().splitlines()
+      path.write_text("\n".join([lines[0] + ",unixReviewTime"] + [
+          f"{line},{k}" for k, line in enumerate(lines[1:])]) + "\n")
+  tune_dir = tmp_path / "t"
+  with pytest.raises(UsageError) as e:
+    tuning.search(base, tuning.TuneSettings(tune_dir=str(tune_dir),
+                                            max_trials=1,
+                                            search_space=("margin",)))
+  message = str(e.value)
+  assert "\n" not in message
+  assert message.startswith("`maml-tf tune` needs a validation split to "
+                            "compare trials on (tuning on test is refused)")
+  for source_named in ("--protocol=split", "--validation_fraction > 0",
+                       "valid.csv", "<name>.valid.inter", "x_label 1"):
+    assert source_named in message
+  assert message.endswith(f"Received: --protocol={base.protocol}, "
+                          f"--validation_fraction=0, and "
+                          f"{train_lib.load_data(base).name} has no "
+                          f"validation pair")
+  assert not tune_dir.exists()  # nothing written before the refusal
+  with pytest.raises(UsageError, match="`--refit` needs a run that selects "
+                     "on validation"):
+    run_lib._check_run(dataclasses.replace(base, refit=True),
+                       train_lib.load_data(base))
+
+
+def test_a_tiny_search_runs_under_the_split_protocol(tiny):
+  root, flagfile = tiny
+  tune_dir = root / "split"
+  proc = run_tune([f"--flagfile={flagfile}", f"--tune_dir={tune_dir}",
+                   "--protocol=split", "--validation_fraction=0",
+                   "--topk=10,20", "--max_trials=2", "--search_space=margin"])
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert "objective: validation recall@20 (max)" in proc.stdout
+  records = read_jsonl(tune_dir / "trials.jsonl")
+  assert [r["status"] for r in records] == ["COMPLETED"] * 2
+  for r in records:
+    summary = json.loads(open(os.path.join(r["workdir"], "metrics.json")).read())
+    assert summary["protocol"]["name"] == "split"
+    assert summary["select_split"] == "valid"
+    assert r["objective"]["value"] == summary["best"]["valid"]["recall@20"]
+    assert "--protocol=split\n" in _flags(r["workdir"])
+  best_flags = (tune_dir / "best.flags").read_text()
+  assert "validation recall@20" in best_flags
+  assert "\n--protocol=split\n" in best_flags
 
 
 # --- Searches ----------------------------------------------------------------

@@ -165,13 +165,21 @@ def _item_asins(splits, names, mapped, n_items):
 
 
 def _pairs_and_times(splits, names, mapped):
-  """{split: int64 [n, 2] pairs}, {split: times or None}."""
+  """{split: int64 [n, 2] pairs}, {split: times or None}.
+
+  A split without rows misses no time: when another split has times, its
+  times are an empty array, not None (a single RecBole `.inter` file is all
+  train and an empty test; its times must survive for `--protocol=loo`).
+  """
   pairs, times = {}, {}
+  timed = any(splits[s].times is not None for s in names)
   for s in names:
     r = splits[s]
     pairs[s] = np.stack(mapped[s], 1) if len(r.lines) else np.zeros(
         (0, 2), np.int64)
     times[s] = r.times
+    if times[s] is None and timed and not len(r.lines):
+      times[s] = np.zeros(0, np.int64)
   return pairs, times
 
 

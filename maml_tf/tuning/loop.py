@@ -4,8 +4,11 @@ Each trial of a search is one `train.train_and_evaluate(config)` run: the
 trial's hyper-parameters applied to a base Config, in its own workdir
 <tune_dir>/trials/<trial_id>/, without export. Its objective is the run's
 validation-selected metric: the best round's validation `--select_metric`
-(maximised). A base Config without a validation split is refused: a search
-never selects on the test set.
+(maximised). A base Config whose data, split by its protocol, has no
+validation split is refused before anything is written (`check_validation`;
+the split protocol, --validation_fraction, a valid.csv, a RecBole
+.valid.inter or MMRec's x_label 1 each give one): a search never selects on
+the test set.
 
 The trials come from one of keras-tuner's oracles (random search, Bayesian
 optimisation, Hyperband), driven by a small `BaseTuner` whose `run_trial`
@@ -111,16 +114,38 @@ def objective_name(config: Config) -> str:
   return f"valid_{config.select_metric}"
 
 
+# What gives a run a validation split (the refusal's message lists them).
+VALIDATION_SOURCES = ("--protocol=split, --validation_fraction > 0, or data "
+                      "that gives one (a valid.csv, a RecBole "
+                      "<name>.valid.inter, MMRec rows with x_label 1)")
+
+
 def check_base(base: Config):
-  """Refuses a base run that cannot be tuned (no validation split)."""
+  """Refuses a base run that cannot be tuned, from its flags alone."""
   base.validate()
-  if not base.validation_fraction > 0:
-    fail("validation_fraction", "must be > 0 to tune: trials are compared on "
-         "the validation split (tuning on test is refused)",
-         base.validation_fraction)
   if base.restore_from:
     fail("restore_from", "is not supported by a search (each trial starts "
          "afresh)", base.restore_from)
+
+
+def check_validation(base: Config, dataset=None):
+  """Refuses a base run without a validation split: its data (`dataset`, or
+  the one the config names, loaded here), split by its protocol, holds no
+  validation pair. Writes nothing.
+
+  Raises:
+    UsageError: no validation split (a search never selects on test); the
+      data's own errors (DataError, UsageError) as a run would raise them.
+  """
+  from maml_tf import train as train_lib  # pylint: disable=g-import-not-at-top
+  ds = (train_lib.load_data(base) if dataset is None
+        else train_lib.prepare_data(base, dataset))
+  if not len(ds.valid):
+    raise UsageError(
+        f"`maml-tf tune` needs a validation split to compare trials on "
+        f"(tuning on test is refused): use {VALIDATION_SOURCES}. Received: "
+        f"--protocol={base.protocol}, --validation_fraction="
+        f"{base.validation_fraction:g}, and {ds.name} has no validation pair")
 
 
 def _base_flags(config: Config) -> dict:
@@ -155,6 +180,8 @@ class Search:
     self.base, self.settings = base, settings
     self.dataset, self.verbose = dataset, verbose
     self.params = build_space(base, settings.search_space)
+    # Last: it loads the data (the flags' own errors come first, cheaply).
+    check_validation(base, dataset)
     self.tune_dir = os.path.abspath(settings.tune_dir)
     self.objective = objective_name(base)
 
@@ -277,8 +304,8 @@ class Search:
     value = (best.get("valid") or {}).get(self.base.select_metric)
     if summary.get("select_split") != "valid" or value is None:
       raise kt_errors.FailedTrialError(
-          "no validation round was evaluated (no user kept a validation "
-          "item); raise --validation_fraction")
+          "no validation round was evaluated (the run has no validation "
+          "split)")
     return {self.objective: float(value)}
 
   # Reports.
@@ -361,7 +388,8 @@ def search(base: Config, settings: TuneSettings, dataset=None,
 
   Args:
     base: the base run; every trial is it with the trial's values, its own
-      workdir and no export. Needs `validation_fraction > 0`.
+      workdir and no export. Needs a validation split (`VALIDATION_SOURCES`),
+      checked on its data before anything is written.
     settings: the tuner, budget, space and folder.
     dataset: an already loaded Dataset for every trial (None: the one the
       config names, loaded per trial).

@@ -13,9 +13,10 @@ One file per format, each listed once in `FORMATS` below:
 The built-in Amazon Office data (`--dataset=office`) is `office.py`.
 
 A format's module defines `detect(data_dir, names) -> [file names]` (the
-files of the folder listing `names` that are its own) and a reader
+files of the folder listing `names` that are its own), a reader
 `load_x(data_dir, *, feature_paths, modalities, min_rating, kcore) ->
-Dataset`; see docs/adding_a_format.md.
+Dataset` and `TIMES`, where its files keep interaction times (None: the
+format has none); see docs/adding_a_format.md.
 """
 
 from __future__ import annotations
@@ -109,6 +110,16 @@ def load_format(data_format: str, data_dir: str, *,
                 modalities=modalities, min_rating=min_rating, kcore=kcore)
 
 
+def times_source(data_format: str) -> Optional[str]:
+  """Where format `data_format`'s files keep interaction times (its module's
+  `TIMES`, e.g. "a `timestamp:float` column in <name>.inter"); None when the
+  format has no times."""
+  if data_format not in FORMATS:
+    raise UsageError(f"`--data_format` must be one of "
+                     f"{', '.join(DATA_FORMATS)}. Received: {data_format!r}")
+  return getattr(_module(data_format), "TIMES", None)
+
+
 def load_dataset(dataset: str,
                  data_dir: Optional[str] = None,
                  modalities: Optional[Sequence[str]] = None,
@@ -154,4 +165,4 @@ def load_dataset(dataset: str,
 
 
 __all__ = ["DATASETS", "DATA_FORMATS", "FORMATS", "Format", "detect_format",
-           "load_dataset", "load_format", "resolve_format"]
+           "load_dataset", "load_format", "resolve_format", "times_source"]

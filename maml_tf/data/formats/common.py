@@ -19,7 +19,8 @@ from maml_tf.errors import DataError, UsageError
 TSV = dict(sep="\t", quoting=3)  # csv.QUOTE_NONE, as RecBole and MMRec read
 NO_TEST = ("no test split: all {n:,} interactions are train; under "
            "--protocol=release give a split ({files}) or use --protocol=split "
-           "(a per-user 8:1:1 split)")
+           "(a per-user 8:1:1 split) or --protocol=loo (each user's latest "
+           "interaction by time, from the timestamp column)")
 
 
 def check_dir(data_dir: str) -> str:

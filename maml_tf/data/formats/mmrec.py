@@ -22,6 +22,9 @@ from maml_tf.data.interactions import Rows, finish_interactions
 from maml_tf.errors import DataError
 
 MMREC_FEATURES = (("image", "image_feat.npy"), ("text", "text_feat.npy"))
+# Where this format keeps interaction times (`--protocol=loo` names it when
+# they are missing).
+TIMES = "a `timestamp` column (unix seconds) in the MMRec <name>.inter"
 
 
 def detect(data_dir: str, names: Sequence[str]) -> List[str]:

@@ -18,6 +18,10 @@ from maml_tf.data.formats import common
 from maml_tf.data.interactions import SPLITS, Rows, finish_interactions
 from maml_tf.errors import DataError
 
+# A users x items matrix holds no interaction times: `--protocol=loo` cannot
+# run on this format.
+TIMES = None
+
 
 def detect(data_dir: str, names: Sequence[str]) -> List[str]:
   """`train.npz`, when `names` (the folder's listing) has it."""

@@ -35,6 +35,10 @@ logger = logging.getLogger("maml_tf")
 
 RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
 MAX_ONE_HOT = 1024
+# Where this format keeps interaction times (`--protocol=loo` names it when
+# they are missing).
+TIMES = ("a `timestamp:float` column in <name>.inter (or in each of "
+         "<name>.train.inter, .valid.inter and .test.inter)")
 
 
 def detect(data_dir: str, names: Sequence[str]) -> List[str]:

@@ -42,6 +42,10 @@ RAW_ID_COLUMNS = ("reviewerID", "asin")
 _NO_PATHS: Mapping[str, str] = types.MappingProxyType({})
 _TIME_RULE = "must be an integer (unix seconds)"
 _RATING_RULE = "must be a finite number"
+# Where this format keeps interaction times (`--protocol=loo` names it when
+# they are missing).
+TIMES = ("a `unixReviewTime` column (unix seconds) in train.csv and test.csv"
+         " (and valid.csv when given)")
 
 
 def detect(data_dir: str, names: Sequence[str]) -> List[str]:
