@@ -1,8 +1,15 @@
 """Helpers shared by the test files: a tiny dataset in the release's layout,
-and the train command run as a real process or in this process."""
+the train command run as a real process or in this process, tiny in-memory
+datasets, the small MAML model of tests/test_model.py, and `check_export`,
+which loads an export in an isolated process that cannot import maml_tf.
+
+TensorFlow and maml_tf are imported inside the functions that need them, so
+that importing this file stays cheap and leaves the import order of the test
+files alone (the TFRS import wants `tf.keras` untouched before it)."""
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -60,3 +67,208 @@ def run_in_process(args):
       absl_flags.FLAGS.unparse_flags()
   return subprocess.CompletedProcess([SCRIPT] + list(args), code,
                                      out.getvalue(), err.getvalue())
+
+
+def tiny_dataset(n_users=20, n_items=40, seed=0):
+  """Every user with 10 items, in train (7) and test (3)."""
+  from maml_tf.data.dataset import Dataset
+  rng = np.random.default_rng(seed)
+  train, test = [], []
+  for u in range(n_users):
+    items = rng.choice(n_items, size=10, replace=False)
+    train += [(u, i) for i in items[:7]]
+    test += [(u, i) for i in items[7:]]
+  return Dataset(name="tiny", n_users=n_users, n_items=n_items,
+                 train=np.array(train, np.int64), test=np.array(test, np.int64))
+
+
+# ------------------------------------------------------ a small MAML model
+
+MAML_USERS, MAML_ITEMS, MAML_FEAT, MAML_K, MAML_H = 9, 7, 6, 4, 32
+
+
+def maml_model(mode="faithful", attention="scaled", features=True, seed=0, **kw):
+  """A compiled MAML of MAML_USERS x MAML_ITEMS with distinct fused items."""
+  import keras
+  from maml_tf.models.maml import MAML
+  keras.utils.set_random_seed(seed)
+  m = MAML(MAML_USERS, MAML_ITEMS, feature_dim=MAML_FEAT if features else 0,
+           embed_dim=MAML_K, hidden_dim=MAML_H, attention=attention, mode=mode,
+           seed=seed, **kw)
+  if features:
+    m.set_item_features(np.random.default_rng(seed).normal(size=(MAML_ITEMS, MAML_FEAT)))
+    # Distinct items, so no two distances tie exactly (a tie in the min over
+    # negatives makes the subgradient arbitrary).
+    fused = keras.ops.convert_to_numpy(m.fused_features)
+    assert len(np.unique(fused.round(6), axis=0)) == MAML_ITEMS
+  m.compile(optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-8))
+  return m
+
+
+def maml_batch(seed=1, b=5, w=3):
+  """(users [b], items [b, 1 + w]) for `maml_model`: a positive, w negatives."""
+  import tensorflow as tf
+  rng = np.random.default_rng(seed)
+  return (tf.constant(rng.integers(0, MAML_USERS, b), tf.int32),
+          tf.constant(rng.integers(0, MAML_ITEMS, (b, 1 + w)), tf.int32))
+
+
+# ------------------------------------------------------- exports, as served
+
+EXPORT_USERS, EXPORT_ITEMS = 20, 30
+EXPORT_TOPK, EXPORT_CANDIDATES = 5, 8
+EXPORT_HEAVY_USER = 3  # knows all but 3 items: fewer than EXPORT_TOPK to recommend
+
+# The script a serving machine runs: argv[1] is a JSON spec of SavedModels and
+# signature calls, argv[2] receives the signatures and results as JSON.
+SERVING_LOADER = r"""
+import json, os, sys
+spec = json.load(open(sys.argv[1]))
+out = {"sys_path": sys.path, "env_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS")}
+# A serving machine does not have our package. CI installs it in editable mode, which
+# puts an import hook in site-packages that -I does not remove, so block it here and
+# record every attempt to import it (loading the SavedModel must make none).
+blocked = []
+class NoMamlTf:
+  def find_spec(self, name, path=None, target=None):
+    if name == "maml_tf" or name.startswith("maml_tf."):
+      blocked.append(name)
+      raise ModuleNotFoundError("no module named " + name + " on a serving machine")
+    return None
+sys.meta_path.insert(0, NoMamlTf())
+try:
+  import maml_tf
+  out["maml_tf_importable"] = True
+except ImportError:
+  out["maml_tf_importable"] = False
+blocked.clear()
+import numpy as np
+import tensorflow as tf
+loaded = {tag: tf.saved_model.load(path) for tag, path in spec["models"].items()}
+out["maml_tf_import_attempts"] = list(blocked)
+out["maml_tf_modules"] = sorted(m for m in sys.modules if m.split(".")[0] == "maml_tf")
+out["signatures"] = {}
+for tag, obj in loaded.items():
+  sigs = {}
+  for name, fn in obj.signatures.items():
+    kwargs = fn.structured_input_signature[1]
+    sigs[name] = {
+        "inputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in kwargs.items()},
+        "outputs": {k: [v.dtype.name, v.shape.as_list()]
+                    for k, v in fn.structured_outputs.items()}}
+  out["signatures"][tag] = sigs
+def plain(tensor):  # nested lists; strings (raw ids) decoded from UTF-8
+  value = tensor.numpy()
+  if tensor.dtype == tf.string:
+    value = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(value)
+  return value.tolist()
+out["results"] = []
+for case in spec["cases"]:
+  fn = loaded[case["model"]].signatures[case["signature"]]
+  args = {k: tf.constant(v, tf.string if k.endswith("_keys") else tf.int64)
+          for k, v in case["inputs"].items()}
+  try:
+    res = fn(**args)
+    out["results"].append({"outputs": {k: plain(v) for k, v in res.items()},
+                           "shapes": {k: list(v.shape) for k, v in res.items()}})
+  except tf.errors.InvalidArgumentError as e:
+    out["results"].append({"error": "InvalidArgumentError", "message": e.message})
+  except Exception as e:
+    out["results"].append({"error": type(e).__name__, "message": str(e)})
+json.dump(out, open(sys.argv[2], "w"))
+"""
+
+
+def clean_env():
+  """What a fresh shell gives: no PYTHONPATH, no TF_USE_LEGACY_KERAS."""
+  return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+          "HOME": os.environ.get("HOME", "/"), "TF_CPP_MIN_LOG_LEVEL": "3",
+          "LANG": "C.UTF-8"}
+
+
+def export_dataset(features, valid_fraction, seed):
+  """20 users x 30 items; user 3 knows 27 items; optional feature matrix."""
+  from maml_tf import data as data_lib
+  rng = np.random.default_rng(seed)
+  train, test = [], []
+  for u in range(EXPORT_USERS):
+    items = rng.permutation(EXPORT_ITEMS)
+    n_train = EXPORT_ITEMS - 3 if u == EXPORT_HEAVY_USER else 6
+    train += [(u, i) for i in items[:n_train]]
+    test += [(u, i) for i in items[n_train:n_train + 2]]
+  feats = ({"meta": rng.normal(size=(EXPORT_ITEMS, 6)).astype(np.float32)}
+           if features else None)
+  ds = data_lib.from_arrays(np.array(train), np.array(test), features=feats,
+                            n_users=EXPORT_USERS, n_items=EXPORT_ITEMS)
+  return data_lib.split_validation(ds, valid_fraction, seed)
+
+
+def known_lists(ds):
+  """Each user's known items (what the export excludes), sorted."""
+  from maml_tf.export import saved_model as export_lib
+  pairs = export_lib.known_pairs(ds)
+  return [np.sort(pairs[pairs[:, 0] == u, 1]) for u in range(ds.n_users)]
+
+
+def check_export(model, ds, tmp_path, tag, exact_retrieve=True):
+  """Exports `model`, loads it in an isolated process without maml_tf and
+  compares every signature with the in-memory model. Returns the loader's
+  output for the test's own checks."""
+  import tensorflow as tf
+  from maml_tf.evaluate import metrics as metrics_lib
+  from maml_tf.export import saved_model as export_lib
+  path = export_lib.export_saved_model(model, ds, str(tmp_path / "exports"), tag,
+                                       topk=EXPORT_TOPK,
+                                       retrieve_candidates=EXPORT_CANDIDATES)
+  rng = np.random.default_rng(7)
+  users = list(range(ds.n_users))
+  pairs_u = [int(u) for u in rng.integers(0, ds.n_users, 40)]
+  pairs_i = [int(i) for i in rng.integers(0, ds.n_items, 40)]
+  cases = [{"model": tag, "signature": "serving_default", "inputs": {"user_ids": users}},
+           {"model": tag, "signature": "score",
+            "inputs": {"user_ids": pairs_u, "item_ids": pairs_i}},
+           {"model": tag, "signature": "retrieve", "inputs": {"user_ids": users}}]
+  work = tmp_path / "loader"
+  work.mkdir()
+  (work / "spec.json").write_text(json.dumps({"models": {tag: path}, "cases": cases}))
+  (work / "loader.py").write_text(SERVING_LOADER)
+  proc = subprocess.run(
+      [sys.executable, "-I", str(work / "loader.py"), str(work / "spec.json"),
+       str(work / "out.json")], cwd=str(work), env=clean_env(),
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads((work / "out.json").read_text())
+  assert out["maml_tf_importable"] is False and out["maml_tf_modules"] == []
+  recommend, score, retrieve = out["results"]
+
+  model.prepare_scoring()
+  all_scores = model.score_items(tf.constant(users, tf.int32)).numpy()
+  known = known_lists(ds)
+  expected = metrics_lib.top_k_excluding(all_scores, known, EXPORT_TOPK)
+  np.testing.assert_array_equal(np.array(recommend["outputs"]["item_ids"]), expected)
+  got = np.array(recommend["outputs"]["scores"])
+  want_top = np.where(expected >= 0, np.take_along_axis(all_scores, expected, 1),
+                      -np.inf)  # a user with fewer than k unknown items: -inf
+  np.testing.assert_allclose(got, want_top, rtol=1e-5, atol=1e-6)
+
+  want, explanation = model.score_pairs(tf.constant(pairs_u, tf.int32),
+                                        tf.constant(pairs_i, tf.int32), explain=True)
+  np.testing.assert_allclose(score["outputs"]["scores"], want.numpy(),
+                             rtol=1e-5, atol=1e-6)
+  name = model.explanation_name
+  if explanation is None:
+    assert set(score["outputs"]) == {"scores"}
+  else:
+    np.testing.assert_allclose(score["outputs"][name], explanation.numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+  ids = np.array(retrieve["outputs"]["item_ids"])
+  for u in users:  # retrieve's scores are the model's own scores of its items
+    found = ids[u] >= 0
+    np.testing.assert_allclose(np.array(retrieve["outputs"]["scores"][u])[found],
+                               all_scores[u, ids[u][found]], rtol=1e-5, atol=1e-6)
+    assert not set(ids[u].tolist()) & set(known[u].tolist())
+  if exact_retrieve:  # a dot-product first stage on the scores themselves
+    np.testing.assert_array_equal(ids, expected)
+  out["path"] = path
+  return out

@@ -19,8 +19,7 @@ from maml_tf.models.cml import CML
 from maml_tf.models.cmlf import CMLF, FeatureMLP
 from maml_tf.models.maml import MAML
 from tests import oracles
-from tests import test_export
-from tests.test_mf import check_export
+from tests.helpers import check_export, export_dataset
 
 N_USERS, N_ITEMS, D, H, FEAT = 6, 9, 4, 7, 5
 LAMBDA_F, LAMBDA_C, MARGIN = 0.7, 2.0, 1.1
@@ -249,14 +248,14 @@ def test_bad_arguments_are_refused(kwargs, message):
 
 
 def test_cmlf_without_a_content_modality_is_a_usage_error():
-  ds = test_export.make_dataset(False, 0.0, seed=0)
+  ds = export_dataset(False, 0.0, seed=0)
   with pytest.raises(UsageError, match=r"^`--modalities` must name at least one "
                      r"content modality with --model=cmlf .*Received: ''$"):
     CMLF.from_run_config(Config(model="cmlf", modalities=()), ds)
 
 
 def test_export_loads_in_an_isolated_process_and_matches(tmp_path):
-  ds = test_export.make_dataset(True, 0.2, seed=0)
+  ds = export_dataset(True, 0.2, seed=0)
   config = Config(model="cmlf", embed_dim=4, hidden_layer_dim=8, seed=0)
   m = CMLF.from_run_config(config, ds)
   rng = np.random.default_rng(1)

@@ -90,9 +90,9 @@ def test_the_report_of_lrml_is_its_memory_attention_s_concentration():
 
 @pytest.mark.parametrize("mode", ["faithful", "paper"])
 def test_the_report_of_maml_normalises_its_attention_rows(mode):
-  from tests.test_model import N_ITEMS, N_USERS, _model
-  m = _model(mode=mode)
-  pairs = np.stack([np.arange(N_USERS) % N_USERS, np.arange(N_USERS) % N_ITEMS], 1)
+  from tests.helpers import MAML_ITEMS, MAML_USERS, maml_model
+  m = maml_model(mode=mode)
+  pairs = np.stack([np.arange(MAML_USERS) % MAML_USERS, np.arange(MAML_USERS) % MAML_ITEMS], 1)
   _, a = m.score_pairs(tf.constant(pairs[:, 0], tf.int32),
                        tf.constant(pairs[:, 1], tf.int32), explain=True)
   p = np.asarray(a, np.float64) / np.asarray(a, np.float64).sum(1, keepdims=True)

@@ -26,98 +26,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import data as data_lib
 from maml_tf.evaluate import full_ranking
 from maml_tf.evaluate import metrics as metrics_lib
 from maml_tf import train as train_lib
 from maml_tf.config import Config
 from maml_tf.errors import UsageError
+from tests.helpers import (EXPORT_CANDIDATES, EXPORT_HEAVY_USER, EXPORT_ITEMS, EXPORT_TOPK,
+                           EXPORT_USERS, ROOT, SERVING_LOADER, clean_env, export_dataset,
+                           known_lists)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-N_USERS, N_ITEMS, K_EMBED = 20, 30, 8
-TOPK, CANDIDATES = 5, 8
-HEAVY_USER = 3  # knows all but 3 items: fewer than TOPK to recommend
-
-LOADER = r"""
-import json, os, sys
-spec = json.load(open(sys.argv[1]))
-out = {"sys_path": sys.path, "env_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS")}
-# A serving machine does not have our package. CI installs it in editable mode, which
-# puts an import hook in site-packages that -I does not remove, so block it here and
-# record every attempt to import it (loading the SavedModel must make none).
-blocked = []
-class NoMamlTf:
-  def find_spec(self, name, path=None, target=None):
-    if name == "maml_tf" or name.startswith("maml_tf."):
-      blocked.append(name)
-      raise ModuleNotFoundError("no module named " + name + " on a serving machine")
-    return None
-sys.meta_path.insert(0, NoMamlTf())
-try:
-  import maml_tf
-  out["maml_tf_importable"] = True
-except ImportError:
-  out["maml_tf_importable"] = False
-blocked.clear()
-import numpy as np
-import tensorflow as tf
-loaded = {tag: tf.saved_model.load(path) for tag, path in spec["models"].items()}
-out["maml_tf_import_attempts"] = list(blocked)
-out["maml_tf_modules"] = sorted(m for m in sys.modules if m.split(".")[0] == "maml_tf")
-out["signatures"] = {}
-for tag, obj in loaded.items():
-  sigs = {}
-  for name, fn in obj.signatures.items():
-    kwargs = fn.structured_input_signature[1]
-    sigs[name] = {
-        "inputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in kwargs.items()},
-        "outputs": {k: [v.dtype.name, v.shape.as_list()]
-                    for k, v in fn.structured_outputs.items()}}
-  out["signatures"][tag] = sigs
-def plain(tensor):  # nested lists; strings (raw ids) decoded from UTF-8
-  value = tensor.numpy()
-  if tensor.dtype == tf.string:
-    value = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(value)
-  return value.tolist()
-out["results"] = []
-for case in spec["cases"]:
-  fn = loaded[case["model"]].signatures[case["signature"]]
-  args = {k: tf.constant(v, tf.string if k.endswith("_keys") else tf.int64)
-          for k, v in case["inputs"].items()}
-  try:
-    res = fn(**args)
-    out["results"].append({"outputs": {k: plain(v) for k, v in res.items()},
-                           "shapes": {k: list(v.shape) for k, v in res.items()}})
-  except tf.errors.InvalidArgumentError as e:
-    out["results"].append({"error": "InvalidArgumentError", "message": e.message})
-  except Exception as e:
-    out["results"].append({"error": type(e).__name__, "message": str(e)})
-json.dump(out, open(sys.argv[2], "w"))
-"""
-
-
-def clean_env():
-  """What a fresh shell gives: no PYTHONPATH, no TF_USE_LEGACY_KERAS."""
-  return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-          "HOME": os.environ.get("HOME", "/"), "TF_CPP_MIN_LOG_LEVEL": "3",
-          "LANG": "C.UTF-8"}
-
-
-def make_dataset(features, valid_fraction, seed):
-  """20 users x 30 items; user 3 knows 27 items; optional feature matrix."""
-  rng = np.random.default_rng(seed)
-  train, test = [], []
-  for u in range(N_USERS):
-    items = rng.permutation(N_ITEMS)
-    n_train = N_ITEMS - 3 if u == HEAVY_USER else 6
-    train += [(u, i) for i in items[:n_train]]
-    test += [(u, i) for i in items[n_train:n_train + 2]]
-  feats = ({"meta": rng.normal(size=(N_ITEMS, 6)).astype(np.float32)}
-           if features else None)
-  ds = data_lib.from_arrays(np.array(train), np.array(test), features=feats,
-                            n_users=N_USERS, n_items=N_ITEMS)
-  return data_lib.split_validation(ds, valid_fraction, seed)
-
+N_USERS, N_ITEMS, K_EMBED = EXPORT_USERS, EXPORT_ITEMS, 8
+TOPK, CANDIDATES, HEAVY_USER = EXPORT_TOPK, EXPORT_CANDIDATES, EXPORT_HEAVY_USER
 
 def make_model(attention, ds, seed):
   config = Config(embed_dim=K_EMBED, hidden_layer_dim=16, attention=attention,
@@ -151,11 +70,6 @@ def with_raw_ids(ds):
                              item_ids=np.array(ITEM_KEYS, object))
 
 
-def known_lists(ds):
-  pairs = export_lib.known_pairs(ds)
-  return [np.sort(pairs[pairs[:, 0] == u, 1]) for u in range(ds.n_users)]
-
-
 @pytest.fixture(scope="module")
 def setups(tmp_path_factory):
   """Three exported models: MAML (features, scaled attention, a validation
@@ -166,7 +80,7 @@ def setups(tmp_path_factory):
   for tag, attention, features, valid, n in (("maml", "scaled", True, 0.3, CANDIDATES),
                                              ("cml", "none", False, 0.0, TOPK),
                                              ("raw", "scaled", True, 0.3, CANDIDATES)):
-    ds = make_dataset(features, valid, seed=len(out))
+    ds = export_dataset(features, valid, seed=len(out))
     if tag == "raw":
       ds = with_raw_ids(ds)
     model = make_model(attention, ds, seed=len(out))
@@ -255,7 +169,7 @@ def served(setups, tmp_path_factory):
           "cases": [dict(zip(("model", "signature", "inputs"), c))
                     for c in cases.values()]}
   (work / "spec.json").write_text(json.dumps(spec))
-  (work / "loader.py").write_text(LOADER)
+  (work / "loader.py").write_text(SERVING_LOADER)
   proc = subprocess.run(
       [sys.executable, "-I", str(work / "loader.py"), str(work / "spec.json"),
        str(work / "out.json")], cwd=str(work), env=clean_env(),

@@ -20,9 +20,8 @@ from maml_tf import evaluate as eval_lib
 from maml_tf.config import Config
 from maml_tf.errors import UsageError
 from maml_tf.models.grcn import GRCN
-from tests import test_export
-from tests.helpers import ROOT, run_in_process, write_release_layout
-from tests.test_mf import check_export
+from tests.helpers import (ROOT, check_export, export_dataset, run_in_process,
+                           write_release_layout)
 
 N_USERS, N_ITEMS, D = 4, 6, 4
 DIMS = {"text": 3, "meta": 5}
@@ -383,14 +382,14 @@ def test_each_new_flag_has_a_one_line_error(flag, value, message):
 def test_one_negative_is_required_and_features_too():
   with pytest.raises(UsageError, match="`--num_neg` must be 1 with --model=grcn"):
     Config(model="grcn", num_neg=4).validate()
-  ds = test_export.make_dataset(False, 0.0, seed=0)
+  ds = export_dataset(False, 0.0, seed=0)
   with pytest.raises(UsageError, match=r"^`--modalities` must name at least one "
                      r"content modality with --model=grcn .*Received: ''$"):
     GRCN.from_run_config(Config(model="grcn", num_neg=1, modalities=()), ds)
 
 
 def _dataset(seed=3):
-  ds = test_export.make_dataset(True, 0.2, seed=seed)
+  ds = export_dataset(True, 0.2, seed=seed)
   rng = np.random.default_rng(seed)
   feats = dict(ds.features, text=rng.normal(size=(ds.n_items, 5)).astype(np.float32))
   return data_lib.from_arrays(ds.train, ds.test, features=feats, n_users=ds.n_users,

@@ -26,9 +26,8 @@ from maml_tf.errors import UsageError
 from maml_tf.models import lattice as lattice_lib
 from maml_tf.models.lattice import LATTICE
 from tests import oracles
-from tests import test_export
-from tests.helpers import ROOT, run_in_process, write_release_layout
-from tests.test_mf import check_export
+from tests.helpers import (ROOT, check_export, export_dataset, run_in_process,
+                           write_release_layout)
 
 N_USERS, N_ITEMS, D, K = 4, 6, 4, 3
 DIMS = {"text": 3, "meta": 5}
@@ -426,11 +425,11 @@ def test_each_new_flag_has_a_one_line_error(flag, value, message):
 def test_run_config_errors_and_the_per_pass_schedule():
   with pytest.raises(UsageError, match="`--num_neg` must be 1 with --model=lattice"):
     Config(model="lattice", num_neg=4).validate()
-  ds = test_export.make_dataset(False, 0.0, seed=0)
+  ds = export_dataset(False, 0.0, seed=0)
   with pytest.raises(UsageError, match=r"^`--modalities` must name at least one "
                      r"content modality with --model=lattice .*Received: ''$"):
     LATTICE.from_run_config(Config(model="lattice", num_neg=1, modalities=()), ds)
-  ds = test_export.make_dataset(True, 0.0, seed=0)
+  ds = export_dataset(True, 0.0, seed=0)
   with pytest.raises(UsageError, match=r"^`--lattice_knn_k` must be <= the number "
                      r"of items \(30\). Received: 31$"):
     LATTICE.from_run_config(Config(model="lattice", num_neg=1, lattice_knn_k=31), ds)
@@ -440,7 +439,7 @@ def test_run_config_errors_and_the_per_pass_schedule():
 
 
 def _dataset(seed=3):
-  ds = test_export.make_dataset(True, 0.2, seed=seed)
+  ds = export_dataset(True, 0.2, seed=seed)
   rng = np.random.default_rng(seed)
   feats = dict(ds.features, text=rng.normal(size=(ds.n_items, 5)).astype(np.float32))
   return data_lib.from_arrays(ds.train, ds.test, features=feats, n_users=ds.n_users,

@@ -17,8 +17,7 @@ from maml_tf.evaluate import metrics as metrics_lib
 from maml_tf.models import lightgcn as lgcn
 from maml_tf.models.lightgcn import LightGCN
 from tests import oracles
-from tests import test_export
-from tests.test_mf import check_export
+from tests.helpers import check_export, export_dataset
 
 # 2 users, 3 items: u0-i0, u0-i1, u1-i1, u1-i2 (u0-i1 given twice).
 PAIRS = np.array([[0, 0], [0, 1], [1, 1], [1, 2], [0, 1]])
@@ -183,7 +182,7 @@ def test_bad_gcn_layers_are_refused(value):
 
 
 def test_export_bakes_the_propagated_tables_in(tmp_path):
-  ds = test_export.make_dataset(False, 0.2, seed=1)
+  ds = export_dataset(False, 0.2, seed=1)
   m = LightGCN(ds.n_users, ds.n_items, train_pairs=ds.train, gcn_layers=2,
                embed_dim=8, seed=0)
   rng = np.random.default_rng(2)

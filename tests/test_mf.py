@@ -2,7 +2,7 @@
 config round trip, every new flag's one-line error, the CLI end to end, and
 the export loaded in an isolated process that cannot import maml_tf.
 
-`check_export` is shared with tests/test_lightgcn.py and tests/test_mario.py.
+`check_export` (tests/helpers.py) is shared with the other models' tests.
 """
 
 import json
@@ -16,16 +16,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf.evaluate import metrics as metrics_lib
 from maml_tf.config import Config
 from maml_tf.errors import UsageError
 from maml_tf.models import mf as mf_lib
 from maml_tf.models.mf import MF
 from tests import oracles
-from tests import test_export
+from tests.helpers import check_export, export_dataset
 
 N_USERS, N_ITEMS, K = 7, 9, 4
-TOPK, CANDIDATES = 5, 8
 
 
 def _np(v):
@@ -165,68 +163,8 @@ def test_cli_flag_error_is_one_line_and_exit_2(tmp_path):
 # ------------------------------------------------------------ export
 
 
-def check_export(model, ds, tmp_path, tag, exact_retrieve=True):
-  """Exports `model`, loads it in an isolated process without maml_tf and
-  compares every signature with the in-memory model. Returns the loader's
-  output for the test's own checks."""
-  path = export_lib.export_saved_model(model, ds, str(tmp_path / "exports"), tag,
-                                       topk=TOPK, retrieve_candidates=CANDIDATES)
-  rng = np.random.default_rng(7)
-  users = list(range(ds.n_users))
-  pairs_u = [int(u) for u in rng.integers(0, ds.n_users, 40)]
-  pairs_i = [int(i) for i in rng.integers(0, ds.n_items, 40)]
-  cases = [{"model": tag, "signature": "serving_default", "inputs": {"user_ids": users}},
-           {"model": tag, "signature": "score",
-            "inputs": {"user_ids": pairs_u, "item_ids": pairs_i}},
-           {"model": tag, "signature": "retrieve", "inputs": {"user_ids": users}}]
-  work = tmp_path / "loader"
-  work.mkdir()
-  (work / "spec.json").write_text(json.dumps({"models": {tag: path}, "cases": cases}))
-  (work / "loader.py").write_text(test_export.LOADER)
-  proc = subprocess.run(
-      [sys.executable, "-I", str(work / "loader.py"), str(work / "spec.json"),
-       str(work / "out.json")], cwd=str(work), env=test_export.clean_env(),
-      capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads((work / "out.json").read_text())
-  assert out["maml_tf_importable"] is False and out["maml_tf_modules"] == []
-  recommend, score, retrieve = out["results"]
-
-  model.prepare_scoring()
-  all_scores = model.score_items(tf.constant(users, tf.int32)).numpy()
-  known = test_export.known_lists(ds)
-  expected = metrics_lib.top_k_excluding(all_scores, known, TOPK)
-  np.testing.assert_array_equal(np.array(recommend["outputs"]["item_ids"]), expected)
-  got = np.array(recommend["outputs"]["scores"])
-  want_top = np.where(expected >= 0, np.take_along_axis(all_scores, expected, 1),
-                      -np.inf)  # a user with fewer than k unknown items: -inf
-  np.testing.assert_allclose(got, want_top, rtol=1e-5, atol=1e-6)
-
-  want, explanation = model.score_pairs(tf.constant(pairs_u, tf.int32),
-                                        tf.constant(pairs_i, tf.int32), explain=True)
-  np.testing.assert_allclose(score["outputs"]["scores"], want.numpy(),
-                             rtol=1e-5, atol=1e-6)
-  name = model.explanation_name
-  if explanation is None:
-    assert set(score["outputs"]) == {"scores"}
-  else:
-    np.testing.assert_allclose(score["outputs"][name], explanation.numpy(),
-                               rtol=1e-5, atol=1e-6)
-
-  ids = np.array(retrieve["outputs"]["item_ids"])
-  for u in users:  # retrieve's scores are the model's own scores of its items
-    found = ids[u] >= 0
-    np.testing.assert_allclose(np.array(retrieve["outputs"]["scores"][u])[found],
-                               all_scores[u, ids[u][found]], rtol=1e-5, atol=1e-6)
-    assert not set(ids[u].tolist()) & set(known[u].tolist())
-  if exact_retrieve:  # a dot-product first stage on the scores themselves
-    np.testing.assert_array_equal(ids, expected)
-  out["path"] = path
-  return out
-
-
 def test_export_loads_in_an_isolated_process_and_matches(tmp_path):
-  ds = test_export.make_dataset(False, 0.2, seed=0)
+  ds = export_dataset(False, 0.2, seed=0)
   m = MF(ds.n_users, ds.n_items, embed_dim=8, seed=0)
   rng = np.random.default_rng(1)
   m.user_embeddings.assign(rng.normal(size=(ds.n_users, 8)).astype(np.float32))

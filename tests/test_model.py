@@ -8,28 +8,10 @@ import tensorflow as tf
 
 from maml_tf.models.maml import MAML
 from tests import oracles
+from tests.helpers import MAML_ITEMS, MAML_USERS
+from tests.helpers import maml_batch as _batch, maml_model as _model
 
-N_USERS, N_ITEMS, FEAT, K, H = 9, 7, 6, 4, 32
-
-
-def _model(mode="faithful", attention="scaled", features=True, seed=0, **kw):
-  keras.utils.set_random_seed(seed)
-  m = MAML(N_USERS, N_ITEMS, feature_dim=FEAT if features else 0, embed_dim=K,
-           hidden_dim=H, attention=attention, mode=mode, seed=seed, **kw)
-  if features:
-    m.set_item_features(np.random.default_rng(seed).normal(size=(N_ITEMS, FEAT)))
-    # Distinct items, so no two distances tie exactly (a tie in the min over
-    # negatives makes the subgradient arbitrary).
-    fused = keras.ops.convert_to_numpy(m.fused_features)
-    assert len(np.unique(fused.round(6), axis=0)) == N_ITEMS
-  m.compile(optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-8))
-  return m
-
-
-def _batch(seed=1, b=5, w=3):
-  rng = np.random.default_rng(seed)
-  return (tf.constant(rng.integers(0, N_USERS, b), tf.int32),
-          tf.constant(rng.integers(0, N_ITEMS, (b, 1 + w)), tf.int32))
+N_USERS, N_ITEMS = MAML_USERS, MAML_ITEMS
 
 
 def _np(v):

@@ -14,8 +14,7 @@ import pytest
 import tensorflow as tf
 
 from maml_tf.models.neumf import NeuMF, mlp_widths
-from tests import test_export
-from tests.test_mf import check_export
+from tests.helpers import check_export, export_dataset
 
 N_USERS, N_ITEMS, F, L = 5, 7, 2, 2
 TOWERS = ("both", "gmf", "mlp")
@@ -328,7 +327,7 @@ def _spread(m, seed=1):
 
 @pytest.mark.parametrize("towers", TOWERS)
 def test_export_loads_in_an_isolated_process_and_matches(tmp_path, towers):
-  ds = test_export.make_dataset(False, 0.2, seed=0)
+  ds = export_dataset(False, 0.2, seed=0)
   m = NeuMF(ds.n_users, ds.n_items, embed_dim=4, towers=towers, mlp_layers=2, seed=0)
   _spread(m)
   # GMF alone: the first stage is the score itself (up to the constant b);
@@ -372,7 +371,7 @@ def _tower_checkpoint(ds, towers, folder, seed):
 def test_from_run_config_loads_the_pretrained_towers(tmp_path):
   from maml_tf.config import Config
   from maml_tf.errors import UsageError
-  ds = test_export.make_dataset(False, 0.0, seed=0)
+  ds = export_dataset(False, 0.0, seed=0)
   gmf, gmf_path = _tower_checkpoint(ds, "gmf", tmp_path, 1)
   mlp, mlp_path = _tower_checkpoint(ds, "mlp", tmp_path, 2)
   config = Config(model="neumf", embed_dim=4, neumf_layers=2, neumf_alpha=0.25,

@@ -12,8 +12,7 @@ from maml_tf import train
 from maml_tf.config import Config
 from maml_tf.errors import UsageError
 from tests import oracles
-from tests.test_model import _batch, _model
-from tests.test_split import _tiny
+from tests.helpers import maml_batch, maml_model, tiny_dataset
 
 
 def test_grouped_adam_matches_the_oracle_with_two_learning_rates():
@@ -40,13 +39,13 @@ def test_grouped_adam_matches_the_oracle_with_two_learning_rates():
 
 
 def _one_step(scale):
-  m = _model(mode="paper", seed=0)
+  m = maml_model(mode="paper", seed=0)
   m.compile(optimizer=optimizers.GroupedAdam(
       tables=m.table_variables(), network_scale=scale, learning_rate=1e-3,
       epsilon=1e-8))
   before = {v.path: keras.ops.convert_to_numpy(v).copy()
             for v in m.trainable_variables}
-  m.train_on_batch(*_batch())
+  m.train_on_batch(*maml_batch())
   return {v.path: keras.ops.convert_to_numpy(v) - before[v.path]
           for v in m.trainable_variables}, m
 
@@ -75,7 +74,7 @@ def test_the_flag_reaches_the_optimizer_and_is_range_checked(tmp_path):
   config = Config(model="cml", protocol="split", embed_dim=4, batch_size=16,
                   num_neg=2, network_lr_scale=0.5, jit_compile=False,
                   tensorboard=False, export=False, workdir=str(tmp_path))
-  model = train.build_model(config, _tiny())
+  model = train.build_model(config, tiny_dataset())
   assert isinstance(model.optimizer, optimizers.GroupedAdam)
   assert model.optimizer.network_scale == 0.5
   assert "--network_lr_scale=0.5" in config.to_flagfile().splitlines()

@@ -24,7 +24,7 @@ from maml_tf.config import Config
 from maml_tf.data.dataset import Dataset
 from maml_tf.errors import UsageError
 from maml_tf.protocols import split as split_lib
-from tests.helpers import run, run_in_process, write_release_layout
+from tests.helpers import run, run_in_process, tiny_dataset, write_release_layout
 
 
 def _pairs_dataset(counts, n_items=60, seed=0, test_share=0.3):
@@ -251,18 +251,6 @@ def scripted(monkeypatch):
   return state
 
 
-def _tiny(n_users=20, n_items=40, seed=0):
-  """Every user with 10 items, in train (7) and test (3)."""
-  rng = np.random.default_rng(seed)
-  train, test = [], []
-  for u in range(n_users):
-    items = rng.choice(n_items, size=10, replace=False)
-    train += [(u, i) for i in items[:7]]
-    test += [(u, i) for i in items[7:]]
-  return Dataset(name="tiny", n_users=n_users, n_items=n_items,
-                 train=np.array(train, np.int64), test=np.array(test, np.int64))
-
-
 def _config(workdir, **overrides):
   flags = dict(model="cml", protocol="split", embed_dim=4, batch_size=16,
                num_neg=2, train_steps=8 * EVA, eva_batches=EVA, patience=3,
@@ -282,7 +270,7 @@ def _same(a, b):
 
 def test_early_stopping_stops_at_the_expected_round_and_restores_best(
     scripted, tmp_path):
-  summary = train.train_and_evaluate(_config(tmp_path), _tiny(), verbose=0)
+  summary = train.train_and_evaluate(_config(tmp_path), tiny_dataset(), verbose=0)
   assert [r["step"] for r in _records(tmp_path)] == [EVA * r for r in range(1, 6)]
   stop = summary["early_stopping"]
   assert stop == {"patience": 3, "stopped_at_step": 5 * EVA,
@@ -308,7 +296,7 @@ def test_early_stopping_stops_at_the_expected_round_and_restores_best(
 
 
 def test_without_patience_training_runs_to_train_steps(scripted, tmp_path):
-  summary = train.train_and_evaluate(_config(tmp_path, patience=0), _tiny(),
+  summary = train.train_and_evaluate(_config(tmp_path, patience=0), tiny_dataset(),
                                      verbose=0)
   assert [r["step"] for r in _records(tmp_path)][-1] == 8 * EVA
   assert summary["early_stopping"]["reason"] == "train_steps"
@@ -318,15 +306,15 @@ def test_without_patience_training_runs_to_train_steps(scripted, tmp_path):
 def test_early_stopping_survives_a_kill_and_a_finished_stop_stays_finished(
     scripted, tmp_path):
   reference = tmp_path / "reference"
-  train.train_and_evaluate(_config(reference), _tiny(), verbose=0)
+  train.train_and_evaluate(_config(reference), tiny_dataset(), verbose=0)
   # Killed during round 4's evaluation: the rerun resumes from round 3's
   # checkpoint and stops where the uninterrupted run stopped.
   killed = tmp_path / "killed"
   scripted["fail_at"] = 4 * EVA
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(_config(killed), _tiny(), verbose=0)
+    train.train_and_evaluate(_config(killed), tiny_dataset(), verbose=0)
   assert [r["step"] for r in _records(killed)] == [EVA, 2 * EVA, 3 * EVA]
-  summary = train.train_and_evaluate(_config(killed), _tiny(), verbose=0)
+  summary = train.train_and_evaluate(_config(killed), tiny_dataset(), verbose=0)
   assert summary["started_from_step"] == 3 * EVA
   assert summary["early_stopping"]["stopped_at_step"] == 5 * EVA
   strip = lambda records: [(r["step"], r["valid"], r["test"]) for r in records]
@@ -337,20 +325,20 @@ def test_early_stopping_survives_a_kill_and_a_finished_stop_stays_finished(
   unfinished = dict(json.loads(path.read_text()), finished=False)
   path.write_text(json.dumps(unfinished))
   scripted["log"].clear()
-  summary = train.train_and_evaluate(_config(reference), _tiny(), verbose=0)
+  summary = train.train_and_evaluate(_config(reference), tiny_dataset(), verbose=0)
   assert summary["finished"] is True
   assert summary["early_stopping"]["reason"] == "early_stopping"
   assert [split for split, _, _ in scripted["log"]] == ["test"]  # only the result
   assert [r["step"] for r in _records(reference)][-1] == 5 * EVA
   # ... and is then refused as any finished run.
   with pytest.raises(UsageError, match="holds a finished run"):
-    train.train_and_evaluate(_config(reference), _tiny(), verbose=0)
+    train.train_and_evaluate(_config(reference), tiny_dataset(), verbose=0)
 
 
 # ------------------------------------------------------------------- refit
 def test_refit_trains_on_train_and_valid_for_the_best_step(scripted, tmp_path):
   config = _config(tmp_path, patience=3, refit=True)
-  summary = train.train_and_evaluate(config, _tiny(), verbose=0)
+  summary = train.train_and_evaluate(config, tiny_dataset(), verbose=0)
   sizes = summary["protocol"]["sizes"]
   refit = summary["results"]["refit"]
   assert summary["refit"] == refit
@@ -373,25 +361,25 @@ def test_refit_trains_on_train_and_valid_for_the_best_step(scripted, tmp_path):
   assert f"refit (step {2 * EVA})" in table and f"best (step {2 * EVA})" in table
   # --overwrite clears the refit folder with the run.
   train.train_and_evaluate(_config(tmp_path, refit=False, overwrite=True),
-                           _tiny(), verbose=0)
+                           tiny_dataset(), verbose=0)
   assert not refit_dir.exists()
 
 
 def test_a_run_killed_during_refit_resumes_the_refit(scripted, tmp_path):
   reference = train.train_and_evaluate(
-      _config(tmp_path / "reference", refit=True), _tiny(), verbose=0)
+      _config(tmp_path / "reference", refit=True), tiny_dataset(), verbose=0)
   # Killed in the refit's second round (the main run had stopped, the refit
   # had checkpointed step EVA): the rerun trains no main round and resumes
   # the refit from its checkpoint.
   workdir = tmp_path / "killed"
   scripted["refit_fail_at"] = 2 * EVA
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(_config(workdir, refit=True), _tiny(), verbose=0)
+    train.train_and_evaluate(_config(workdir, refit=True), tiny_dataset(), verbose=0)
   refit_dir = workdir / "refit"
   assert [r["step"] for r in _records(refit_dir)] == [EVA]
   assert json.loads((workdir / "metrics.json").read_text())["finished"] is False
   scripted["log"].clear()
-  summary = train.train_and_evaluate(_config(workdir, refit=True), _tiny(),
+  summary = train.train_and_evaluate(_config(workdir, refit=True), tiny_dataset(),
                                      verbose=0)
   assert not [s for s, _, _ in scripted["log"] if s == "valid"]  # no main round
   inner = json.loads((refit_dir / "metrics.json").read_text())
@@ -406,13 +394,13 @@ def test_refit_added_to_a_finished_run_equals_a_run_made_with_it(
   round, keeps its rounds and best, and gains the refit a --refit run from
   the start would have; then, like any finished run, it is refused."""
   reference = train.train_and_evaluate(
-      _config(tmp_path / "reference", refit=True), _tiny(), verbose=0)
+      _config(tmp_path / "reference", refit=True), tiny_dataset(), verbose=0)
   workdir = tmp_path / "added"
-  first = train.train_and_evaluate(_config(workdir), _tiny(), verbose=0)
+  first = train.train_and_evaluate(_config(workdir), tiny_dataset(), verbose=0)
   assert "refit" not in first["results"]
   rounds = (workdir / "metrics.jsonl").read_text()
   scripted["log"].clear()
-  summary = train.train_and_evaluate(_config(workdir, refit=True), _tiny(),
+  summary = train.train_and_evaluate(_config(workdir, refit=True), tiny_dataset(),
                                      verbose=0)
   assert not [s for s, _, _ in scripted["log"] if s == "valid"]  # no main round
   assert (workdir / "metrics.jsonl").read_text() == rounds
@@ -421,14 +409,14 @@ def test_refit_added_to_a_finished_run_equals_a_run_made_with_it(
     assert summary["results"][label]["test"] == reference["results"][label]["test"]
   assert "\n--refit\n" in (workdir / "flags.txt").read_text()
   with pytest.raises(UsageError, match="holds a finished run"):
-    train.train_and_evaluate(_config(workdir, refit=True), _tiny(), verbose=0)
+    train.train_and_evaluate(_config(workdir, refit=True), tiny_dataset(), verbose=0)
   # With other settings it is refused, as an unfinished run is, and kept.
   other = tmp_path / "other"
-  train.train_and_evaluate(_config(other), _tiny(), verbose=0)
+  train.train_and_evaluate(_config(other), tiny_dataset(), verbose=0)
   kept = (other / "metrics.json").read_text()
   with pytest.raises(UsageError, match=r"holds a finished run with other "
                      r"settings \(--margin: "):
-    train.train_and_evaluate(_config(other, refit=True, margin=0.3), _tiny(),
+    train.train_and_evaluate(_config(other, refit=True, margin=0.3), tiny_dataset(),
                              verbose=0)
   assert (other / "metrics.json").read_text() == kept
   assert not (other / "refit").exists()
@@ -436,7 +424,7 @@ def test_refit_added_to_a_finished_run_equals_a_run_made_with_it(
   shutil.rmtree(other / "checkpoints")
   with pytest.raises(UsageError, match=r"`--refit` on a finished run needs its "
                      r"checkpoints"):
-    train.train_and_evaluate(_config(other, refit=True), _tiny(), verbose=0)
+    train.train_and_evaluate(_config(other, refit=True), tiny_dataset(), verbose=0)
   assert (other / "metrics.json").read_text() == kept
 
 
@@ -445,13 +433,13 @@ def test_refit_starts_from_the_init_from_checkpoint_as_the_main_run(
   """--init_from carries over to the refit: both trainings start from the
   same weights (it once started the refit from a fresh seeded init)."""
   train.train_and_evaluate(_config(tmp_path / "start", patience=0,
-                                   train_steps=EVA), _tiny(), verbose=0)
+                                   train_steps=EVA), tiny_dataset(), verbose=0)
   start = checkpoint.last_prefix(str(tmp_path / "start"))
   # A learning rate too small to move anything: the refit's weights after
   # its rounds are the ones it started from, to float precision.
   train.train_and_evaluate(
       _config(tmp_path / "run", init_from=start, refit=True,
-              learning_rate=1e-12), _tiny(), verbose=0)
+              learning_rate=1e-12), tiny_dataset(), verbose=0)
   refit_dir = tmp_path / "run" / "refit"
   assert f"--init_from={start}" in (refit_dir / "flags.txt").read_text()
   reader = tf.train.load_checkpoint(start)
@@ -466,7 +454,7 @@ def test_refit_starts_from_the_init_from_checkpoint_as_the_main_run(
 
 def test_refit_uses_the_real_evaluators_end_to_end(tmp_path):
   summary = train.train_and_evaluate(
-      _config(tmp_path, patience=0, train_steps=2 * EVA, refit=True), _tiny(),
+      _config(tmp_path, patience=0, train_steps=2 * EVA, refit=True), tiny_dataset(),
       verbose=0)
   for label in ("best", "refit"):
     block = summary["results"][label]
@@ -479,11 +467,11 @@ def test_patience_and_refit_need_a_validation_split(tmp_path):
   with pytest.raises(UsageError, match=r"`--patience` must be 0 when there is "
                      r"no validation split .* Received: 2"):
     train.train_and_evaluate(_config(tmp_path / "a", protocol="release",
-                                     patience=2), _tiny(), verbose=0)
+                                     patience=2), tiny_dataset(), verbose=0)
   with pytest.raises(UsageError, match="`--refit` needs a run that selects on "
                      "validation"):
     train.train_and_evaluate(_config(tmp_path / "b", protocol="release",
-                                     patience=0, refit=True), _tiny(), verbose=0)
+                                     patience=0, refit=True), tiny_dataset(), verbose=0)
 
 
 # ---------------------------------------------------------------------- CLI
@@ -550,7 +538,7 @@ def test_refit_exports_the_refit_model(scripted, tmp_path):
   from maml_tf.export import saved_model as export_lib
   config = _config(tmp_path / "run", refit=True, export=True,
                    export_dir=str(tmp_path / "exports"), export_name="toy")
-  summary = train.train_and_evaluate(config, _tiny(), verbose=0)
+  summary = train.train_and_evaluate(config, tiny_dataset(), verbose=0)
   info = export_lib.load_info(summary["export"])
   assert info["which"] == "refit" and info["step"] == 2 * EVA
   assert "+valid" in info["dataset"]  # seen items: train + validation

@@ -17,8 +17,7 @@ from maml_tf import data as data_lib
 from maml_tf.config import Config
 from maml_tf.errors import UsageError
 from maml_tf.models.vbpr import VBPR
-from tests import test_export
-from tests.test_mf import check_export
+from tests.helpers import check_export, export_dataset
 
 N_USERS, N_ITEMS, D, FEAT = 6, 8, 3, 5
 
@@ -208,7 +207,7 @@ def test_features_of_the_wrong_shape_are_refused():
 
 
 def _dataset(seed=3):
-  ds = test_export.make_dataset(True, 0.2, seed=seed)
+  ds = export_dataset(True, 0.2, seed=seed)
   rng = np.random.default_rng(seed)
   feats = {"text": rng.normal(size=(ds.n_items, 4)).astype(np.float32),
            "meta": ds.features["meta"]}
@@ -229,7 +228,7 @@ def test_features_are_the_modalities_concatenated_in_order():
 
 
 def test_vbpr_without_a_content_modality_is_a_usage_error():
-  ds = test_export.make_dataset(False, 0.0, seed=0)
+  ds = export_dataset(False, 0.0, seed=0)
   with pytest.raises(UsageError, match=r"^`--modalities` must name at least one "
                      r"content modality with --model=vbpr .*Received: ''$"):
     VBPR.from_run_config(Config(model="vbpr", num_neg=1, modalities=()), ds)
