@@ -34,8 +34,9 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 MODELS = models_lib.NAMES
 NEGATIVE_RELATIONS = ("positive", "own")
 LRML_DISTANCES = ("l2", "l1", "squared")
-BACKBONES = ("mf", "lightgcn")
+BACKBONES = ("mf", "lightgcn", "ngcf")
 MARIO_FUSIONS = ("attention", "mean", "max", "fc")
+MARIO_FEATURE_NORMS = ("scale", "row", "none")
 NEUMF_TOWERS = ("both", "gmf", "mlp")
 MMGCN_AGGREGATIONS = ("mean", "sum", "max")
 MMGCN_COMBINATIONS = ("concat", "add")
@@ -147,8 +148,10 @@ class Config:
       choices=LRML_DISTANCES)
   backbone: str = setting(
       "mf", "MARIO: the CF backbone giving the user and interaction "
-      "embeddings: mf (plain tables) or lightgcn (--gcn_layers of "
-      "propagation)", group="model", choices=BACKBONES)
+      "embeddings: mf (plain tables), lightgcn (--gcn_layers of "
+      "propagation) or ngcf (NGCF's layers from --ngcf_layers, "
+      "--ngcf_node_dropout, --ngcf_message_dropout; the model is then "
+      "--embed_dim + sum(--ngcf_layers) wide)", group="model", choices=BACKBONES)
   gcn_layers: int = setting(
       3, "LightGCN (and MARIO's lightgcn backbone): propagation layers L over "
       "the normalised train graph (>= 1)", group="model", low=1, integer=True)
@@ -166,6 +169,11 @@ class Config:
   mario_hidden: int = setting(
       64, "MARIO: hidden width of the modality attention MLP", group="model",
       low=1, integer=True)
+  mario_feature_norm: str = setting(
+      "scale", "MARIO: each modality's features rescaled once so that its "
+      "rows have mean L2 norm 1 (scale, ours: a modality's global scale then "
+      "cannot dominate the attention), each row to norm 1 (row), or as given "
+      "(none)", group="model", choices=MARIO_FEATURE_NORMS)
 
   # NeuMF (--model=neumf); also reads --embed_dim (the predictive factors),
   # --l2_reg and --num_neg.

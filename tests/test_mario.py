@@ -1,9 +1,11 @@
 """MARIO: the attention layer, every fusion's scores and loss terms against
-numpy oracles (mf and lightgcn backbones), the split full-ranking scoring
-against the plain per-pair computation, explanations, the modality-
-preserving loss and its gradient, the config round trip, errors, the CLI
-end to end (TensorBoard histograms per modality) and the export in an
-isolated process."""
+numpy oracles (mf, lightgcn and ngcf backbones), the split full-ranking
+scoring against the plain per-pair computation, explanations, the modality-
+preserving loss and its gradient, the ngcf backbone against NGCF's own
+tables and its dropout (training only), the features' rescaling and a
+modality's global scale not reaching the model, the config round trip,
+errors, the CLI end to end (TensorBoard histograms per modality; the ngcf
+backbone with its export) and the export in an isolated process."""
 
 import glob
 import json
@@ -16,14 +18,16 @@ import pytest
 import tensorflow as tf
 
 from maml_tf import data as data_lib
-from maml_tf.models.mario import MARIO, ModalityAttention
+from maml_tf.models.mario import MARIO, ModalityAttention, normalize_features
+from maml_tf.models.ngcf import NGCF
 from tests import oracles
-from tests import test_export
-from tests.test_mf import check_export
+from tests.helpers import check_export, export_dataset
 
 N_USERS, N_ITEMS, D, H = 5, 7, 6, 5
 DIMS = {"text": 4, "meta": 3}
 FUSIONS = ("attention", "mean", "max", "fc")
+BACKBONES = ("mf", "lightgcn", "ngcf")
+NGCF_SIZES = (3, 2)  # the ngcf backbone's width: D + 5 = 11
 
 
 def _np(v):
@@ -36,14 +40,20 @@ def _pairs(seed=0):
 
 
 def _model(fusion="attention", backbone="mf", mp_weight=0.3, l2_reg=0.2,
-           modalities=("text", "meta"), seed=0):
+           modalities=("text", "meta"), seed=0, node_dropout=0.3,
+           message_dropout=0.2):
   rng = np.random.default_rng(seed + 10)
   m = MARIO(N_USERS, N_ITEMS, modalities=modalities,
             feature_dims=[DIMS[k] for k in modalities], backbone=backbone,
             gcn_layers=2, train_pairs=_pairs(seed), fusion=fusion, embed_dim=D,
-            hidden_dim=H, mp_weight=mp_weight, l2_reg=l2_reg, seed=seed)
+            hidden_dim=H, mp_weight=mp_weight, l2_reg=l2_reg,
+            ngcf_layers=NGCF_SIZES, ngcf_node_dropout=node_dropout,
+            ngcf_message_dropout=message_dropout, seed=seed)
   m.user_embeddings.assign(rng.normal(size=(N_USERS, D)).astype(np.float32))
   m.item_embeddings.assign(rng.normal(size=(N_ITEMS, D)).astype(np.float32))
+  if m.propagation is not None:  # both sides of the LeakyReLU matter
+    for v in m.propagation.weights:
+      v.assign(rng.normal(size=v.shape).astype(np.float32))
   if m.attention is not None:  # peaked weights, so the modalities differ
     m.attention.score_vector.assign(m.attention.score_vector * 4.0)
   m.set_item_features({k: rng.normal(size=(N_ITEMS, DIMS[k])).astype(np.float32)
@@ -51,12 +61,30 @@ def _model(fusion="attention", backbone="mf", mp_weight=0.3, l2_reg=0.2,
   return m
 
 
+def _ngcf_oracle(A, P, Q, propagation):
+  """NGCF's eval-mode tables in numpy, dense: E^{k+1} = LeakyReLU_0.2(
+  (A E + E) W1 + b1 + (A E * E) W2 + b2), [E^0, l2norm(E^1), ...]."""
+  x = np.concatenate([P, Q])
+  parts = [x]
+  for k in range(len(propagation.layer_sizes)):
+    side = A @ x
+    z = ((side + x) @ _np(propagation.sum_kernels[k]) + _np(propagation.sum_biases[k])
+         + (side * x) @ _np(propagation.bi_kernels[k]) + _np(propagation.bi_biases[k]))
+    x = np.where(z > 0, z, 0.2 * z)
+    parts.append(x / np.linalg.norm(x, axis=1, keepdims=True))
+  final = np.concatenate(parts, 1)
+  return final[:len(P)], final[len(P):]
+
+
 def _oracle_parts(m):
-  """(users [U, d], modality embeddings [I, M, d]) computed in numpy."""
+  """(users [U, D], modality embeddings [I, M, D]) computed in numpy."""
   P, Q = _np(m.user_embeddings), _np(m.item_embeddings)
   if m.backbone == "lightgcn":
     A = oracles.lightgcn_adjacency(_pairs(m.seed), N_USERS, N_ITEMS)
     P, Q = oracles.lightgcn_propagate(A, P, Q, 2)
+  if m.backbone == "ngcf":
+    A = oracles.lightgcn_adjacency(_pairs(m.seed), N_USERS, N_ITEMS)
+    P, Q = _ngcf_oracle(A, P, Q, m.propagation)
   rows = [Q]
   for k in m.modalities:
     enc = m.encoders[k]
@@ -104,7 +132,7 @@ def test_attention_layer_round_trip_and_oracle():
     ModalityAttention(D, 0)
 
 
-@pytest.mark.parametrize("backbone", ["mf", "lightgcn"])
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_loss_terms_match_the_oracle(fusion, backbone):
   m = _model(fusion, backbone)
@@ -132,7 +160,7 @@ def test_loss_terms_match_the_oracle(fusion, backbone):
       oracles.bpr_loss(r_pos, r_neg) + l2 + 0.3 * mp, rel=1e-5)
 
 
-@pytest.mark.parametrize("backbone", ["mf", "lightgcn"])
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("chunk", [None, 3])
 def test_split_full_ranking_equals_the_plain_per_pair_scores(fusion, backbone, chunk):
@@ -151,6 +179,144 @@ def test_split_full_ranking_equals_the_plain_per_pair_scores(fusion, backbone, c
 def test_score_width_is_per_pair_floats_of_the_split_attention():
   assert _model("attention").score_width == 3 * (H + 2)
   assert _model("mean").score_width == D
+  assert _model("mean", "ngcf").score_width == D + sum(NGCF_SIZES)
+
+
+def test_the_ngcf_backbone_is_ngcfs_own_tables_sized_through_the_model():
+  m = _model("attention", "ngcf")
+  width = D + sum(NGCF_SIZES)
+  assert m.width == width
+  # Initialised as NGCF(seed=s) is, and for the same weights, the same tables.
+  fresh = MARIO(N_USERS, N_ITEMS, modalities=("text",), feature_dims=(4,),
+                backbone="ngcf", train_pairs=_pairs(0), embed_dim=D,
+                ngcf_layers=NGCF_SIZES, seed=4)
+  twin = NGCF(N_USERS, N_ITEMS, train_pairs=_pairs(0), layer_sizes=NGCF_SIZES,
+              embed_dim=D, seed=4)
+  for a, b in zip([fresh.user_embeddings, fresh.item_embeddings] + fresh.propagation.weights,
+                  [twin.user_embeddings, twin.item_embeddings] + twin.propagation.weights):
+    np.testing.assert_array_equal(_np(a), _np(b))
+  for v, w in zip([twin.user_embeddings, twin.item_embeddings] + twin.propagation.weights,
+                  [m.user_embeddings, m.item_embeddings] + m.propagation.weights):
+    v.assign(w)
+  users, items = m.backbone_tables()
+  want_u, want_i = twin.final_tables()
+  np.testing.assert_allclose(users.numpy(), want_u.numpy(), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(items.numpy(), want_i.numpy(), rtol=1e-6, atol=1e-6)
+  assert items.shape == (N_ITEMS, width)
+  # Every part of the model is D wide: encoders, attention, decoders, cache.
+  assert m.encoders["text"].kernel.shape == (DIMS["text"], width)
+  assert m.decoders["meta"].kernel.shape == (width, DIMS["meta"])
+  assert m.attention.item_kernel.shape == (width, H)
+  assert m.scoring_modalities.shape == (N_ITEMS, 3, width)
+  assert _model("fc", "ngcf").fc.kernel.shape == (3 * width, width)
+  # The mean fusion over the interaction modality alone would score as NGCF:
+  # e^IN is NGCF's item row, u NGCF's user row.
+  twin.prepare_scoring()
+  e = m.serving_tables()["item_modalities"].numpy()
+  np.testing.assert_allclose(np.einsum("ud,id->ui", users.numpy(), e[:, 0]),
+                             twin.score_items(tf.range(N_USERS)).numpy(), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_the_ngcf_backbones_dropout_acts_in_training_only():
+  m = _model("attention", "ngcf", node_dropout=0.4, message_dropout=0.3)
+  users = tf.constant([0, 1, 2, 3], tf.int32)
+  items = tf.constant([[0, 1], [2, 3], [4, 5], [6, 0]], tf.int32)
+  evals = [float(m.loss_terms(users, items)["bpr_loss"]) for _ in range(2)]
+  trains = [float(m.loss_terms(users, items, training=True)["bpr_loss"])
+            for _ in range(2)]
+  assert evals[0] == evals[1]
+  assert trains[0] != trains[1] and evals[0] not in trains
+  first = m.score_items(tf.range(N_USERS)).numpy()
+  np.testing.assert_array_equal(first, m.score_items(tf.range(N_USERS)).numpy())
+  # The E^0 columns are never dropped; the ego tables carry the L2.
+  t_users, _ = m.backbone_tables(training=True)
+  np.testing.assert_array_equal(t_users.numpy()[:, :D], _np(m.user_embeddings))
+  plain = _model("attention", "ngcf", node_dropout=0.0, message_dropout=0.0)
+  assert float(plain.loss_terms(users, items, training=True)["loss"]) == pytest.approx(
+      float(plain.loss_terms(users, items)["loss"]), rel=1e-6)
+  # A train step moves NGCF's layer weights too.
+  before = [_np(v) for v in m.propagation.weights]
+  _train(m, steps=2)
+  assert all(not np.allclose(_np(v), b) for v, b in zip(m.propagation.weights, before))
+
+
+def test_feature_norm_rescales_as_documented():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(6, 4)) * rng.uniform(0.5, 30, (6, 1))
+  x[3] = 0.0
+  norms = np.sqrt((x ** 2).sum(1))
+  np.testing.assert_allclose(normalize_features(x, "scale"), x / norms.mean(), rtol=1e-6)
+  row = normalize_features(x, "row")
+  kept = [0, 1, 2, 4, 5]
+  np.testing.assert_allclose(row[kept], x[kept] / norms[kept, None], rtol=1e-6)
+  np.testing.assert_array_equal(row[3], 0.0)
+  np.testing.assert_allclose(normalize_features(x, "none"), x, rtol=1e-6)
+  np.testing.assert_array_equal(normalize_features(np.zeros((3, 2)), "scale"), 0.0)
+  # The model stores the rescaled features, and L_MP's unit is theirs.
+  m = _model("mean")
+  raw = np.random.default_rng(10).normal(size=(N_ITEMS, 4)) * 40.0
+  m.set_item_features({"text": raw, "meta": np.ones((N_ITEMS, 3))})
+  np.testing.assert_allclose(_np(m.feature_table("text")),
+                             raw / np.sqrt((raw ** 2).sum(1)).mean(), rtol=1e-5)
+  np.testing.assert_allclose(_np(m.feature_scales), [
+      np.abs(raw / np.sqrt((raw ** 2).sum(1)).mean()).mean(), 1 / np.sqrt(3)], rtol=1e-5)
+
+
+def _scaled_pair(feature_norm, factor, backbone="lightgcn"):
+  """Two models from one seed whose text features differ by `factor`."""
+  rng = np.random.default_rng(11)
+  feats = {"text": rng.normal(size=(N_ITEMS, 4)).astype(np.float32) * 3.0,
+           "meta": rng.normal(size=(N_ITEMS, 3)).astype(np.float32)}
+  models = []
+  for f in (1.0, factor):
+    m = MARIO(N_USERS, N_ITEMS, modalities=("text", "meta"), feature_dims=(4, 3),
+              backbone=backbone, gcn_layers=2, train_pairs=_pairs(0), embed_dim=D,
+              hidden_dim=H, mp_weight=0.5, feature_norm=feature_norm, seed=1)
+    m.set_item_features(dict(feats, text=feats["text"] * np.float32(f)))
+    models.append(m)
+  return models
+
+
+def _weights_and_norms(m):
+  users = tf.constant(np.repeat(np.arange(N_USERS), N_ITEMS), tf.int32)
+  items = tf.constant(np.tile(np.arange(N_ITEMS), N_USERS), tf.int32)
+  scores, a = m.score_pairs(users, items, explain=True)
+  e = m.serving_tables()["item_modalities"].numpy()
+  return scores.numpy(), a.numpy(), np.linalg.norm(e, axis=-1).mean(0)
+
+
+@pytest.mark.parametrize("feature_norm", ["scale", "row"])
+def test_a_modalitys_global_scale_does_not_reach_the_model(feature_norm):
+  # Issue 22 item 8: one modality x10 (a user's 30-50 row norms against
+  # 1-11). With the features rescaled at load, the two models are the same
+  # model: the same encoder outputs, attention and scores, at init and
+  # after training.
+  one, ten = _scaled_pair(feature_norm, 10.0)
+  np.testing.assert_allclose(_np(one.feature_table("text")), _np(ten.feature_table("text")),
+                             rtol=1e-6)
+  for step in range(2):
+    s1, a1, n1 = _weights_and_norms(one)
+    s10, a10, n10 = _weights_and_norms(ten)
+    np.testing.assert_allclose(s10, s1, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a10, a1, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(n10, n1, rtol=1e-4)
+    assert n10[1] < 3.0  # rows of mean norm 1: the encoder's output is O(1)
+    if step == 0:
+      _train(one, steps=20)
+      _train(ten, steps=20)
+
+
+def test_without_rescaling_the_scale_reaches_the_encoders_and_the_scores():
+  # What `feature_norm=none` does (the features as given): the x10
+  # modality's embeddings are 10x longer at init (a linear encoder), and the
+  # scores and weights differ from the x1 model's.
+  one, ten = _scaled_pair("none", 10.0)
+  s1, a1, n1 = _weights_and_norms(one)
+  s10, a10, n10 = _weights_and_norms(ten)
+  assert n10[1] / n1[1] == pytest.approx(10.0, rel=1e-4)
+  np.testing.assert_allclose(n10[[0, 2]], n1[[0, 2]], rtol=1e-6)
+  assert np.abs(s10 - s1).max() > 0.1 and np.abs(a10 - a1).max() > 0.01
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
@@ -241,8 +407,13 @@ def test_a_subset_of_modalities_is_w_o_the_others():
      r"`modalities` must name at least one content modality"),
     ({"fusion": "sum"}, r"`fusion` must be one of attention, mean, max, fc. "
      r"Received: fusion='sum'"),
-    ({"backbone": "ngcf"}, r"`backbone` must be one of mf, lightgcn. "
-     r"Received: backbone='ngcf'"),
+    ({"backbone": "gcn"}, r"`backbone` must be one of mf, lightgcn, ngcf. "
+     r"Received: backbone='gcn'"),
+    ({"feature_norm": "l2"}, r"`feature_norm` must be one of scale, row, none. "
+     r"Received: feature_norm='l2'"),
+    ({"ngcf_layers": ()}, r"`layer_sizes` must be one integer >= 1 per layer"),
+    ({"ngcf_node_dropout": 1.0}, r"`ngcf_node_dropout` must be in \[0, 1\). "
+     r"Received: ngcf_node_dropout=1.0"),
     ({"mp_weight": -1.0}, r"`mp_weight` must be >= 0. Received: mp_weight=-1.0"),
     ({"feature_dims": (4,)}, r"`feature_dims` must give one size >= 1 per modality"),
     ({"gcn_layers": 0}, r"`gcn_layers` must be an integer >= 1. Received: gcn_layers=0"),
@@ -254,8 +425,9 @@ def test_bad_arguments_are_refused(kwargs, message):
     MARIO(N_USERS, N_ITEMS, **args)
 
 
-def test_get_config_round_trip():
-  m = _model("fc", "lightgcn")
+@pytest.mark.parametrize("backbone", ["lightgcn", "ngcf"])
+def test_get_config_round_trip(backbone):
+  m = _model("fc", backbone)
   config = m.get_config()
   clone = MARIO.from_config(config)
   assert clone.get_config() == config
@@ -266,23 +438,26 @@ def test_get_config_round_trip():
 
 
 def _dataset(seed=3):
-  ds = test_export.make_dataset(True, 0.2, seed=seed)
+  ds = export_dataset(True, 0.2, seed=seed)
   rng = np.random.default_rng(seed)
   feats = dict(ds.features, text=rng.normal(size=(ds.n_items, 5)).astype(np.float32))
   return data_lib.from_arrays(ds.train, ds.test, features=feats, n_users=ds.n_users,
                               n_items=ds.n_items)
 
 
-def test_export_loads_in_an_isolated_process_and_matches(tmp_path):
-  # The attention on the lightgcn backbone: the serving path that differs
-  # most from training (the split attention, baked propagated tables); the
-  # other fusions' serve_pairs are checked against the oracle above.
-  fusion, backbone = "attention", "lightgcn"
+@pytest.mark.parametrize("backbone", ["lightgcn", "ngcf"])
+def test_export_loads_in_an_isolated_process_and_matches(tmp_path, backbone):
+  # The attention on a graph backbone: the serving path that differs most
+  # from training (the split attention, baked propagated tables; NGCF's
+  # in eval mode, its dropouts on); the other fusions' serve_pairs are
+  # checked against the oracle above.
+  fusion = "attention"
   ds = _dataset()
   m = MARIO(ds.n_users, ds.n_items, modalities=ds.modalities,
             feature_dims=[ds.features[k].shape[1] for k in ds.modalities],
             backbone=backbone, gcn_layers=2, train_pairs=ds.train, fusion=fusion,
-            embed_dim=8, hidden_dim=6, seed=0)
+            embed_dim=8, hidden_dim=6, ngcf_layers=(4, 3), ngcf_node_dropout=0.3,
+            ngcf_message_dropout=0.3, seed=0)
   rng = np.random.default_rng(1)
   m.user_embeddings.assign(rng.normal(size=(ds.n_users, 8)).astype(np.float32))
   m.item_embeddings.assign(rng.normal(size=(ds.n_items, 8)).astype(np.float32))
@@ -324,10 +499,53 @@ def test_mario_from_the_cli_trains_exports_and_logs_modality_histograms(tmp_path
   assert out["modality_weights"].shape == (2, 2)
 
 
+def test_mario_on_the_ngcf_backbone_from_the_cli_trains_and_exports(tmp_path):
+  from tests.helpers import run_in_process, write_release_layout
+  data = tmp_path / "data"
+  features = write_release_layout(str(data))
+  workdir, exports = tmp_path / "run", tmp_path / "exports"
+  proc = run_in_process([
+      "--dataset=custom", f"--data_dir={data}", f"--extra_features=meta={features}",
+      "--model=mario", "--backbone=ngcf", "--ngcf_layers=4,3",
+      "--ngcf_node_dropout=0.2", "--ngcf_message_dropout=0.1", "--mp_weight=0.5",
+      "--num_neg=1", "--embed_dim=8", "--mario_hidden=4", "--batch_size=16",
+      "--learning_rate=0.01", "--train_steps=6", "--eva_batches=3",
+      "--notensorboard", f"--export_dir={exports}", f"--workdir={workdir}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads((workdir / "metrics.json").read_text())
+  assert summary["finished"] is True and summary["rounds"] == 2
+  assert summary["last"]["train"]["mp_loss"] > 0
+  path = exports / "mario_custom" / "1"
+  info = json.loads((path / "assets.extra" / "export_info.json").read_text())
+  assert info["backbone"] == "ngcf" and info["ngcf_layers"] == [4, 3]
+  assert info["interaction_width"] == 8 + 4 + 3 and info["feature_norm"] == "scale"
+  assert info["ngcf_node_dropout"] == 0.2
+  # The baked tables serve: the top-k scores are the `score` signature's.
+  loaded = tf.saved_model.load(str(path))
+  users = tf.constant([0, 1, 2], tf.int64)
+  top = loaded.signatures["serving_default"](user_ids=users)
+  ids, scores = top["item_ids"].numpy(), top["scores"].numpy()
+  assert ids.shape == (3, 10) and (np.diff(scores, axis=1) <= 1e-6).all()
+  pair = loaded.signatures["score"](user_ids=tf.repeat(users, 10),
+                                    item_ids=tf.constant(ids.reshape(-1)))
+  np.testing.assert_allclose(pair["scores"].numpy().reshape(3, 10), scores,
+                             rtol=1e-5, atol=1e-5)
+  assert pair["modality_weights"].shape == (30, 2)
+
+
 def test_mario_without_a_content_modality_is_a_usage_error():
   from maml_tf.config import Config
   from maml_tf.errors import UsageError
-  ds = test_export.make_dataset(False, 0.0, seed=0)
+  ds = export_dataset(False, 0.0, seed=0)
   with pytest.raises(UsageError, match=r"^`--modalities` must name at least one "
                      r"content modality with --model=mario .*Received: ''$"):
     MARIO.from_run_config(Config(model="mario", num_neg=1, modalities=()), ds)
+
+
+def test_the_flags_choices_are_the_models_own():
+  """config.py cannot import the model (TensorFlow); the two lists agree."""
+  from maml_tf import config as config_lib
+  from maml_tf.models import mario as mario_lib
+  assert config_lib.BACKBONES == mario_lib.BACKBONES
+  assert config_lib.MARIO_FEATURE_NORMS == mario_lib.FEATURE_NORMS
+  assert config_lib.MARIO_FUSIONS == mario_lib.FUSIONS

@@ -136,7 +136,7 @@ def test_bad_l2_reg_is_refused():
     ("mp_weight", -0.5, "`--mp_weight` must be >= 0. Received: -0.5"),
     ("mp_weight", float("nan"), "`--mp_weight` must be finite. Received: nan"),
     ("mario_hidden", 0, "`--mario_hidden` must be >= 1. Received: 0"),
-    ("backbone", "ngcf", "`--backbone` must be one of mf, lightgcn. Received: 'ngcf'"),
+    ("backbone", "gcn", "`--backbone` must be one of mf, lightgcn, ngcf. Received: 'gcn'"),
     ("mario_fusion", "sum", "`--mario_fusion` must be one of attention, mean, max, "
      "fc. Received: 'sum'"),
 ])

@@ -37,7 +37,7 @@ SPECS: Tuple[Spec, ...] = (
          "the train graph, no features (He et al., SIGIR 2020)",
          one_negative=True),
     Spec("mario", "mario", "MARIO", "modality-aware attention and "
-         "modality-preserving decoders over an mf or lightgcn backbone (Kim "
+         "modality-preserving decoders over an mf, lightgcn or ngcf backbone (Kim "
          "et al., CIKM 2022)", uses_features=True, one_negative=True),
     Spec("neumf", "neumf", "NeuMF", "neural collaborative filtering: GMF and "
          "MLP towers fused into one logit, cross-entropy over the sampled "
