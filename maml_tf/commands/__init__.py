@@ -17,6 +17,7 @@ COMMANDS = {
     "tune": ("tune", "search hyper-parameters on validation (keras-tuner)"),
     "export": ("export", "export a run's checkpoint as a SavedModel"),
     "summarize": ("summarize", "mean ± sd of finished runs as a Markdown table"),
+    "significance": ("significance", "paired t-test and Wilcoxon of two models' runs"),
     "plot": ("plot", "learning curves of runs to one PNG"),
     "preservation": ("preservation", "modality preservation of a run's model"),
     "popularity": ("popularity", "the MostPop baseline on a run's data"),

@@ -11,6 +11,7 @@ import time
 from typing import Mapping
 
 import keras
+from maml_tf.evaluate import per_user as per_user_lib
 from maml_tf.evaluate.full_ranking import Evaluator
 from maml_tf.evaluate.records import _flatten, format_record, read_records
 from maml_tf import fileio
@@ -65,6 +66,10 @@ class EvaluationCallback(keras.callbacks.Callback):
     # name -> fn() -> {key: value}: measured every round into the record
     # (e.g. "preservation") and the logs as "<name>/<key>/<subkey>".
     self.extras = {}
+    # "best" / "last" -> the test users' values of the best round so far and
+    # of the last round evaluated in this process (`per_user.block`; see
+    # maml_tf/evaluate/per_user.py for the rounds evaluated before a resume).
+    self.per_user = {}
 
   @property
   def path(self):
@@ -132,6 +137,9 @@ class EvaluationCallback(keras.callbacks.Callback):
     step = (epoch + 1) * self.eva_batches
     record = self.evaluate(step, logs)
     self.append_record(record)
+    self.keep_per_user("last", step)
+    if self.best_record() is record:
+      self.keep_per_user("best", step)
     self.write_summary(finished=False)
     if logs is not None:
       for split in self.evaluators:
@@ -150,6 +158,15 @@ class EvaluationCallback(keras.callbacks.Callback):
             f"{self.select_metric} for {self.rounds_since_best()} evaluations "
             f"(--patience={self.patience}); best round: step {best['step']}",
             flush=True)
+
+  def keep_per_user(self, label, step):
+    """Keeps, as `label`, the per-user values of the test evaluator's latest
+    call (the weights of `step`); an evaluator without them keeps none."""
+    latest = getattr(self.evaluators.get("test"), "per_user", None)
+    if latest is None:
+      self.per_user.pop(label, None)
+    else:
+      self.per_user[label] = per_user_lib.block(latest, step)
 
   def rounds_since_best(self) -> int:
     """Rounds after the best one (0 when the last round is the best)."""

@@ -19,7 +19,8 @@ from typing import Dict
 import keras
 import numpy as np
 import tensorflow as tf
-from maml_tf.evaluate.metrics import group_by_user, ranking_metrics
+from maml_tf.evaluate.metrics import (group_by_user, mean_metrics,
+                                     per_user_metrics)
 
 
 
@@ -65,6 +66,8 @@ class Evaluator:
       return tf.math.top_k(scores, k=k)
 
     self._rank = rank
+    # The latest call's {"users": [U] ids, metric@k: [U] values}, or None.
+    self.per_user = None
 
   @property
   def n_users(self):
@@ -98,8 +101,14 @@ class Evaluator:
     return topk
 
   def __call__(self, progress=False) -> Dict[str, float]:
+    """The metrics averaged over the target users; the latest call's values
+    per user are kept in `per_user` (no extra pass: the averages are theirs).
+    """
     if not len(self.users):
+      self.per_user = None
       return {}
-    return ranking_metrics(self.top_k(progress), self.targets, self.ks)
+    values = per_user_metrics(self.top_k(progress), self.targets, self.ks)
+    self.per_user = dict(values, users=self.users)
+    return mean_metrics(values)
 
 

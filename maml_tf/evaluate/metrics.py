@@ -36,6 +36,17 @@ def ranking_metrics(topk_items, test_items, ks=(10,)) -> Dict[str, float]:
     test_items: U arrays of the users' target items (each non-empty).
     ks: cutoffs, each <= kmax.
   """
+  return mean_metrics(per_user_metrics(topk_items, test_items, ks))
+
+
+def mean_metrics(per_user: Dict[str, np.ndarray]) -> Dict[str, float]:
+  """{metric@k: mean over users} of `per_user_metrics`' arrays."""
+  return {name: float(np.mean(values)) for name, values in per_user.items()}
+
+
+def per_user_metrics(topk_items, test_items, ks=(10,)) -> Dict[str, np.ndarray]:
+  """`ranking_metrics` before the average: {metric@k: float64 [U]}, one value
+  per user in the order of `test_items` (arguments as `ranking_metrics`)."""
   topk_items = np.asarray(topk_items, np.int64)
   sizes = np.array([len(t) for t in test_items], np.int64)
   if len(sizes) != len(topk_items):
@@ -58,10 +69,10 @@ def ranking_metrics(topk_items, test_items, ks=(10,)) -> Dict[str, float]:
     n_hits = h.sum(1)
     discount = 1.0 / np.log2(np.arange(k) + 2.0)
     idcg = np.cumsum(discount)[np.minimum(sizes, k) - 1]
-    out[f"ndcg@{k}"] = float(np.mean((h * discount).sum(1) / idcg))
-    out[f"recall@{k}"] = float(np.mean(n_hits / sizes))
-    out[f"hr@{k}"] = float(np.mean(n_hits > 0))
-    out[f"precision@{k}"] = float(np.mean(n_hits / k))
+    out[f"ndcg@{k}"] = (h * discount).sum(1) / idcg
+    out[f"recall@{k}"] = n_hits / sizes
+    out[f"hr@{k}"] = (n_hits > 0).astype(np.float64)
+    out[f"precision@{k}"] = n_hits / k
   return out
 
 

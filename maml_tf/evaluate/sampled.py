@@ -55,7 +55,18 @@ def sample_candidates(known_pairs, test_pairs, n_items, n_neg=100, seed=0):
 
 
 def sampled_metrics(scores, ks: Sequence[int] = (10,)) -> Dict[str, float]:
-  """HR@k and nDCG@k of column 0 among the candidates of each row.
+  """HR@k and nDCG@k of column 0 among the candidates of each row, averaged
+  over the rows (0.0 when there are none); see `sampled_per_row`."""
+  return _average(sampled_per_row(scores, ks))
+
+
+def _average(per_row):
+  return {name: float(np.mean(values)) if len(values) else 0.0
+          for name, values in per_row.items()}
+
+
+def sampled_per_row(scores, ks: Sequence[int] = (10,)) -> Dict[str, np.ndarray]:
+  """{metric@k: float64 [rows]}: HR@k and nDCG@k of column 0 of each row.
 
   rank = #candidates scoring higher than column 0, plus the negatives that
   tie with it (pessimistic: a constant model ranks every test item last).
@@ -66,9 +77,8 @@ def sampled_metrics(scores, ks: Sequence[int] = (10,)) -> Dict[str, float]:
   out = {}
   for k in ks:
     hit = rank < k
-    out[f"hr@{k}"] = float(np.mean(hit)) if len(rank) else 0.0
-    out[f"ndcg@{k}"] = (float(np.mean(np.where(hit, 1.0 / np.log2(rank + 2), 0.0)))
-                        if len(rank) else 0.0)
+    out[f"hr@{k}"] = hit.astype(np.float64)
+    out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(rank + 2), 0.0)
   return out
 
 
@@ -82,6 +92,8 @@ class SampledEvaluator:
         known_pairs, target_pairs, model.n_items, n_neg, seed)
     self.users = np.unique(self.users_all)
     self.batch_users = int(batch_users)
+    # The latest call's {"users": [P] the pairs' users, metric@k: [P]}, or None.
+    self.per_user = None
     self._score = tf.function(
         lambda users, items: model.score_pairs(users, items),
         input_signature=[tf.TensorSpec([None], tf.int32),
@@ -100,5 +112,9 @@ class SampledEvaluator:
     return np.concatenate(out) if out else np.zeros((0, self.candidates.shape[1]))
 
   def __call__(self, progress=False) -> Dict[str, float]:
+    """The metrics averaged over the target pairs; the latest call's values
+    per pair (one a user under leave-one-out) are kept in `per_user`."""
     del progress  # one pass takes a second or two
-    return sampled_metrics(self.scores(), self.ks)
+    per_row = sampled_per_row(self.scores(), self.ks)
+    self.per_user = dict(per_row, users=self.users_all)
+    return _average(per_row)

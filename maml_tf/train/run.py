@@ -5,12 +5,14 @@ The run's steps, each a function of a screen or less, in the order they run:
 data) -> `_write_run_files` (flags.txt, vocab/) -> `build_model` ->
 `_start` (resume, --restore_from or --init_from) -> `_evaluation` (the
 per-round callback and its extra measures) -> `_resume_records` ->
-`_callbacks` -> `_fit` -> `report.summarize` -> `_select` (the best round
-restored, --refit) -> `_export` -> metrics.json -> `report.print_summary`.
+`_callbacks` -> `_fit` -> `report.summarize` -> `_complete_per_user` ->
+`_select` (the best round restored, --refit) -> `_export` -> per_user.npz
+and metrics.json -> `report.print_summary`.
 
 flags -> Config -> Dataset -> PairSampler -> model.fit with the evaluation,
 checkpoint and TensorBoard callbacks -> in the workdir: metrics.jsonl,
-metrics.json, flags.txt, checkpoints/ (best/ apart) and tensorboard/.
+metrics.json, per_user.npz (maml_tf/evaluate/per_user.py), flags.txt,
+checkpoints/ (best/ apart) and tensorboard/.
 
 One Keras "epoch" is one evaluation round of `eva_batches` steps; the release
 trained forever and printed test metrics each round, the port trains
@@ -36,6 +38,7 @@ from maml_tf.data.sampler import PairSampler
 from maml_tf.errors import UsageError
 from maml_tf.evaluate import callback as callback_lib
 from maml_tf.evaluate import explanation as explanation_lib
+from maml_tf.evaluate import per_user as per_user_lib
 from maml_tf.evaluate import preservation as preservation_lib
 from maml_tf.train import callbacks as callbacks_lib
 from maml_tf.train import checkpoint as checkpoint_lib
@@ -132,11 +135,13 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
        start_step, stopped, verbose)
   summary = report.summarize(config, ds, evaluation, checkpointer, start_step,
                              time.perf_counter() - start)
+  _complete_per_user(config, model, evaluation, summary, start_step)
   export_ds, export_which = _select(config, ds, model, evaluation, summary,
                                     protocol_info, verbose, strategy)
   step = None
   if config.export:
     step = _export(config, model, export_ds, export_which, summary)
+  summary["per_user"] = per_user_lib.write(config.workdir, evaluation.per_user)
   fileio.write_json_atomic(os.path.join(config.workdir, "metrics.json"), summary)
   if verbose:
     report.print_summary(config, summary, is_refit, export_which, step)
@@ -296,6 +301,37 @@ def _fit(config, model, sampler, evaluation, checkpointer, callbacks, board,
       board.close()
 
 
+def _complete_per_user(config, model, evaluation, summary, start_step):
+  """The per-user test values of rounds this process did not evaluate
+  (before a resume), by the rule of maml_tf/evaluate/per_user.py: the last
+  round's and, for a run that selects on test, the best round's, from the
+  workdir's per_user.npz for the same step, else evaluated once here (the
+  weights the model holds when no round ran after the resume;
+  checkpoints/best). A run that selects on validation gets "best" from
+  `_select`'s evaluation."""
+  test = evaluation.evaluators.get("test")
+  if not evaluation.records or not hasattr(test, "per_user"):
+    return  # an evaluator without per-user values: nothing to keep
+  kept = evaluation.per_user
+  earlier = per_user_lib.read_blocks(
+      os.path.join(config.workdir, per_user_lib.FILE))
+  last = evaluation.records[-1]["step"]
+  if kept.get("last", {}).get("step") != last:
+    if earlier.get("last", {}).get("step") == last:
+      kept["last"] = earlier["last"]
+    elif last == start_step:
+      test()
+      evaluation.keep_per_user("last", last)
+  best = evaluation.best_record()["step"]
+  if evaluation.select_split == "test" and kept.get("best", {}).get("step") != best:
+    if earlier.get("best", {}).get("step") == best:
+      kept["best"] = earlier["best"]
+    elif summary["checkpoints"].get("best") is not None:
+      step = checkpoint_lib.restore(model, config.workdir, "best")
+      test()
+      evaluation.keep_per_user("best", step)
+
+
 def _select(config, ds, model, evaluation, summary, protocol_info, verbose,
             strategy):
   """A run that selects on validation: the best round restored and its test
@@ -314,10 +350,13 @@ def _select(config, ds, model, evaluation, summary, protocol_info, verbose,
         "valid": evaluation.best_record().get("valid"),
         "test": evaluation.evaluators["test"](),
     }}
+    evaluation.keep_per_user("best", step)  # the per-user values of that test
     if config.refit:
       refit = refit_lib.refit(config, ds, protocol_info, step, verbose,
                               strategy, _train)
       summary["refit"] = summary["results"]["refit"] = refit
+      evaluation.per_user["refit"] = per_user_lib.read_block(
+          os.path.join(refit["workdir"], per_user_lib.FILE), "last")
       # The exported model is the refit one (trained on more data, the
       # number --refit reports); its seen items are train + validation.
       export_ds = refit_lib.refit_dataset(ds)

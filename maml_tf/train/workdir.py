@@ -12,6 +12,7 @@ from typing import Optional
 
 from maml_tf.train import checkpoint as checkpoint_lib
 from maml_tf.data import vocab as vocab_lib
+from maml_tf.evaluate import per_user as per_user_lib
 from maml_tf import config as config_lib
 from maml_tf import fileio
 from maml_tf.config import Config
@@ -27,7 +28,7 @@ RESUMABLE_CHANGES = config_lib.names(
 REFIT = "refit"  # <workdir>/refit: the --refit run, a workdir of its own
 
 
-RUN_FILES = ("metrics.json", "metrics.jsonl", "flags.txt")
+RUN_FILES = ("metrics.json", "metrics.jsonl", "flags.txt", per_user_lib.FILE)
 
 
 RUN_DIRS = (checkpoint_lib.CHECKPOINTS, "tensorboard", REFIT, vocab_lib.FOLDER)
@@ -68,7 +69,8 @@ def changed_flags(workdir: str, config: Config) -> list:
 
 
 def clear_workdir(workdir: str):
-  """Removes a run's files (metrics, flags, checkpoints, TensorBoard logs)."""
+  """Removes a run's files (metrics, per-user results, flags, checkpoints,
+  TensorBoard logs)."""
   for name in RUN_FILES:
     path = os.path.join(workdir, name)
     if os.path.exists(path):
