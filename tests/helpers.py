@@ -19,6 +19,13 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "train.py")
 
+# A train graph of 4 users and 5 items drawn by hand, for the graph models'
+# oracles: u0: i0 i1 (i1 twice); u1: i1 i2; u2: i2 i3; u3: i4.
+HAND_PAIRS = np.array([[0, 0], [0, 1], [1, 1], [1, 2], [2, 2], [2, 3], [3, 4], [0, 1]])
+HAND_NEIGHBOURS = {  # node -> neighbours (users 0-3, items 4-8)
+    0: [4, 5], 1: [5, 6], 2: [6, 7], 3: [8],
+    4: [0], 5: [0, 1], 6: [1, 2], 7: [2], 8: [3]}
+
 
 def write_release_layout(folder, n_users=24, n_items=30, seed=0):
   """A tiny dataset in the release's layout, plus a feature matrix."""
@@ -272,3 +279,143 @@ def check_export(model, ds, tmp_path, tag, exact_retrieve=True):
     np.testing.assert_array_equal(ids, expected)
   out["path"] = path
   return out
+
+
+def config_from_flagfile(path):
+  """The Config that the flagfile at `path` (relative to ROOT) parses into,
+  as `maml-tf train --flagfile=path` would build it; the flags are left
+  unparsed and the working folder unchanged afterwards."""
+  from absl import flags as absl_flags
+  from maml_tf import cli
+  if "model" not in absl_flags.FLAGS:
+    cli.define_flags()
+  absl_flags.FLAGS.unparse_flags()
+  cwd = os.getcwd()
+  try:
+    os.chdir(ROOT)
+    absl_flags.FLAGS(["x", f"--flagfile={path}"])
+    return cli.config_from_flags()
+  finally:
+    os.chdir(cwd)
+    absl_flags.FLAGS.unparse_flags()
+
+
+def office_config(model):
+  """flags/office_<model>.flags parsed; asserts what every Office flagfile
+  shares (the split protocol, selection on recall@20, patience 20, top 10
+  and 20)."""
+  c = config_from_flagfile(f"flags/office_{model}.flags")
+  assert (c.model, c.protocol, c.select_metric, c.patience, c.topk) == (
+      model, "split", "recall@20", 20, (10, 20))
+  return c
+
+
+def check_cli_export(tmp_path, model, flags, features=True):
+  """Trains `--model=model` with `flags` from the CLI (in process) for 6
+  steps in 2 rounds on a release layout under tmp_path/data (with its
+  "meta" features when `features`), exporting under tmp_path/exports.
+  Asserts the run succeeded and finished; returns (the metrics.json
+  summary, the workdir, the export's folder)."""
+  data = tmp_path / "data"
+  meta = write_release_layout(str(data))
+  workdir, exports = tmp_path / "run", tmp_path / "exports"
+  extra = [f"--extra_features=meta={meta}"] if features else []
+  proc = run_in_process(
+      ["--dataset=custom", f"--data_dir={data}"] + extra +
+      [f"--model={model}"] + list(flags) +
+      ["--train_steps=6", "--eva_batches=3", "--notensorboard",
+       f"--export_dir={exports}", f"--workdir={workdir}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads((workdir / "metrics.json").read_text())
+  assert summary["finished"] is True
+  return summary, workdir, exports / f"{model}_custom" / "1"
+
+
+def export_info(path):
+  """The export_info.json of the export at `path`."""
+  return json.loads((path / "assets.extra" / "export_info.json").read_text())
+
+
+def check_served_top_k(path):
+  """The served top 10 of users 0..2 is sorted and its scores are the
+  `score` signature's for the same pairs."""
+  import tensorflow as tf
+  loaded = tf.saved_model.load(str(path))
+  users = tf.constant([0, 1, 2], tf.int64)
+  top = loaded.signatures["serving_default"](user_ids=users)
+  ids, scores = top["item_ids"].numpy(), top["scores"].numpy()
+  assert ids.shape == (3, 10) and (np.diff(scores, axis=1) <= 1e-6).all()
+  pair = loaded.signatures["score"](user_ids=tf.repeat(users, 10),
+                                    item_ids=tf.constant(ids.reshape(-1)))
+  np.testing.assert_allclose(pair["scores"].numpy().reshape(3, 10), scores,
+                             rtol=1e-5, atol=1e-5)
+
+
+def served_and_retrieved(path):
+  """(serving_default, retrieve) outputs of the export at `path` for
+  users 0 and 1."""
+  import tensorflow as tf
+  loaded = tf.saved_model.load(str(path))
+  users = tf.constant([0, 1], tf.int64)
+  return (loaded.signatures["serving_default"](user_ids=users),
+          loaded.signatures["retrieve"](user_ids=users))
+
+
+def check_round_trip_needs_the_edges(m, pairs):
+  """A graph model rebuilt from m's config (which holds no graph) equals
+  it: the same config, a one-line refusal to propagate until
+  set_train_edges(pairs), then with m's weights m's final tables. Returns
+  m serialized and deserialized by Keras."""
+  import keras
+  import pytest
+  config = m.get_config()
+  clone = type(m).from_config(config)
+  assert clone.get_config() == config
+  with pytest.raises(ValueError, match="`train_pairs` must be given"):
+    clone.final_tables()
+  clone.set_train_edges(pairs)
+  clone.set_weights(m.get_weights())  # fixed item features are weights too
+  for a, b in zip(clone.final_tables(), m.final_tables()):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+  return keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(m))
+
+
+def check_served_tables(m, pairs, n_users, n_items):
+  """After prepare_scoring, m's full-ranking scores are its served ones,
+  serve_pairs gives them too (without an explanation), and the compiled
+  evaluation of users 0, 1 and 3 ranks by them (train `pairs` excluded).
+  Returns (the serving tables, the served scores [n_users, n_items])."""
+  import tensorflow as tf
+  from maml_tf import evaluate as eval_lib
+  m.prepare_scoring()
+  users = tf.range(n_users)
+  tables = m.serving_tables()
+  served = m.serve_items(tables, users).numpy()
+  np.testing.assert_allclose(m.score_items(users).numpy(), served, rtol=1e-6)
+  items = np.tile(np.arange(n_items, dtype=np.int32), (n_users, 1))
+  scores, explanation = m.serve_pairs(tables, users, tf.constant(items))
+  assert explanation is None
+  np.testing.assert_allclose(scores.numpy(), served, rtol=1e-5, atol=1e-6)
+  evaluator = eval_lib.Evaluator(m, pairs, np.array([[0, 3], [1, 0], [3, 0]]),
+                                 ks=(3,), jit_compile=True)
+  known = [np.unique(pairs[pairs[:, 0] == u, 1]) for u in (0, 1, 3)]
+  np.testing.assert_array_equal(evaluator.top_k(),
+                                eval_lib.top_k_excluding(served[[0, 1, 3]], known, 3))
+  return tables, served
+
+
+def check_xla_train_steps(m, batch, steps, n_users):
+  """`steps` XLA-compiled train steps on `batch` log BPR's terms and lower
+  the loss; the compiled scoring then refreshes the stale cache (it equals
+  the served scores)."""
+  import tensorflow as tf
+  step = tf.function(m.train_step, jit_compile=True)
+  first = float(m.loss_terms(*batch)["loss"])
+  for _ in range(steps):
+    logs = step(batch)
+  assert set(logs) == {"loss", "bpr_loss", "l2_loss"}
+  assert float(m.loss_terms(*batch)["loss"]) < first
+  score = tf.function(m.score_items, jit_compile=True)
+  want = m.serve_items(m.serving_tables(), tf.range(n_users)).numpy()
+  np.testing.assert_allclose(score(tf.range(n_users)).numpy(), want, rtol=1e-5,
+                             atol=1e-5)

@@ -19,7 +19,8 @@ from maml_tf.models.cml import CML
 from maml_tf.models.cmlf import CMLF, FeatureMLP
 from maml_tf.models.maml import MAML
 from tests import oracles
-from tests.helpers import check_export, export_dataset
+from tests.helpers import (check_cli_export, check_export, export_dataset,
+                           office_config, served_and_retrieved)
 
 N_USERS, N_ITEMS, D, H, FEAT = 6, 9, 4, 7, 5
 LAMBDA_F, LAMBDA_C, MARGIN = 0.7, 2.0, 1.1
@@ -272,46 +273,20 @@ def test_export_loads_in_an_isolated_process_and_matches(tmp_path):
 
 
 def test_cmlf_from_the_cli_trains_and_exports(tmp_path):
-  import json
-  from tests.helpers import run_in_process, write_release_layout
-  data = tmp_path / "data"
-  features = write_release_layout(str(data))
-  workdir = tmp_path / "run"
-  proc = run_in_process([
-      "--dataset=custom", f"--data_dir={data}", f"--extra_features=meta={features}",
-      "--model=cmlf", "--num_neg=3", "--embed_dim=4", "--hidden_layer_dim=8",
+  summary, _, path = check_cli_export(tmp_path, "cmlf", [
+      "--num_neg=3", "--embed_dim=4", "--hidden_layer_dim=8",
       "--dropout=0.1", "--feature_l2_reg=1.0", "--batch_size=16",
-      "--learning_rate=0.01", "--train_steps=6", "--eva_batches=3",
-      "--notensorboard", f"--export_dir={tmp_path / 'exports'}",
-      f"--workdir={workdir}"])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  summary = json.loads((workdir / "metrics.json").read_text())
-  assert summary["finished"] is True and summary["modalities"] == ["meta"]
+      "--learning_rate=0.01"])
+  assert summary["modalities"] == ["meta"]
   train = summary["last"]["train"]
   assert set(train) >= {"loss", "embedding_loss", "feature_loss", "cov_loss"}
   assert train["feature_loss"] > 0
-  loaded = tf.saved_model.load(str(tmp_path / "exports" / "cmlf_custom" / "1"))
-  users = tf.constant([0, 1], tf.int64)
-  rec = loaded.signatures["serving_default"](user_ids=users)
-  got = loaded.signatures["retrieve"](user_ids=users)
+  rec, got = served_and_retrieved(path)
   np.testing.assert_array_equal(got["item_ids"], rec["item_ids"])  # plain Euclid
 
 
-def test_the_office_flagfile_parses_and_validates(monkeypatch):
-  from absl import flags as absl_flags
-  from maml_tf import cli
-  from tests.helpers import ROOT
-  if "model" not in absl_flags.FLAGS:
-    cli.define_flags()
-  monkeypatch.chdir(ROOT)
-  absl_flags.FLAGS.unparse_flags()
-  try:
-    absl_flags.FLAGS(["x", "--flagfile=flags/office_cmlf.flags"])
-    c = cli.config_from_flags()
-  finally:
-    absl_flags.FLAGS.unparse_flags()
-  assert (c.model, c.protocol, c.select_metric, c.patience, c.topk) == (
-      "cmlf", "split", "recall@20", 20, (10, 20))
+def test_the_office_flagfile_parses_and_validates():
+  c = office_config("cmlf")
   # The MAML release's Office settings (office.flags).
   assert (c.modalities, c.embed_dim, c.num_neg, c.margin, c.feature_l2_reg,
           c.cov_loss_weight, c.hidden_layer_dim, c.dropout, c.batch_size) == (

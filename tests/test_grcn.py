@@ -5,9 +5,6 @@ a node has one neighbour, gradients against finite differences of the
 oracle, the evaluation's cache and the served tables, the config round
 trip, one-line errors, the CLI end to end with export, and the flagfile."""
 
-import json
-import os
-
 from maml_tf.export import saved_model as export_lib  # first: TFRS wants tf.keras = Keras 2
 
 import keras
@@ -16,12 +13,13 @@ import pytest
 import tensorflow as tf
 
 from maml_tf import data as data_lib
-from maml_tf import evaluate as eval_lib
 from maml_tf.config import Config
 from maml_tf.errors import UsageError
 from maml_tf.models.grcn import GRCN
-from tests.helpers import (ROOT, check_export, export_dataset, run_in_process,
-                           write_release_layout)
+from tests.helpers import (check_cli_export, check_export,
+                           check_round_trip_needs_the_edges, check_served_tables,
+                           check_served_top_k, check_xla_train_steps,
+                           export_dataset, export_info, office_config)
 
 N_USERS, N_ITEMS, D = 4, 6, 4
 DIMS = {"text": 3, "meta": 5}
@@ -273,23 +271,9 @@ def test_gradients_match_finite_differences_of_the_oracle():
 
 def test_the_served_tables_equal_the_evaluations_scores():
   m = _model()
-  m.prepare_scoring()
-  users = tf.range(N_USERS)
-  tables = m.serving_tables()
-  served = m.serve_items(tables, users).numpy()
-  np.testing.assert_allclose(m.score_items(users).numpy(), served, rtol=1e-6)
+  _, served = check_served_tables(m, PAIRS, N_USERS, N_ITEMS)
   U, I, _, _ = oracle(_params(m), PAIRS, 3, 2, "confid")
   np.testing.assert_allclose(served, U @ I.T, rtol=1e-5, atol=1e-5)
-  items = np.tile(np.arange(N_ITEMS, dtype=np.int32), (N_USERS, 1))
-  pairs, explanation = m.serve_pairs(tables, users, tf.constant(items))
-  assert explanation is None
-  np.testing.assert_allclose(pairs.numpy(), served, rtol=1e-5, atol=1e-6)
-  # The compiled evaluation ranks by the same scores.
-  evaluator = eval_lib.Evaluator(m, PAIRS, np.array([[0, 3], [1, 0], [3, 0]]),
-                                 ks=(3,), jit_compile=True)
-  known = [np.unique(PAIRS[PAIRS[:, 0] == u, 1]) for u in (0, 1, 3)]
-  np.testing.assert_array_equal(evaluator.top_k(),
-                                eval_lib.top_k_excluding(served[[0, 1, 3]], known, 3))
 
 
 def test_xla_compiled_train_step_lowers_the_loss_and_refreshes_the_cache():
@@ -298,19 +282,10 @@ def test_xla_compiled_train_step_lowers_the_loss_and_refreshes_the_cache():
   rng = np.random.default_rng(5)
   batch = (tf.constant(rng.integers(0, N_USERS, 16).astype(np.int32)),
            tf.constant(rng.integers(0, N_ITEMS, (16, 2)).astype(np.int32)))
-  step = tf.function(m.train_step, jit_compile=True)
-  first = float(m.loss_terms(*batch)["loss"])
   before = {v.path: _np(v) for v in m.trainable_variables}
-  for _ in range(15):
-    logs = step(batch)
-  assert set(logs) == {"loss", "bpr_loss", "l2_loss"}
-  assert float(m.loss_terms(*batch)["loss"]) < first
+  check_xla_train_steps(m, batch, 15, N_USERS)
   for v in m.trainable_variables:
     assert not np.allclose(_np(v), before[v.path]), v.path
-  score = tf.function(m.score_items, jit_compile=True)
-  want = m.serve_items(m.serving_tables(), tf.range(N_USERS)).numpy()
-  np.testing.assert_allclose(score(tf.range(N_USERS)).numpy(), want, rtol=1e-5,
-                             atol=1e-5)
 
 
 def test_authors_initialisation_scales():
@@ -329,15 +304,7 @@ def test_config_round_trip_needs_the_edges_again():
   config = m.get_config()
   assert config["routing"] == 2 and config["weight_mode"] == "max"
   assert config["modalities"] == list(MODS) and "train_pairs" not in config
-  clone = GRCN.from_config(config)
-  assert clone.get_config() == config
-  with pytest.raises(ValueError, match="`train_pairs` must be given"):
-    clone.final_tables()
-  clone.set_train_edges(PAIRS)
-  clone.set_weights(m.get_weights())
-  for a, b in zip(clone.final_tables(), m.final_tables()):
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
-  restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(m))
+  restored = check_round_trip_needs_the_edges(m, PAIRS)
   assert isinstance(restored, GRCN) and restored.routing == 2
 
 
@@ -412,51 +379,21 @@ def test_export_bakes_the_representations_in(tmp_path):
 
 
 def test_grcn_from_the_cli_trains_and_exports(tmp_path):
-  data = tmp_path / "data"
-  features = write_release_layout(str(data))
-  workdir, exports = tmp_path / "run", tmp_path / "exports"
-  proc = run_in_process([
-      "--dataset=custom", f"--data_dir={data}", f"--extra_features=meta={features}",
-      "--model=grcn", "--num_neg=1", "--grcn_routing=2", "--grcn_weight_mode=max",
+  summary, workdir, path = check_cli_export(tmp_path, "grcn", [
+      "--num_neg=1", "--grcn_routing=2", "--grcn_weight_mode=max",
       "--gcn_layers=2", "--embed_dim=8", "--l2_reg=1e-4", "--batch_size=16",
-      "--learning_rate=0.01", "--train_steps=6", "--eva_batches=3",
-      "--notensorboard", f"--export_dir={exports}", f"--workdir={workdir}"])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  summary = json.loads((workdir / "metrics.json").read_text())
-  assert summary["finished"] is True and summary["rounds"] == 2
+      "--learning_rate=0.01"])
+  assert summary["rounds"] == 2
   assert summary["modalities"] == ["meta"]
   assert set(summary["last"]["train"]) >= {"loss", "bpr_loss", "l2_loss"}
   assert "--grcn_routing=2" in (workdir / "flags.txt").read_text()
-  path = exports / "grcn_custom" / "1"
-  info = json.loads((path / "assets.extra" / "export_info.json").read_text())
+  info = export_info(path)
   assert info["model"] == "grcn" and info["weight_mode"] == "max"
-  loaded = tf.saved_model.load(str(path))
-  users = tf.constant([0, 1, 2], tf.int64)
-  top = loaded.signatures["serving_default"](user_ids=users)
-  ids, scores = top["item_ids"].numpy(), top["scores"].numpy()
-  assert ids.shape == (3, 10) and (np.diff(scores, axis=1) <= 1e-6).all()
-  pair = loaded.signatures["score"](user_ids=tf.repeat(users, 10),
-                                    item_ids=tf.constant(ids.reshape(-1)))
-  np.testing.assert_allclose(pair["scores"].numpy().reshape(3, 10), scores,
-                             rtol=1e-5, atol=1e-5)
+  check_served_top_k(path)
 
 
 def test_the_office_flagfile_parses_and_validates():
-  from absl import flags as absl_flags
-  from maml_tf import cli
-  if "model" not in absl_flags.FLAGS:
-    cli.define_flags()
-  absl_flags.FLAGS.unparse_flags()
-  cwd = os.getcwd()
-  try:
-    os.chdir(ROOT)
-    absl_flags.FLAGS(["x", "--flagfile=flags/office_grcn.flags"])
-    c = cli.config_from_flags()
-  finally:
-    os.chdir(cwd)
-    absl_flags.FLAGS.unparse_flags()
-  assert (c.model, c.protocol, c.select_metric, c.patience, c.topk) == (
-      "grcn", "split", "recall@20", 20, (10, 20))
+  c = office_config("grcn")
   # The authors' code's defaults.
   assert (c.embed_dim, c.gcn_layers, c.grcn_routing, c.grcn_weight_mode) == (
       64, 2, 3, "confid")

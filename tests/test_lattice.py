@@ -8,9 +8,7 @@ training, the served tables against the evaluation's scores, the config
 round trip, one-line errors, the CLI end to end with export, and the
 flagfile."""
 
-import json
 import math
-import os
 
 from maml_tf.export import saved_model as export_lib  # first: TFRS wants tf.keras = Keras 2
 
@@ -20,14 +18,14 @@ import pytest
 import tensorflow as tf
 
 from maml_tf import data as data_lib
-from maml_tf import evaluate as eval_lib
 from maml_tf.config import Config
 from maml_tf.errors import UsageError
 from maml_tf.models import lattice as lattice_lib
 from maml_tf.models.lattice import LATTICE
 from tests import oracles
-from tests.helpers import (ROOT, check_export, export_dataset, run_in_process,
-                           write_release_layout)
+from tests.helpers import (check_cli_export, check_export,
+                           check_round_trip_needs_the_edges, check_served_tables,
+                           check_served_top_k, export_dataset, export_info, office_config)
 
 N_USERS, N_ITEMS, D, K = 4, 6, 4, 3
 DIMS = {"text": 3, "meta": 5}
@@ -352,23 +350,10 @@ def test_the_served_tables_equal_the_evaluations_scores():
            tf.constant(rng.integers(0, N_ITEMS, (16, 2)).astype(np.int32)))
   for _ in range(3):  # W moved, the stored training graph is stale
     m.train_step(batch)
-  m.prepare_scoring()
-  users = tf.range(N_USERS)
-  tables = m.serving_tables()
-  served = m.serve_items(tables, users).numpy()
-  np.testing.assert_allclose(m.score_items(users).numpy(), served, rtol=1e-6)
+  _, served = check_served_tables(m, PAIRS, N_USERS, N_ITEMS)
   U, I = tables_oracle(_params(m))  # rebuilt from the current weights
   np.testing.assert_allclose(served, U @ I.T, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(m.item_representation().numpy(), I, rtol=1e-5, atol=1e-6)
-  items = np.tile(np.arange(N_ITEMS, dtype=np.int32), (N_USERS, 1))
-  pairs, explanation = m.serve_pairs(tables, users, tf.constant(items))
-  assert explanation is None
-  np.testing.assert_allclose(pairs.numpy(), served, rtol=1e-5, atol=1e-6)
-  evaluator = eval_lib.Evaluator(m, PAIRS, np.array([[0, 3], [1, 0], [3, 0]]),
-                                 ks=(3,), jit_compile=True)
-  known = [np.unique(PAIRS[PAIRS[:, 0] == u, 1]) for u in (0, 1, 3)]
-  np.testing.assert_array_equal(evaluator.top_k(),
-                                eval_lib.top_k_excluding(served[[0, 1, 3]], known, 3))
 
 
 def test_config_round_trip_needs_the_edges_again():
@@ -377,15 +362,7 @@ def test_config_round_trip_needs_the_edges_again():
   assert (config["knn_k"], config["mix_lambda"], config["graph_every"],
           config["knn_block"]) == (K, 0.8, 4, 2)
   assert "train_pairs" not in config
-  clone = LATTICE.from_config(config)
-  assert clone.get_config() == config
-  with pytest.raises(ValueError, match="`train_pairs` must be given"):
-    clone.final_tables()
-  clone.set_train_edges(PAIRS)
-  clone.set_weights(m.get_weights())
-  for a, b in zip(clone.final_tables(), m.final_tables()):
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
-  restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(m))
+  restored = check_round_trip_needs_the_edges(m, PAIRS)
   assert isinstance(restored, LATTICE) and restored.mix_lambda == 0.8
 
 
@@ -462,54 +439,23 @@ def test_export_bakes_the_final_tables_in(tmp_path):
 
 
 def test_lattice_from_the_cli_trains_and_exports(tmp_path):
-  data = tmp_path / "data"
-  features = write_release_layout(str(data))
-  workdir, exports = tmp_path / "run", tmp_path / "exports"
-  proc = run_in_process([
-      "--dataset=custom", f"--data_dir={data}", f"--extra_features=meta={features}",
-      "--model=lattice", "--num_neg=1", "--lattice_knn_k=5", "--lattice_lambda=0.8",
+  summary, workdir, path = check_cli_export(tmp_path, "lattice", [
+      "--num_neg=1", "--lattice_knn_k=5", "--lattice_lambda=0.8",
       "--lattice_graph_every=0", "--gcn_layers=2", "--embed_dim=8",
-      "--l2_reg=1e-4", "--batch_size=16", "--learning_rate=0.01",
-      "--train_steps=6", "--eva_batches=3", "--notensorboard",
-      f"--export_dir={exports}", f"--workdir={workdir}"])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  summary = json.loads((workdir / "metrics.json").read_text())
-  assert summary["finished"] is True and summary["rounds"] == 2
+      "--l2_reg=1e-4", "--batch_size=16", "--learning_rate=0.01"])
+  assert summary["rounds"] == 2
   assert summary["modalities"] == ["meta"]
   assert set(summary["last"]["train"]) >= {"loss", "bpr_loss", "l2_loss"}
   assert "--lattice_knn_k=5" in (workdir / "flags.txt").read_text()
-  path = exports / "lattice_custom" / "1"
-  info = json.loads((path / "assets.extra" / "export_info.json").read_text())
+  info = export_info(path)
   # 24 users x 4 train pairs at batch 16: a pass is 6 steps.
   assert info["model"] == "lattice" and info["graph_every"] == 6
   assert info["mix_lambda"] == 0.8 and info["knn_k"] == 5
-  loaded = tf.saved_model.load(str(path))
-  users = tf.constant([0, 1, 2], tf.int64)
-  top = loaded.signatures["serving_default"](user_ids=users)
-  ids, scores = top["item_ids"].numpy(), top["scores"].numpy()
-  assert ids.shape == (3, 10) and (np.diff(scores, axis=1) <= 1e-6).all()
-  pair = loaded.signatures["score"](user_ids=tf.repeat(users, 10),
-                                    item_ids=tf.constant(ids.reshape(-1)))
-  np.testing.assert_allclose(pair["scores"].numpy().reshape(3, 10), scores,
-                             rtol=1e-5, atol=1e-5)
+  check_served_top_k(path)
 
 
 def test_the_office_flagfile_parses_and_validates():
-  from absl import flags as absl_flags
-  from maml_tf import cli
-  if "model" not in absl_flags.FLAGS:
-    cli.define_flags()
-  absl_flags.FLAGS.unparse_flags()
-  cwd = os.getcwd()
-  try:
-    os.chdir(ROOT)
-    absl_flags.FLAGS(["x", "--flagfile=flags/office_lattice.flags"])
-    c = cli.config_from_flags()
-  finally:
-    os.chdir(cwd)
-    absl_flags.FLAGS.unparse_flags()
-  assert (c.model, c.protocol, c.select_metric, c.patience, c.topk) == (
-      "lattice", "split", "recall@20", 20, (10, 20))
+  c = office_config("lattice")
   # The authors' code's defaults.
   assert (c.embed_dim, c.gcn_layers, c.lattice_knn_k, c.lattice_lambda,
           c.lattice_item_layers, c.lattice_graph_every) == (64, 2, 10, 0.9, 1, 0)

@@ -4,8 +4,6 @@ of that oracle and against the hand-derived output-layer gradient, the split
 full-ranking scoring, pre-training (section 3.4.1), the config round trip,
 bad arguments, the export in an isolated process, and the CLI end to end."""
 
-import json
-
 from maml_tf.export import saved_model as export_lib  # first: TFRS wants tf.keras = Keras 2
 
 import keras
@@ -14,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from maml_tf.models.neumf import NeuMF, mlp_widths
-from tests.helpers import check_export, export_dataset
+from tests.helpers import check_cli_export, check_export, export_dataset, office_config
 
 N_USERS, N_ITEMS, F, L = 5, 7, 2, 2
 TOWERS = ("both", "gmf", "mlp")
@@ -431,23 +429,14 @@ def test_a_run_recorded_before_the_neumf_flags_resumes_unchanged(tmp_path):
 
 
 def test_neumf_from_the_cli_trains_and_exports(tmp_path):
-  from tests.helpers import run_in_process, write_release_layout
-  data = tmp_path / "data"
-  write_release_layout(str(data))
-  workdir = tmp_path / "run"
-  proc = run_in_process([
-      "--dataset=custom", f"--data_dir={data}", "--model=neumf", "--num_neg=2",
-      "--embed_dim=4", "--neumf_layers=2", "--l2_reg=1e-4", "--batch_size=16",
-      "--learning_rate=0.01", "--train_steps=6", "--eva_batches=3",
-      "--notensorboard", f"--export_dir={tmp_path / 'exports'}",
-      f"--workdir={workdir}"])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  summary = json.loads((workdir / "metrics.json").read_text())
-  assert summary["finished"] is True and summary["modalities"] == []
+  summary, workdir, path = check_cli_export(tmp_path, "neumf", [
+      "--num_neg=2", "--embed_dim=4", "--neumf_layers=2", "--l2_reg=1e-4",
+      "--batch_size=16", "--learning_rate=0.01"], features=False)
+  assert summary["modalities"] == []
   assert set(summary["last"]["train"]) >= {"loss", "bce_loss", "l2_loss"}
   flags = (workdir / "flags.txt").read_text()
   assert "--neumf_layers=2" in flags and "--neumf_towers=both" in flags
-  loaded = tf.saved_model.load(str(tmp_path / "exports" / "neumf_custom" / "1"))
+  loaded = tf.saved_model.load(str(path))
   users = tf.constant([0, 1], tf.int64)
   rec = loaded.signatures["serving_default"](user_ids=users)
   got = loaded.signatures["retrieve"](user_ids=users)
@@ -456,21 +445,8 @@ def test_neumf_from_the_cli_trains_and_exports(tmp_path):
   np.testing.assert_allclose(score["scores"], rec["scores"][:, 0], rtol=1e-5)
 
 
-def test_the_office_flagfile_parses_and_validates(monkeypatch):
-  from absl import flags as absl_flags
-  from maml_tf import cli
-  from tests.helpers import ROOT
-  if "model" not in absl_flags.FLAGS:
-    cli.define_flags()
-  monkeypatch.chdir(ROOT)
-  absl_flags.FLAGS.unparse_flags()
-  try:
-    absl_flags.FLAGS(["x", "--flagfile=flags/office_neumf.flags"])
-    c = cli.config_from_flags()
-  finally:
-    absl_flags.FLAGS.unparse_flags()
-  assert (c.model, c.protocol, c.select_metric, c.patience, c.topk) == (
-      "neumf", "split", "recall@20", 20, (10, 20))
+def test_the_office_flagfile_parses_and_validates():
+  c = office_config("neumf")
   assert (c.neumf_towers, c.neumf_layers, c.neumf_alpha, c.neumf_pretrain) == (
       "both", 3, 0.5, ())
   assert (c.embed_dim, c.num_neg, c.batch_size, c.l2_reg, c.learning_rate) == (

@@ -6,9 +6,6 @@ deterministic); the served tables equal the evaluation's scores; the config
 round trip; one-line errors; the CLI end to end with export; the committed
 Office flagfile."""
 
-import json
-import os
-
 from maml_tf.export import saved_model as export_lib  # noqa: F401  first: TFRS wants tf.keras = Keras 2
 
 import keras
@@ -20,15 +17,13 @@ from maml_tf.config import Config
 from maml_tf.errors import UsageError
 from maml_tf.models import ngcf as ngcf_lib
 from maml_tf.models.ngcf import NGCF
-from tests.helpers import ROOT, run_in_process, write_release_layout
+from tests.helpers import (HAND_NEIGHBOURS, HAND_PAIRS, check_cli_export,
+                           check_round_trip_needs_the_edges, check_served_top_k,
+                           check_xla_train_steps, export_info, office_config)
 
 N_USERS, N_ITEMS, D = 4, 5, 4
 SIZES = (3, 2)
-# u0: i0 i1 (i1 twice); u1: i1 i2; u2: i2 i3; u3: i4.
-PAIRS = np.array([[0, 0], [0, 1], [1, 1], [1, 2], [2, 2], [2, 3], [3, 4], [0, 1]])
-NEIGHBOURS_BY_HAND = {  # node -> neighbours (users 0-3, items 4-8)
-    0: [4, 5], 1: [5, 6], 2: [6, 7], 3: [8],
-    4: [0], 5: [0, 1], 6: [1, 2], 7: [2], 8: [3]}
+PAIRS, NEIGHBOURS_BY_HAND = HAND_PAIRS, HAND_NEIGHBOURS
 SLOPE = 0.2
 
 
@@ -255,16 +250,8 @@ def test_xla_compiled_train_step_with_dropout_lowers_the_loss():
   m.compile(optimizer=keras.optimizers.Adam(2e-2), jit_compile=True)
   users, items = _batch(b=16)
   batch = (tf.constant(users), tf.constant(items))
-  step = tf.function(m.train_step, jit_compile=True)
-  first = float(m.loss_terms(*batch)["loss"])
-  for _ in range(40):
-    logs = step(batch)
-  assert set(logs) == {"loss", "bpr_loss", "l2_loss"}
-  assert float(m.loss_terms(*batch)["loss"]) < first
-  # The steps made the cache stale; the compiled scoring refreshes it.
-  score = tf.function(m.score_items, jit_compile=True)
-  want = m.serve_items(m.serving_tables(), tf.range(N_USERS)).numpy()
-  np.testing.assert_allclose(score(tf.range(N_USERS)).numpy(), want, rtol=1e-5, atol=1e-5)
+  # The steps make the cache stale; the compiled scoring refreshes it.
+  check_xla_train_steps(m, batch, 40, N_USERS)
 
 
 def test_xavier_initialisation_as_the_authors_code():
@@ -284,15 +271,7 @@ def test_config_round_trip_needs_the_edges_again():
   config = m.get_config()
   assert config["layer_sizes"] == list(SIZES) and "train_pairs" not in config
   assert (config["node_dropout"], config["message_dropout"]) == (0.2, 0.3)
-  clone = NGCF.from_config(config)
-  assert clone.get_config() == config
-  with pytest.raises(ValueError, match="`train_pairs` must be given"):
-    clone.final_tables()
-  clone.set_train_edges(PAIRS)
-  clone.set_weights(m.get_weights())
-  np.testing.assert_allclose(clone.final_tables()[1].numpy(),
-                             m.final_tables()[1].numpy(), rtol=1e-6)
-  restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(m))
+  restored = check_round_trip_needs_the_edges(m, PAIRS)
   assert isinstance(restored, NGCF) and restored.layer_sizes == SIZES
 
 
@@ -332,53 +311,22 @@ def test_one_negative_is_required():
 
 
 def test_ngcf_from_the_cli_trains_and_exports(tmp_path):
-  data = tmp_path / "data"
-  write_release_layout(str(data))
-  workdir, exports = tmp_path / "run", tmp_path / "exports"
-  proc = run_in_process([
-      "--dataset=custom", f"--data_dir={data}", "--model=ngcf", "--num_neg=1",
-      "--modalities=", "--ngcf_layers=8,4", "--ngcf_node_dropout=0.2",
-      "--ngcf_message_dropout=0.2", "--embed_dim=8", "--l2_reg=1e-4",
-      "--batch_size=16", "--learning_rate=0.01", "--train_steps=6",
-      "--eva_batches=3", "--notensorboard", f"--export_dir={exports}",
-      f"--workdir={workdir}"])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  summary = json.loads((workdir / "metrics.json").read_text())
-  assert summary["finished"] is True and summary["rounds"] == 2
+  summary, workdir, path = check_cli_export(tmp_path, "ngcf", [
+      "--num_neg=1", "--modalities=", "--ngcf_layers=8,4",
+      "--ngcf_node_dropout=0.2", "--ngcf_message_dropout=0.2", "--embed_dim=8",
+      "--l2_reg=1e-4", "--batch_size=16", "--learning_rate=0.01"],
+      features=False)
+  assert summary["rounds"] == 2
   assert set(summary["last"]["train"]) >= {"loss", "bpr_loss", "l2_loss"}
   assert "--ngcf_layers=8,4" in (workdir / "flags.txt").read_text()
-  path = exports / "ngcf_custom" / "1"
-  info = json.loads((path / "assets.extra" / "export_info.json").read_text())
+  info = export_info(path)
   assert info["model"] == "ngcf" and info["layer_sizes"] == [8, 4]
   assert info["node_dropout"] == 0.2
-  # The served top-k scores are the `score` signature's for the same pairs.
-  loaded = tf.saved_model.load(str(path))
-  users = tf.constant([0, 1, 2], tf.int64)
-  top = loaded.signatures["serving_default"](user_ids=users)
-  ids, scores = top["item_ids"].numpy(), top["scores"].numpy()
-  assert ids.shape == (3, 10) and (np.diff(scores, axis=1) <= 1e-6).all()
-  pair = loaded.signatures["score"](user_ids=tf.repeat(users, 10),
-                                    item_ids=tf.constant(ids.reshape(-1)))
-  np.testing.assert_allclose(pair["scores"].numpy().reshape(3, 10), scores,
-                             rtol=1e-5, atol=1e-5)
+  check_served_top_k(path)
 
 
 def test_the_office_flagfile_parses_and_validates():
-  from absl import flags as absl_flags
-  from maml_tf import cli
-  if "model" not in absl_flags.FLAGS:
-    cli.define_flags()
-  absl_flags.FLAGS.unparse_flags()
-  cwd = os.getcwd()
-  try:
-    os.chdir(ROOT)
-    absl_flags.FLAGS(["x", "--flagfile=flags/office_ngcf.flags"])
-    c = cli.config_from_flags()
-  finally:
-    os.chdir(cwd)
-    absl_flags.FLAGS.unparse_flags()
-  assert (c.model, c.protocol, c.select_metric, c.patience, c.topk) == (
-      "ngcf", "split", "recall@20", 20, (10, 20))
+  c = office_config("ngcf")
   # The authors' defaults.
   assert (c.embed_dim, tuple(int(s) for s in c.ngcf_layers)) == (64, (64, 64, 64))
   assert (c.learning_rate, c.batch_size, c.l2_reg) == (1e-4, 1024, 1e-5)

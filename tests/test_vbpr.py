@@ -4,8 +4,6 @@ hand-derived one, the dot-product scoring and its exact retrieval, a
 subset of modalities, the config round trip, bad arguments, the export in
 an isolated process, and the CLI end to end."""
 
-import json
-
 from maml_tf.export import saved_model as export_lib  # first: TFRS wants tf.keras = Keras 2
 
 import keras
@@ -17,7 +15,8 @@ from maml_tf import data as data_lib
 from maml_tf.config import Config
 from maml_tf.errors import UsageError
 from maml_tf.models.vbpr import VBPR
-from tests.helpers import check_export, export_dataset
+from tests.helpers import (check_cli_export, check_export, export_dataset,
+                           office_config, served_and_retrieved)
 
 N_USERS, N_ITEMS, D, FEAT = 6, 8, 3, 5
 
@@ -266,45 +265,20 @@ def test_one_negative_is_required():
 
 
 def test_vbpr_from_the_cli_trains_and_exports(tmp_path):
-  from tests.helpers import run_in_process, write_release_layout
-  data = tmp_path / "data"
-  features = write_release_layout(str(data))
-  workdir = tmp_path / "run"
-  proc = run_in_process([
-      "--dataset=custom", f"--data_dir={data}", f"--extra_features=meta={features}",
-      "--model=vbpr", "--num_neg=1", "--embed_dim=4", "--l2_reg=1e-3",
-      "--vbpr_l2_e=0.01", "--batch_size=16", "--learning_rate=0.01",
-      "--train_steps=6", "--eva_batches=3", "--notensorboard",
-      f"--export_dir={tmp_path / 'exports'}", f"--workdir={workdir}"])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  summary = json.loads((workdir / "metrics.json").read_text())
-  assert summary["finished"] is True and summary["modalities"] == ["meta"]
+  summary, workdir, path = check_cli_export(tmp_path, "vbpr", [
+      "--num_neg=1", "--embed_dim=4", "--l2_reg=1e-3", "--vbpr_l2_e=0.01",
+      "--batch_size=16", "--learning_rate=0.01"])
+  assert summary["modalities"] == ["meta"]
   assert set(summary["last"]["train"]) >= {"loss", "bpr_loss", "l2_loss", "l2_e_loss"}
   assert summary["last"]["train"]["l2_e_loss"] > 0
   assert "--vbpr_l2_e=0.01" in (workdir / "flags.txt").read_text()
-  loaded = tf.saved_model.load(str(tmp_path / "exports" / "vbpr_custom" / "1"))
-  users = tf.constant([0, 1], tf.int64)
-  rec = loaded.signatures["serving_default"](user_ids=users)
-  got = loaded.signatures["retrieve"](user_ids=users)
+  rec, got = served_and_retrieved(path)
   # The first stage is the exact score: retrieve finds the same top k.
   np.testing.assert_array_equal(got["item_ids"], rec["item_ids"])
 
 
-def test_the_office_flagfile_parses_and_validates(monkeypatch):
-  from absl import flags as absl_flags
-  from maml_tf import cli
-  from tests.helpers import ROOT
-  if "model" not in absl_flags.FLAGS:
-    cli.define_flags()
-  monkeypatch.chdir(ROOT)
-  absl_flags.FLAGS.unparse_flags()
-  try:
-    absl_flags.FLAGS(["x", "--flagfile=flags/office_vbpr.flags"])
-    c = cli.config_from_flags()
-  finally:
-    absl_flags.FLAGS.unparse_flags()
-  assert (c.model, c.protocol, c.select_metric, c.patience, c.topk) == (
-      "vbpr", "split", "recall@20", 20, (10, 20))
+def test_the_office_flagfile_parses_and_validates():
+  c = office_config("vbpr")
   assert (c.modalities, c.embed_dim, c.num_neg, c.l2_reg, c.vbpr_l2_e) == (
       ("text", "meta"), 64, 1, 1e-4, 0.0)
   assert c.train_steps % c.eva_batches == 0

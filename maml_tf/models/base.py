@@ -43,6 +43,7 @@ from typing import Dict, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from maml_tf.errors import UsageError
 from maml_tf.models import layers as layers_lib
 
 
@@ -76,6 +77,16 @@ def check_positive(name, value, integer=False, allow_zero=False):
     rule = ">= 0" if allow_zero else "> 0"
     kind = "an integer " if integer else ""
     raise ValueError(f"`{name}` must be {kind}{rule}. Received: {name}={value!r}")
+
+
+def require_content(config, present, model, reason):
+  """Refuses `--model=model` without a content modality (`present` false):
+  one UsageError naming `--modalities`, the reason and the value."""
+  if not present:
+    raise UsageError(
+        "`--modalities` must name at least one content modality with "
+        f"--model={model} ({reason}). Received: "
+        f"{','.join(config.modalities or ())!r}")
 
 
 class RankingModel(keras.Model):

@@ -49,7 +49,6 @@ import numpy as np
 import tensorflow as tf
 
 from maml_tf.models import layers as layers_lib
-from maml_tf.errors import UsageError
 from maml_tf.models import base
 from maml_tf.models import cml
 
@@ -189,11 +188,8 @@ class CMLF(cml.CML):
   @classmethod
   def from_run_config(cls, config, dataset):
     features = dataset.feature_matrix()
-    if features is None:
-      raise UsageError(
-          "`--modalities` must name at least one content modality with "
-          "--model=cmlf (without features CMLF is CML: use --model=cml). "
-          f"Received: {','.join(config.modalities or ())!r}")
+    base.require_content(config, features is not None, cls.NAME,
+                         "without features CMLF is CML: use --model=cml")
     model = cls(dataset.n_users, dataset.n_items, feature_dim=features.shape[1],
                 embed_dim=config.embed_dim, hidden_dim=config.hidden_layer_dim,
                 dropout=config.dropout, feature_l2_reg=config.feature_l2_reg,

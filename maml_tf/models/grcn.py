@@ -93,7 +93,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from maml_tf.errors import UsageError
+from maml_tf.models import graph
 from maml_tf.models import lightgcn
 from maml_tf.models import mf
 
@@ -124,15 +124,8 @@ def edge_lists(train_pairs, n_users, n_items):
   return (tf.constant(pairs[:, 0], tf.int32), tf.constant(pairs[:, 1], tf.int32))
 
 
-def _check_int(name, value, low):
-  if isinstance(value, bool) or int(value) != value or value < low:
-    raise ValueError(f"`{name}` must be an integer >= {low}. Received: "
-                     f"{name}={value!r}")
-  return int(value)
-
-
 @keras.saving.register_keras_serializable(package="maml_tf")
-class GRCN(lightgcn.ScoringCache, mf.MF):
+class GRCN(lightgcn.TableCache, mf.MF):
   """GRCN; see the module docstring.
 
   Call `set_item_features({modality: [n_items, d_m]})` after construction;
@@ -141,6 +134,7 @@ class GRCN(lightgcn.ScoringCache, mf.MF):
   """
 
   NAME = "grcn"
+  SCORING_ITEMS_TENSOR = "grcn_items"
   SEARCH_SPACE = {
       "learning_rate": ("float", 1e-4, 1e-2, "log"),
       # Around the authors' weight in our units, 1e-5 / d (module docstring).
@@ -154,22 +148,13 @@ class GRCN(lightgcn.ScoringCache, mf.MF):
                feature_dims: Sequence[int] = (), train_pairs=None,
                gcn_layers=2, routing=3, weight_mode="confid", embed_dim=64,
                l2_reg=1e-4, init_stddev=None, seed=None, **kwargs):
-    modalities, feature_dims = tuple(modalities), tuple(int(d) for d in feature_dims)
-    if not modalities:
-      raise ValueError("`modalities` must name at least one content modality "
-                       "(GRCN refines the graph from item content). Received: "
-                       "modalities=()")
-    if len(set(modalities)) != len(modalities):
-      raise ValueError(f"`modalities` must be distinct. Received: "
-                       f"modalities={modalities}")
-    if len(feature_dims) != len(modalities) or min(feature_dims) < 1:
-      raise ValueError("`feature_dims` must give one size >= 1 per modality. "
-                       f"Received: feature_dims={feature_dims}")
+    modalities, feature_dims = graph.check_modalities(
+        modalities, feature_dims, "GRCN refines the graph from item content")
     if weight_mode not in WEIGHT_MODES:
       raise ValueError(f"`weight_mode` must be one of {', '.join(WEIGHT_MODES)}."
                        f" Received: weight_mode={weight_mode!r}")
     gcn_layers = lightgcn.check_layers(gcn_layers)
-    routing = _check_int("routing", routing, 0)
+    routing = graph.check_int("routing", routing, 0)
     if init_stddev is None:  # xavier_normal of the authors' joint table
       init_stddev = math.sqrt(2.0 / (int(n_users) + int(n_items) + int(embed_dim)))
     super().__init__(n_users, n_items, embed_dim=embed_dim, l2_reg=l2_reg,
@@ -195,13 +180,7 @@ class GRCN(lightgcn.ScoringCache, mf.MF):
         shape=(self.n_users + self.n_items, n_mod), initializer=glorot(),
         name="confidence")
     width = d * (1 + n_mod)
-    self.scoring_users = self.add_weight(
-        shape=(self.n_users, width), initializer="zeros", trainable=False,
-        name="scoring_users")
-    self.scoring_items = self.add_weight(
-        shape=(self.n_items, width), initializer="zeros", trainable=False,
-        name="scoring_items")
-    self.init_scoring_cache()
+    self.init_table_cache(width)
     self.edges = None
     if train_pairs is not None:
       self.set_train_edges(train_pairs)
@@ -229,14 +208,8 @@ class GRCN(lightgcn.ScoringCache, mf.MF):
 
   def set_item_features(self, features: Dict[str, np.ndarray]):
     """Stores the fixed [n_items, d_m] features of every content modality."""
-    for m, dm in zip(self.modalities, self.feature_dims):
-      if m not in features:
-        raise ValueError(f"`features` must have the modality {m!r}. Received: "
-                         f"{sorted(features)}")
-      x = np.asarray(features[m], np.float32)
-      if x.shape != (self.n_items, dm):
-        raise ValueError(f"`features[{m!r}]` must have shape {(self.n_items, dm)}."
-                         f" Received: shape={x.shape}")
+    for m, x in graph.checked_features(features, self.modalities,
+                                       self.feature_dims, self.n_items):
       self.feature_table(m).assign(x)
     self.after_restore()
 
@@ -312,36 +285,14 @@ class GRCN(lightgcn.ScoringCache, mf.MF):
             tf.concat([id_i] + [p[1] for p in parts], -1))
 
   def loss_terms(self, users, items, training=False):
-    users_t, items_t = self.final_tables()
-    u = tf.gather(users_t, users)
-    pos, neg = items[:, 0], items[:, 1]
-    r_pos = tf.reduce_sum(u * tf.gather(items_t, pos), -1)
-    r_neg = tf.reduce_sum(u * tf.gather(items_t, neg), -1)
-    bpr = mf.bpr_loss(r_pos, r_neg)
-    rows = [tf.gather(self.user_embeddings, users),
-            tf.gather(self.item_embeddings, pos),
-            tf.gather(self.item_embeddings, neg)]
+    bpr, rows = self.table_bpr(self.final_tables(), users, items)
     rows += [tf.gather(self.preference(m), users) for m in self.modalities]
     l2 = self.l2_reg * mf.batch_l2(*rows)
     return {"loss": bpr + l2, "bpr_loss": bpr, "l2_loss": l2}
 
   # ------------------------------------------------------------ scoring
-  def scoring_tables(self):
-    return self.cached_scoring((self.scoring_users, self.scoring_items),
-                               self.final_tables)
-
-  def prepare_scoring(self):
-    self.store_scoring((self.scoring_users, self.scoring_items),
-                       self.final_tables())
-
-  def after_restore(self):
-    if self.edges is not None:
-      self.prepare_scoring()
-
-  def projector_tensors(self):
-    tensors = super().projector_tensors()
-    tensors["grcn_items"] = self.scoring_items
-    return tensors
+  def scoring_ready(self):
+    return self.edges is not None
 
   def describe(self):
     out = super().describe()
@@ -358,18 +309,7 @@ class GRCN(lightgcn.ScoringCache, mf.MF):
 
   @classmethod
   def from_run_config(cls, config, dataset):
-    if not dataset.features:
-      raise UsageError(
-          "`--modalities` must name at least one content modality with "
-          "--model=grcn (it refines the graph from item content; without one "
-          "use --model=lightgcn). Received: "
-          f"{','.join(config.modalities or ())!r}")
-    model = cls(
-        dataset.n_users, dataset.n_items, modalities=dataset.modalities,
-        feature_dims=[dataset.features[m].shape[1] for m in dataset.modalities],
-        train_pairs=dataset.train, gcn_layers=config.gcn_layers,
-        routing=config.grcn_routing, weight_mode=config.grcn_weight_mode,
-        embed_dim=config.embed_dim, l2_reg=config.l2_reg, seed=config.seed,
-        name="grcn")
-    model.set_item_features(dict(dataset.features))
-    return model
+    return graph.from_dataset(
+        cls, config, dataset, "it refines the graph from item content; "
+        "without one use --model=lightgcn", gcn_layers=config.gcn_layers,
+        routing=config.grcn_routing, weight_mode=config.grcn_weight_mode)

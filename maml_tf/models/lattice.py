@@ -95,6 +95,8 @@ import numpy as np
 import tensorflow as tf
 
 from maml_tf.errors import UsageError
+from maml_tf.models import base
+from maml_tf.models import graph
 from maml_tf.models import lightgcn
 from maml_tf.models import mf
 
@@ -152,15 +154,8 @@ def knn_product(neighbours, weights, h):
   return tf.reduce_sum(weights[:, :, None] * tf.gather(h, neighbours), 1)
 
 
-def _check_int(name, value, low):
-  if isinstance(value, bool) or int(value) != value or value < low:
-    raise ValueError(f"`{name}` must be an integer >= {low}. Received: "
-                     f"{name}={value!r}")
-  return int(value)
-
-
 @keras.saving.register_keras_serializable(package="maml_tf")
-class LATTICE(lightgcn.ScoringCache, mf.MF):
+class LATTICE(lightgcn.TableCache, mf.MF):
   """LATTICE over a LightGCN backbone; see the module docstring.
 
   Call `set_item_features({modality: [n_items, d_m]})` after construction
@@ -169,6 +164,7 @@ class LATTICE(lightgcn.ScoringCache, mf.MF):
   """
 
   NAME = "lattice"
+  SCORING_ITEMS_TENSOR = "lattice_items"
   SEARCH_SPACE = {
       "learning_rate": ("float", 1e-4, 1e-2, "log"),
       "l2_reg": ("float", 1e-6, 1e-2, "log"),
@@ -182,29 +178,21 @@ class LATTICE(lightgcn.ScoringCache, mf.MF):
                gcn_layers=2, item_layers=1, knn_k=10, mix_lambda=0.9,
                graph_every=1, embed_dim=64, l2_reg=1e-5,
                init_stddev=mf.INIT_STDDEV, knn_block=None, seed=None, **kwargs):
-    modalities, feature_dims = tuple(modalities), tuple(int(d) for d in feature_dims)
-    if not modalities:
-      raise ValueError("`modalities` must name at least one content modality "
-                       "(LATTICE mines item-item graphs from item content). "
-                       "Received: modalities=()")
-    if len(set(modalities)) != len(modalities):
-      raise ValueError(f"`modalities` must be distinct. Received: "
-                       f"modalities={modalities}")
-    if len(feature_dims) != len(modalities) or min(feature_dims) < 1:
-      raise ValueError("`feature_dims` must give one size >= 1 per modality. "
-                       f"Received: feature_dims={feature_dims}")
+    modalities, feature_dims = graph.check_modalities(
+        modalities, feature_dims,
+        "LATTICE mines item-item graphs from item content")
     gcn_layers = lightgcn.check_layers(gcn_layers)
-    item_layers = _check_int("item_layers", item_layers, 1)
-    knn_k = _check_int("knn_k", knn_k, 1)
+    item_layers = graph.check_int("item_layers", item_layers, 1)
+    knn_k = graph.check_int("knn_k", knn_k, 1)
     if knn_k > n_items:
       raise ValueError(f"`knn_k` must be <= n_items ({n_items}). Received: "
                        f"knn_k={knn_k}")
     if not 0.0 <= mix_lambda <= 1.0:
       raise ValueError(f"`mix_lambda` must be in [0, 1]. Received: "
                        f"mix_lambda={mix_lambda!r}")
-    graph_every = _check_int("graph_every", graph_every, 1)
+    graph_every = graph.check_int("graph_every", graph_every, 1)
     if knn_block is not None:
-      knn_block = _check_int("knn_block", knn_block, 1)
+      knn_block = graph.check_int("knn_block", knn_block, 1)
     super().__init__(n_users, n_items, embed_dim=embed_dim, l2_reg=l2_reg,
                      init_stddev=init_stddev, seed=seed, **kwargs)
     self.modalities, self.feature_dims = modalities, feature_dims
@@ -232,13 +220,7 @@ class LATTICE(lightgcn.ScoringCache, mf.MF):
     self.modal_logits = self.add_weight(
         shape=(len(modalities),), initializer=keras.initializers.Constant(0.5),
         name="modal_logits")
-    self.scoring_users = self.add_weight(
-        shape=(self.n_users, d), initializer="zeros", trainable=False,
-        name="scoring_users")
-    self.scoring_items = self.add_weight(
-        shape=(self.n_items, d), initializer="zeros", trainable=False,
-        name="scoring_items")
-    self.init_scoring_cache()
+    self.init_table_cache(d)
     self.adjacency = None
     self.features_set = False
     if train_pairs is not None:
@@ -263,14 +245,8 @@ class LATTICE(lightgcn.ScoringCache, mf.MF):
   def set_item_features(self, features: Dict[str, np.ndarray]):
     """Stores the fixed features and builds each modality's raw graph and a
     first learned graph from them."""
-    for m, dm in zip(self.modalities, self.feature_dims):
-      if m not in features:
-        raise ValueError(f"`features` must have the modality {m!r}. Received: "
-                         f"{sorted(features)}")
-      x = np.asarray(features[m], np.float32)
-      if x.shape != (self.n_items, dm):
-        raise ValueError(f"`features[{m!r}]` must have shape {(self.n_items, dm)}."
-                         f" Received: shape={x.shape}")
+    for m, x in graph.checked_features(features, self.modalities,
+                                       self.feature_dims, self.n_items):
       self.feature_table(m).assign(x)
       ids, sims = knn_graph(x, self.knn_k, self.knn_block)
       ids_v, weights_v = self.graph_variables("raw", m)
@@ -367,22 +343,8 @@ class LATTICE(lightgcn.ScoringCache, mf.MF):
     return {"loss": bpr + l2, "bpr_loss": bpr, "l2_loss": l2}
 
   # ------------------------------------------------------------ scoring
-  def scoring_tables(self):
-    return self.cached_scoring((self.scoring_users, self.scoring_items),
-                               self.final_tables)
-
-  def prepare_scoring(self):
-    self.store_scoring((self.scoring_users, self.scoring_items),
-                       self.final_tables())
-
-  def after_restore(self):
-    if self.adjacency is not None and self.features_set:
-      self.prepare_scoring()
-
-  def projector_tensors(self):
-    tensors = super().projector_tensors()
-    tensors["lattice_items"] = self.scoring_items
-    return tensors
+  def scoring_ready(self):
+    return self.adjacency is not None and self.features_set
 
   def describe(self):
     out = super().describe()
@@ -403,25 +365,15 @@ class LATTICE(lightgcn.ScoringCache, mf.MF):
 
   @classmethod
   def from_run_config(cls, config, dataset):
-    if not dataset.features:
-      raise UsageError(
-          "`--modalities` must name at least one content modality with "
-          "--model=lattice (it mines item-item graphs from item content; "
-          "without one use --model=lightgcn). Received: "
-          f"{','.join(config.modalities or ())!r}")
+    reason = ("it mines item-item graphs from item content; without one "
+              "use --model=lightgcn")
+    base.require_content(config, dataset.features, cls.NAME, reason)
     if config.lattice_knn_k > dataset.n_items:
       raise UsageError(f"`--lattice_knn_k` must be <= the number of items "
                        f"({dataset.n_items}). Received: {config.lattice_knn_k}")
     every = config.lattice_graph_every or max(
         1, math.ceil(len(dataset.train) / config.batch_size))
-    model = cls(
-        dataset.n_users, dataset.n_items, modalities=dataset.modalities,
-        feature_dims=[dataset.features[m].shape[1] for m in dataset.modalities],
-        train_pairs=dataset.train, gcn_layers=config.gcn_layers,
-        item_layers=config.lattice_item_layers,
-        knn_k=config.lattice_knn_k,
-        mix_lambda=config.lattice_lambda, graph_every=every,
-        embed_dim=config.embed_dim, l2_reg=config.l2_reg, seed=config.seed,
-        name="lattice")
-    model.set_item_features(dict(dataset.features))
-    return model
+    return graph.from_dataset(
+        cls, config, dataset, reason, gcn_layers=config.gcn_layers,
+        item_layers=config.lattice_item_layers, knn_k=config.lattice_knn_k,
+        mix_lambda=config.lattice_lambda, graph_every=every)

@@ -131,6 +131,64 @@ class ScoringCache:
                             tf.convert_to_tensor(self.weights_version)), read, fresh)
 
 
+
+class TableCache(ScoringCache):
+  """`ScoringCache` of a dot-product model whose `score_items` reads the
+  two tables of `final_tables()`: users [n_users, width] and items
+  [n_items, width], cached in `scoring_users` and `scoring_items`.
+
+  `init_table_cache(width)` makes the variables; `scoring_ready()` says
+  whether `final_tables()` can run yet (the graph or the features set), and
+  `after_restore` refreshes the cache only then.
+  """
+
+  SCORING_ITEMS_TENSOR = "propagated_items"  # its name in the projector
+
+  def init_table_cache(self, width):
+    # The eval-mode tables `score_items` reads, refreshed by prepare_scoring.
+    self.scoring_users = self.add_weight(
+        shape=(self.n_users, width), initializer="zeros", trainable=False,
+        name="scoring_users")
+    self.scoring_items = self.add_weight(
+        shape=(self.n_items, width), initializer="zeros", trainable=False,
+        name="scoring_items")
+    self.init_scoring_cache()
+
+  def scoring_ready(self):
+    """Whether `final_tables()` has what it needs (default: the graph)."""
+    return self.adjacency is not None
+
+  def scoring_tables(self):
+    return self.cached_scoring((self.scoring_users, self.scoring_items),
+                               self.final_tables)
+
+  def prepare_scoring(self):
+    self.store_scoring((self.scoring_users, self.scoring_items),
+                       self.final_tables())
+
+  def after_restore(self):
+    if self.scoring_ready():
+      self.prepare_scoring()
+
+  def projector_tensors(self):
+    tensors = super().projector_tensors()
+    tensors[self.SCORING_ITEMS_TENSOR] = self.scoring_items
+    return tensors
+
+  def table_bpr(self, tables, users, items):
+    """(BPR of item column 0 against column 1 on the final `tables`, the
+    batch's rows of the ID tables: users, positives, negatives)."""
+    users_t, items_t = tables
+    u = tf.gather(users_t, users)
+    pos, neg = items[:, 0], items[:, 1]
+    bpr = mf.bpr_loss(tf.reduce_sum(u * tf.gather(items_t, pos), -1),
+                      tf.reduce_sum(u * tf.gather(items_t, neg), -1))
+    rows = [tf.gather(self.user_embeddings, users),
+            tf.gather(self.item_embeddings, pos),
+            tf.gather(self.item_embeddings, neg)]
+    return bpr, rows
+
+
 def check_layers(gcn_layers):
   if isinstance(gcn_layers, bool) or int(gcn_layers) != gcn_layers or gcn_layers < 1:
     raise ValueError(f"`gcn_layers` must be an integer >= 1. Received: "
@@ -139,7 +197,7 @@ def check_layers(gcn_layers):
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
-class LightGCN(ScoringCache, mf.MF):
+class LightGCN(TableCache, mf.MF):
   """BPR-MF over LightGCN's propagated tables.
 
   `train_pairs` ([n, 2] user, item) are the graph's edges; a model rebuilt
@@ -163,14 +221,7 @@ class LightGCN(ScoringCache, mf.MF):
                      init_stddev=init_stddev, seed=seed, **kwargs)
     self.gcn_layers = gcn_layers
     self.adjacency = None
-    # The propagated tables `score_items` reads, refreshed by prepare_scoring.
-    self.scoring_users = self.add_weight(
-        shape=(self.n_users, self.embed_dim), initializer="zeros",
-        trainable=False, name="scoring_users")
-    self.scoring_items = self.add_weight(
-        shape=(self.n_items, self.embed_dim), initializer="zeros",
-        trainable=False, name="scoring_items")
-    self.init_scoring_cache()
+    self.init_table_cache(self.embed_dim)
     if train_pairs is not None:
       self.set_train_edges(train_pairs)
     self.finish_init()
@@ -187,23 +238,6 @@ class LightGCN(ScoringCache, mf.MF):
                        "Received: train_pairs=None")
     return propagate(self.adjacency, tf.convert_to_tensor(self.user_embeddings),
                      tf.convert_to_tensor(self.item_embeddings), self.gcn_layers)
-
-  def scoring_tables(self):
-    return self.cached_scoring((self.scoring_users, self.scoring_items),
-                               self.final_tables)
-
-  def prepare_scoring(self):
-    self.store_scoring((self.scoring_users, self.scoring_items),
-                       self.final_tables())
-
-  def after_restore(self):
-    if self.adjacency is not None:
-      self.prepare_scoring()
-
-  def projector_tensors(self):
-    tensors = super().projector_tensors()
-    tensors["propagated_items"] = self.scoring_items
-    return tensors
 
   def describe(self):
     out = super().describe()

@@ -75,7 +75,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from maml_tf.errors import UsageError
+from maml_tf.models import graph as graph_lib
 from maml_tf.models import lightgcn
 from maml_tf.models import mf
 
@@ -219,7 +219,7 @@ class ModalityGraphConvolution(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
-class MMGCN(lightgcn.ScoringCache, mf.MF):
+class MMGCN(lightgcn.TableCache, mf.MF):
   """MMGCN over the content modalities; see the module docstring.
 
   Call `set_item_features({modality: [n_items, d_m]})` after construction;
@@ -240,16 +240,9 @@ class MMGCN(lightgcn.ScoringCache, mf.MF):
                latent_dim=DEFAULT_LATENT, aggregation="mean",
                combination="concat", embed_dim=64, l2_reg=1e-5, seed=None,
                **kwargs):
-    modalities, feature_dims = tuple(modalities), tuple(int(d) for d in feature_dims)
-    if not modalities:
-      raise ValueError("`modalities` must name at least one content modality "
-                       "(MMGCN convolves per modality). Received: modalities=()")
-    if len(set(modalities)) != len(modalities):
-      raise ValueError("`modalities` must be distinct names. Received: "
-                       f"modalities={modalities}")
-    if len(feature_dims) != len(modalities) or min(feature_dims) < 1:
-      raise ValueError("`feature_dims` must give one size >= 1 per modality. "
-                       f"Received: feature_dims={feature_dims}")
+    modalities, feature_dims = graph_lib.check_modalities(
+        modalities, feature_dims, "MMGCN convolves per modality",
+        distinct_rule="distinct names")
     gcn_layers = lightgcn.check_layers(gcn_layers)
     if aggregation not in AGGREGATIONS:
       raise ValueError(f"`aggregation` must be one of {', '.join(AGGREGATIONS)}. "
@@ -272,13 +265,7 @@ class MMGCN(lightgcn.ScoringCache, mf.MF):
           seed=None if seed is None else int(seed) + 1 + k, name=f"branch_{m}")
       branch.build()
       self.branches[m] = branch
-    self.scoring_users = self.add_weight(
-        shape=(self.n_users, self.embed_dim), initializer="zeros",
-        trainable=False, name="scoring_users")
-    self.scoring_items = self.add_weight(
-        shape=(self.n_items, self.embed_dim), initializer="zeros",
-        trainable=False, name="scoring_items")
-    self.init_scoring_cache()
+    self.init_table_cache(self.embed_dim)
     self.graph = self.degrees = None
     if train_pairs is not None:
       self.set_train_edges(train_pairs)
@@ -290,14 +277,8 @@ class MMGCN(lightgcn.ScoringCache, mf.MF):
 
   def set_item_features(self, features: Dict[str, np.ndarray]):
     """Stores the fixed [n_items, d_m] features of every modality."""
-    for m, dm in zip(self.modalities, self.feature_dims):
-      if m not in features:
-        raise ValueError(f"`features` must have the modality {m!r}. Received: "
-                         f"{sorted(features)}")
-      x = np.asarray(features[m], np.float32)
-      if x.shape != (self.n_items, dm):
-        raise ValueError(f"`features[{m!r}]` must have shape {(self.n_items, dm)}."
-                         f" Received: shape={x.shape}")
+    for m, x in graph_lib.checked_features(features, self.modalities,
+                                           self.feature_dims, self.n_items):
       self.feature_table(m).assign(x)
     self.after_restore()
 
@@ -323,39 +304,19 @@ class MMGCN(lightgcn.ScoringCache, mf.MF):
         for m in self.modalities])
     return total[:self.n_users], total[self.n_users:]
 
-  def scoring_tables(self):
-    return self.cached_scoring((self.scoring_users, self.scoring_items),
-                               self.final_tables)
-
-  def prepare_scoring(self):
-    self.store_scoring((self.scoring_users, self.scoring_items),
-                       self.final_tables())
-
-  def after_restore(self):
-    if self.graph is not None:
-      self.prepare_scoring()
+  def scoring_ready(self):
+    return self.graph is not None
 
   # ------------------------------------------------------------ loss
   def loss_terms(self, users, items, training=False):
     """BPR on (u*, i*); L2 on the batch's ID rows and user preferences."""
-    users_t, items_t = self.final_tables(training=training)
-    pos, neg = items[:, 0], items[:, 1]
-    u = tf.gather(users_t, users)
-    bpr = mf.bpr_loss(tf.reduce_sum(u * tf.gather(items_t, pos), -1),
-                      tf.reduce_sum(u * tf.gather(items_t, neg), -1))
-    rows = [tf.gather(self.user_embeddings, users),
-            tf.gather(self.item_embeddings, pos),
-            tf.gather(self.item_embeddings, neg)]
+    bpr, rows = self.table_bpr(self.final_tables(training=training), users,
+                               items)
     rows += [tf.gather(self.branches[m].preference, users) for m in self.modalities]
     l2 = self.l2_reg * mf.batch_l2(*rows)
     return {"loss": bpr + l2, "bpr_loss": bpr, "l2_loss": l2}
 
   # ------------------------------------------------------------ records
-  def projector_tensors(self):
-    tensors = super().projector_tensors()
-    tensors["propagated_items"] = self.scoring_items
-    return tensors
-
   def describe(self):
     out = super().describe()
     out.update(modalities=list(self.modalities), gcn_layers=self.gcn_layers,
@@ -373,17 +334,8 @@ class MMGCN(lightgcn.ScoringCache, mf.MF):
 
   @classmethod
   def from_run_config(cls, config, dataset):
-    if not dataset.features:
-      raise UsageError(
-          "`--modalities` must name at least one content modality with "
-          "--model=mmgcn (it convolves per modality). Received: "
-          f"{','.join(config.modalities or ())!r}")
-    model = cls(
-        dataset.n_users, dataset.n_items, modalities=dataset.modalities,
-        feature_dims=[dataset.features[m].shape[1] for m in dataset.modalities],
-        train_pairs=dataset.train, gcn_layers=config.gcn_layers,
-        latent_dim=config.mmgcn_latent, aggregation=config.mmgcn_aggregation,
-        combination=config.mmgcn_combination, embed_dim=config.embed_dim,
-        l2_reg=config.l2_reg, seed=config.seed, name="mmgcn")
-    model.set_item_features(dict(dataset.features))
-    return model
+    return graph_lib.from_dataset(
+        cls, config, dataset, "it convolves per modality",
+        gcn_layers=config.gcn_layers, latent_dim=config.mmgcn_latent,
+        aggregation=config.mmgcn_aggregation,
+        combination=config.mmgcn_combination)

@@ -201,7 +201,7 @@ def xavier_table(rows, dim, seed):
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
-class NGCF(lightgcn.ScoringCache, mf.MF):
+class NGCF(lightgcn.TableCache, mf.MF):
   """BPR over NGCF's propagated, concatenated tables.
 
   `train_pairs` ([n, 2] user, item) are the graph's edges; a model rebuilt
@@ -237,14 +237,7 @@ class NGCF(lightgcn.ScoringCache, mf.MF):
         seed=None if seed is None else base_seed + 13, name="propagation")
     self.propagation.build()
     width = self.propagation.output_dim
-    # The eval-mode tables `score_items` reads, refreshed by prepare_scoring.
-    self.scoring_users = self.add_weight(
-        shape=(self.n_users, width), initializer="zeros", trainable=False,
-        name="scoring_users")
-    self.scoring_items = self.add_weight(
-        shape=(self.n_items, width), initializer="zeros", trainable=False,
-        name="scoring_items")
-    self.init_scoring_cache()
+    self.init_table_cache(width)
     self.adjacency = None
     if train_pairs is not None:
       self.set_train_edges(train_pairs)
@@ -284,37 +277,15 @@ class NGCF(lightgcn.ScoringCache, mf.MF):
     final = self.propagation.propagate(self.adjacency, ego, training=training)
     return final[:self.n_users], final[self.n_users:]
 
-  def scoring_tables(self):
-    return self.cached_scoring((self.scoring_users, self.scoring_items),
-                               self.final_tables)
-
-  def prepare_scoring(self):
-    self.store_scoring((self.scoring_users, self.scoring_items),
-                       self.final_tables())
-
-  def after_restore(self):
-    if self.adjacency is not None:
-      self.prepare_scoring()
-
   # ------------------------------------------------------------ loss
   def loss_terms(self, users, items, training=False):
     """BPR on E* (column 0 positive, column 1 the negative); L2 on E^0."""
-    users_t, items_t = self.final_tables(training=training)
-    pos, neg = items[:, 0], items[:, 1]
-    u = tf.gather(users_t, users)
-    bpr = mf.bpr_loss(tf.reduce_sum(u * tf.gather(items_t, pos), -1),
-                      tf.reduce_sum(u * tf.gather(items_t, neg), -1))
-    l2 = self.l2_reg * mf.batch_l2(tf.gather(self.user_embeddings, users),
-                                   tf.gather(self.item_embeddings, pos),
-                                   tf.gather(self.item_embeddings, neg))
+    bpr, rows = self.table_bpr(self.final_tables(training=training), users,
+                               items)
+    l2 = self.l2_reg * mf.batch_l2(*rows)
     return {"loss": bpr + l2, "bpr_loss": bpr, "l2_loss": l2}
 
   # ------------------------------------------------------------ records
-  def projector_tensors(self):
-    tensors = super().projector_tensors()
-    tensors["propagated_items"] = self.scoring_items
-    return tensors
-
   def describe(self):
     out = super().describe()
     out.update(layer_sizes=list(self.layer_sizes), node_dropout=self.node_dropout,

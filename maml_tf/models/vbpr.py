@@ -49,20 +49,20 @@ import numpy as np
 import tensorflow as tf
 
 from maml_tf.models import layers as layers_lib
-from maml_tf.errors import UsageError
 from maml_tf.models import base
 from maml_tf.models import lightgcn
 from maml_tf.models import mf
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
-class VBPR(lightgcn.ScoringCache, mf.MF):
+class VBPR(lightgcn.TableCache, mf.MF):
   """VBPR over fixed item features [n_items, feature_dim].
 
   Call `set_item_features(x)` after construction (`from_run_config` does).
   """
 
   NAME = "vbpr"
+  SCORING_ITEMS_TENSOR = "item_vectors"
   BATCH_SUM_TERMS = ()
   SEARCH_SPACE = {
       "learning_rate": ("float", 1e-4, 1e-2, "log"),
@@ -95,13 +95,7 @@ class VBPR(lightgcn.ScoringCache, mf.MF):
         shape=(self.n_items, self.feature_dim), initializer="zeros",
         trainable=False, name="item_features")
     # [gamma_u; theta_u; 1] and [gamma_i; E f_i; b_i]: what score_items reads.
-    self.scoring_users = self.add_weight(
-        shape=(self.n_users, 2 * d + 1), initializer="zeros", trainable=False,
-        name="scoring_users")
-    self.scoring_items = self.add_weight(
-        shape=(self.n_items, 2 * d + 1), initializer="zeros", trainable=False,
-        name="scoring_items")
-    self.init_scoring_cache()
+    self.init_table_cache(2 * d + 1)
     self.finish_init()
 
   @property
@@ -145,16 +139,8 @@ class VBPR(lightgcn.ScoringCache, mf.MF):
                        (tf.convert_to_tensor(self.item_bias) + bias)[:, None]], 1)
     return users, items
 
-  def scoring_tables(self):
-    return self.cached_scoring((self.scoring_users, self.scoring_items),
-                               self.final_tables)
-
-  def prepare_scoring(self):
-    self.store_scoring((self.scoring_users, self.scoring_items),
-                       self.final_tables())
-
-  def after_restore(self):
-    self.prepare_scoring()
+  def scoring_ready(self):
+    return True
 
   def item_representation(self):
     """[gamma_i; E f_i] [n_items, 2d]."""
@@ -187,11 +173,6 @@ class VBPR(lightgcn.ScoringCache, mf.MF):
             "l2_e_loss": l2_e}
 
   # ------------------------------------------------------------ config
-  def projector_tensors(self):
-    tensors = super().projector_tensors()
-    tensors["item_vectors"] = self.scoring_items
-    return tensors
-
   def describe(self):
     out = super().describe()
     out.update(feature_dim=self.feature_dim, l2_e=self.l2_e)
@@ -205,11 +186,8 @@ class VBPR(lightgcn.ScoringCache, mf.MF):
   @classmethod
   def from_run_config(cls, config, dataset):
     features = dataset.feature_matrix()
-    if features is None:
-      raise UsageError(
-          "`--modalities` must name at least one content modality with "
-          "--model=vbpr (without features VBPR is BPR-MF: use --model=mf). "
-          f"Received: {','.join(config.modalities or ())!r}")
+    base.require_content(config, features is not None, cls.NAME,
+                         "without features VBPR is BPR-MF: use --model=mf")
     model = cls(dataset.n_users, dataset.n_items, feature_dim=features.shape[1],
                 embed_dim=config.embed_dim, l2_reg=config.l2_reg,
                 l2_e=config.vbpr_l2_e, seed=config.seed, name="vbpr")
