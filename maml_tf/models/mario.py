@@ -111,87 +111,43 @@ from maml_tf.models import lightgcn
 from maml_tf.models import mf
 from maml_tf.models import ngcf
 from maml_tf.models.base import map_item_chunks
+from maml_tf.models.mario_layers import (FEATURE_NORMS, ModalityAttention,
+                                         dense_layer, normalize_features)
 
 FUSIONS = ("attention", "mean", "max", "fc")
 BACKBONES = ("mf", "lightgcn", "ngcf")
 GRAPH_BACKBONES = ("lightgcn", "ngcf")
-FEATURE_NORMS = ("scale", "row", "none")
 INTERACTION = "interaction"
 
 
-def normalize_features(x, how):
-  """One modality's features [n_items, d_m] rescaled as `feature_norm`
-  says (module docstring): `scale` by the mean row L2 norm, `row` each row
-  to unit norm, `none` unchanged; zero rows (and an all-zero modality) are
-  left as they are. float64 in, float32 out."""
-  x = np.asarray(x, np.float64)
-  if how == "none":
-    return x.astype(np.float32)
-  norms = np.linalg.norm(x, axis=1)
-  if how == "scale":
-    mean = float(norms.mean()) if len(norms) else 0.0
-    return (x / mean if mean > 0 else x).astype(np.float32)
-  return (x / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
-
-
-@keras.saving.register_keras_serializable(package="maml_tf")
-class ModalityAttention(keras.layers.Layer):
-  """a^m = softmax_m(v . tanh(W_u u + W_e e^m + b)) over the modalities.
-
-  `user_part` and `item_part` are the two halves of the first layer, so the
-  per-pair work can be an addition of precomputed halves.
-  """
-
-  def __init__(self, embed_dim=64, hidden_dim=64, seed=None, **kwargs):
-    super().__init__(**kwargs)
-    for name, value in (("embed_dim", embed_dim), ("hidden_dim", hidden_dim)):
-      if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1. Received: "
-                         f"{name}={value!r}")
-    self.embed_dim, self.hidden_dim, self.seed = int(embed_dim), int(hidden_dim), seed
-
-  def build(self, input_shape=None):
-    glorot = lambda: keras.initializers.GlorotUniform(seed=self.seed)  # noqa: E731
-    d, h = self.embed_dim, self.hidden_dim
-    self.user_kernel = self.add_weight(shape=(d, h), initializer=glorot(),
-                                       name="user_kernel")
-    self.item_kernel = self.add_weight(shape=(d, h), initializer=glorot(),
-                                       name="item_kernel")
-    self.bias = self.add_weight(shape=(h,), initializer="zeros", name="bias")
-    self.score_vector = self.add_weight(shape=(h, 1), initializer=glorot(),
-                                        name="score_vector")
-    self.built = True
-
-  def user_part(self, u):
-    """W_u u + b: [..., d] -> [..., h]."""
-    return tf.tensordot(u, tf.convert_to_tensor(self.user_kernel), [[-1], [0]]) + self.bias
-
-  def item_part(self, e):
-    """W_e e: [..., d] -> [..., h]."""
-    return tf.tensordot(e, tf.convert_to_tensor(self.item_kernel), [[-1], [0]])
-
-  def logits(self, user_part, item_part):
-    """v . tanh(user_part + item_part) over the last axis (broadcasting)."""
-    h = tf.tanh(user_part + item_part)
-    return tf.tensordot(h, tf.convert_to_tensor(self.score_vector)[:, 0], [[-1], [0]])
-
-  def call(self, u, e):
-    """Weights [..., M] of users u [..., d] over modality embeddings
-    e [..., M, d] (u's leading axes broadcast against e's)."""
-    return tf.nn.softmax(self.logits(self.user_part(u)[..., None, :],
-                                     self.item_part(e)), axis=-1)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(embed_dim=self.embed_dim, hidden_dim=self.hidden_dim,
-                  seed=self.seed)
-    return config
-
-
-def _dense(units, name, seed):
-  return keras.layers.Dense(
-      units, kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
-      bias_initializer="zeros", name=name)
+def _check_arguments(modalities, feature_dims, backbone, fusion, mp_weight,
+                     feature_norm):
+  """MARIO's arguments checked (ValueError naming the first broken one);
+  returns (modalities, feature_dims) as tuples."""
+  modalities, feature_dims = tuple(modalities), tuple(int(d) for d in feature_dims)
+  if not modalities:
+    raise ValueError(
+        "`modalities` must name at least one content modality (without one "
+        "MARIO is its backbone alone: use the mf, lightgcn or ngcf model). "
+        "Received: modalities=()")
+  if INTERACTION in modalities or len(set(modalities)) != len(modalities):
+    raise ValueError("`modalities` must be distinct names other than "
+                     f"{INTERACTION!r}. Received: modalities={modalities}")
+  if len(feature_dims) != len(modalities) or min(feature_dims) < 1:
+    raise ValueError("`feature_dims` must give one size >= 1 per modality. "
+                     f"Received: feature_dims={feature_dims}")
+  if backbone not in BACKBONES:
+    raise ValueError(f"`backbone` must be one of {', '.join(BACKBONES)}. "
+                     f"Received: backbone={backbone!r}")
+  if fusion not in FUSIONS:
+    raise ValueError(f"`fusion` must be one of {', '.join(FUSIONS)}. "
+                     f"Received: fusion={fusion!r}")
+  if not mp_weight >= 0:
+    raise ValueError(f"`mp_weight` must be >= 0. Received: mp_weight={mp_weight!r}")
+  if feature_norm not in FEATURE_NORMS:
+    raise ValueError(f"`feature_norm` must be one of {', '.join(FEATURE_NORMS)}. "
+                     f"Received: feature_norm={feature_norm!r}")
+  return modalities, feature_dims
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
@@ -222,29 +178,8 @@ class MARIO(lightgcn.ScoringCache, base.RankingModel):
                init_stddev=mf.INIT_STDDEV, ngcf_layers: Sequence[int] = (64, 64, 64),
                ngcf_node_dropout=0.1, ngcf_message_dropout=0.1,
                feature_norm="scale", seed=None, **kwargs):
-    modalities, feature_dims = tuple(modalities), tuple(int(d) for d in feature_dims)
-    if not modalities:
-      raise ValueError(
-          "`modalities` must name at least one content modality (without one "
-          "MARIO is its backbone alone: use the mf, lightgcn or ngcf model). "
-          "Received: modalities=()")
-    if INTERACTION in modalities or len(set(modalities)) != len(modalities):
-      raise ValueError("`modalities` must be distinct names other than "
-                       f"{INTERACTION!r}. Received: modalities={modalities}")
-    if len(feature_dims) != len(modalities) or min(feature_dims) < 1:
-      raise ValueError("`feature_dims` must give one size >= 1 per modality. "
-                       f"Received: feature_dims={feature_dims}")
-    if backbone not in BACKBONES:
-      raise ValueError(f"`backbone` must be one of {', '.join(BACKBONES)}. "
-                       f"Received: backbone={backbone!r}")
-    if fusion not in FUSIONS:
-      raise ValueError(f"`fusion` must be one of {', '.join(FUSIONS)}. "
-                       f"Received: fusion={fusion!r}")
-    if not mp_weight >= 0:
-      raise ValueError(f"`mp_weight` must be >= 0. Received: mp_weight={mp_weight!r}")
-    if feature_norm not in FEATURE_NORMS:
-      raise ValueError(f"`feature_norm` must be one of {', '.join(FEATURE_NORMS)}. "
-                       f"Received: feature_norm={feature_norm!r}")
+    modalities, feature_dims = _check_arguments(
+        modalities, feature_dims, backbone, fusion, mp_weight, feature_norm)
     gcn_layers = lightgcn.check_layers(gcn_layers)
     ngcf_layers = ngcf.check_layer_sizes(ngcf_layers)
     ngcf_node_dropout = ngcf.check_rate("ngcf_node_dropout", ngcf_node_dropout)
@@ -261,42 +196,57 @@ class MARIO(lightgcn.ScoringCache, base.RankingModel):
     self.feature_norm = feature_norm
     self.propagation = None
     if backbone == "ngcf":
-      # NGCF's own initialisation (its tables Xavier-uniform, its layer
-      # seeded as NGCF seeds it), so MARIO(seed=s) starts from NGCF(seed=s).
-      base_seed = None if seed is None else int(seed)
-      self.user_embeddings.assign(ngcf.xavier_table(self.n_users, self.embed_dim,
-                                                    base_seed))
-      self.item_embeddings.assign(ngcf.xavier_table(
-          self.n_items, self.embed_dim, None if seed is None else base_seed + 7))
-      self.propagation = ngcf.BiInteractionPropagation(
-          self.embed_dim, ngcf_layers, ngcf_node_dropout, ngcf_message_dropout,
-          seed=None if seed is None else base_seed + 13, name="propagation")
-      self.propagation.build()
+      self._build_ngcf(seed)
     # D: the interaction embedding's width, the width of the whole model.
     d = self.embed_dim if self.propagation is None else self.propagation.output_dim
     self.width, n_mod = d, 1 + len(modalities)
-    for m, dm in zip(modalities, feature_dims):
+    self._build_networks(d, n_mod, seed)
+    self.init_scoring_cache()
+    self.adjacency = None
+    if train_pairs is not None:
+      self.set_train_edges(train_pairs)
+    self.finish_init()
+
+  def _build_ngcf(self, seed):
+    """The ngcf backbone: its propagation layer and NGCF's own table
+    initialisation."""
+    # NGCF's own initialisation (its tables Xavier-uniform, its layer
+    # seeded as NGCF seeds it), so MARIO(seed=s) starts from NGCF(seed=s).
+    base_seed = None if seed is None else int(seed)
+    self.user_embeddings.assign(ngcf.xavier_table(self.n_users, self.embed_dim,
+                                                  base_seed))
+    self.item_embeddings.assign(ngcf.xavier_table(
+        self.n_items, self.embed_dim, None if seed is None else base_seed + 7))
+    self.propagation = ngcf.BiInteractionPropagation(
+        self.embed_dim, self.ngcf_layers, self.ngcf_node_dropout, self.ngcf_message_dropout,
+        seed=None if seed is None else base_seed + 13, name="propagation")
+    self.propagation.build()
+
+  def _build_networks(self, d, n_mod, seed):
+    """The feature tables, encoders, decoders, fusion and the scoring cache's
+    tables, all of width d (created in this order: checkpoint names)."""
+    for m, dm in zip(self.modalities, self.feature_dims):
       setattr(self, f"features_{m}", self.add_weight(
           shape=(self.n_items, dm), initializer="zeros", trainable=False,
           name=f"features_{m}"))
     # mean |x^m| over all items of each content modality (mp_loss's unit).
     self.feature_scales = self.add_weight(
-        shape=(len(modalities),), initializer="ones", trainable=False,
+        shape=(len(self.modalities),), initializer="ones", trainable=False,
         name="feature_scales")
-    self.encoders = {m: _dense(d, f"encoder_{m}", seed) for m in modalities}
-    self.decoders = {m: _dense(dm, f"decoder_{m}", seed)
-                     for m, dm in zip(modalities, feature_dims)}
-    for m, dm in zip(modalities, feature_dims):
+    self.encoders = {m: dense_layer(d, f"encoder_{m}", seed) for m in self.modalities}
+    self.decoders = {m: dense_layer(dm, f"decoder_{m}", seed)
+                     for m, dm in zip(self.modalities, self.feature_dims)}
+    for m, dm in zip(self.modalities, self.feature_dims):
       self.encoders[m].build((None, dm))
       self.decoders[m].build((None, d))
     self.attention = None
     self.fc = None
-    if fusion == "attention":
+    if self.fusion == "attention":
       self.attention = ModalityAttention(d, self.hidden_dim, seed=seed,
                                          name="modality_attention")
       self.attention.build()
-    elif fusion == "fc":
-      self.fc = _dense(d, "fusion_fc", seed)
+    elif self.fusion == "fc":
+      self.fc = dense_layer(d, "fusion_fc", seed)
       self.fc.build((None, n_mod * d))
     # What `score_items` reads, refreshed by prepare_scoring().
     self.scoring_users = self.add_weight(
@@ -313,11 +263,6 @@ class MARIO(lightgcn.ScoringCache, base.RankingModel):
       self.scoring_attention = self.add_weight(
           shape=(self.n_items, n_mod, self.hidden_dim), initializer="zeros",
           trainable=False, name="scoring_attention")
-    self.init_scoring_cache()
-    self.adjacency = None
-    if train_pairs is not None:
-      self.set_train_edges(train_pairs)
-    self.finish_init()
 
   # ------------------------------------------------------------ setup
   @property
