@@ -36,7 +36,8 @@ def _dataset(n_users=12, n_items=9, seed=0):
 def _config(name):
   spec = models.spec(name)
   return Config(model=name, embed_dim=4, hidden_layer_dim=8, batch_size=8,
-                num_neg=1 if spec.one_negative else 3, memory_slots=3, seed=0)
+                num_neg=1 if spec.one_negative else 3, memory_slots=3, seed=0,
+                lattice_knn_k=3)  # the tiny catalogue has 9 items
 
 
 def _batch(ds, num_neg, seed=0):
