@@ -47,7 +47,7 @@ def _model(l2_reg=0.3, seed=0):
 
 
 def test_init_is_normal_with_stddev_0_1_and_unconstrained():
-  m = MF(300, 400, embed_dim=32, seed=1)
+  m = MF(300, 400, embed_dim=32, seed=1, init_stddev=0.1)
   for table in (m.user_embeddings, m.item_embeddings):
     assert _np(table).std() == pytest.approx(0.1, rel=0.05)
   assert m.user_table.embeddings_constraint is None
