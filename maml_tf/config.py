@@ -308,6 +308,13 @@ class Config:
   loo_negatives: int = setting(
       100, "items sampled per test user under --protocol=loo",
       group="evaluation", low=1, integer=True, searchable=False)
+  eval_candidates: int = setting(
+      0, "full ranking in two stages, for large catalogues: the N items "
+      "nearest to the user in the model's retrieval space (the retrieve "
+      "signature's first stage) are re-ranked by its full score; 0: score "
+      "every item; N above the catalogue is clamped to it; refused with "
+      "--protocol=loo", group="evaluation", low=0, integer=True,
+      searchable=False)
   seed: int = setting(
       0, "seed for initialisation, sampling and the validation split (and "
       "--protocol=split's split)", group="training", low=0, integer=True,

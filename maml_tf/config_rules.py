@@ -71,6 +71,12 @@ def check_combinations(c):
   if c.protocol == "split" and c.validation_fraction:
     fail("validation_fraction", "must be 0 with --protocol=split (it holds "
           "out its own validation split)", c.validation_fraction)
+  if c.eval_candidates and c.protocol == "loo":
+    fail("eval_candidates", "must be 0 with --protocol=loo (it ranks "
+          "--loo_negatives sampled items, not the catalogue)", c.eval_candidates)
+  if c.eval_candidates and c.eval_candidates < max(c.topk):
+    fail("eval_candidates", f"must be 0 or >= the largest --topk "
+          f"({max(c.topk)})", c.eval_candidates)
   if c.dataset == "office" and c.data_format not in ("auto", "release"):
     fail("data_format", "must be auto or release with --dataset=office "
           "(built in, the release's layout)", c.data_format)

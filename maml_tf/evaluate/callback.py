@@ -202,10 +202,19 @@ class EvaluationCallback(keras.callbacks.Callback):
     fileio.write_json_atomic(os.path.join(self.workdir, "metrics.json"), self.summary)
     return self.summary
 
+  def ranking(self):
+    """{"ranking": {split: how it ranks}} for the evaluators that describe
+    it (two-stage ones: their candidates and agreement); {} when none does
+    (every split ranks by the protocol's own rule)."""
+    described = {split: e.describe() for split, e in self.evaluators.items()
+                 if callable(getattr(e, "describe", None))}
+    return {"ranking": described} if described else {}
+
   def summarize(self, finished):
     if not self.records:
       return dict({"finished": finished, "rounds": 0,
-                   "selection": self.selection}, **self.extra_summary)
+                   "selection": self.selection}, **self.ranking(),
+                  **self.extra_summary)
     return dict({
         "finished": finished,
         "rounds": len(self.records),
@@ -215,4 +224,4 @@ class EvaluationCallback(keras.callbacks.Callback):
         "modalities": list(self.modalities),
         "best": self.best_record(),
         "last": self.records[-1],
-    }, **self.extra_summary)
+    }, **self.ranking(), **self.extra_summary)

@@ -8,7 +8,11 @@ is no validation and the best round is chosen on test, as the release did.
 
 Full ranking (`maml_tf.evaluate.full_ranking.Evaluator`): every item is scored; a user's
 train items are excluded when ranking validation, train and validation items
-when ranking test.
+when ranking test. With --eval_candidates=N > 0 both splits rank in two
+stages instead (`maml_tf.evaluate.two_stage`: the N best items of the
+model's retrieval space, re-ranked by its full score), and the test split's
+evaluator compares itself with full ranking on a sample of its users every
+round (metrics.json's "ranking").
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from maml_tf.data import splits as splits_lib
-from maml_tf.evaluate import full_ranking
+from maml_tf.evaluate import full_ranking, two_stage
 
 
 def sizes(ds) -> dict:
@@ -41,14 +45,24 @@ def prepare(config, ds):
 
 def full_ranking_evaluators(config, ds, model, jit_compile):
   """{"valid": ranks excluding train, "test": ranks excluding train and
-  validation}; "valid" only when ds has a validation split."""
+  validation}; "valid" only when ds has a validation split. Two-stage with
+  --eval_candidates > 0 (the test split also measuring its agreement with
+  full ranking on `two_stage.AGREEMENT_USERS` users)."""
   known = np.concatenate([ds.train, ds.valid]) if len(ds.valid) else ds.train
+  n = config.eval_candidates
+
+  def evaluator(exclude, target, check_users=0):
+    if n:
+      return two_stage.TwoStageEvaluator(
+          model, exclude, target, config.topk, n_candidates=n,
+          check_users=check_users, seed=config.seed, jit_compile=jit_compile)
+    return full_ranking.Evaluator(model, exclude, target, config.topk,
+                                  jit_compile=jit_compile)
+
   evaluators = {}
   if len(ds.valid):
-    evaluators["valid"] = full_ranking.Evaluator(model, ds.train, ds.valid,
-                                             config.topk, jit_compile=jit_compile)
-  evaluators["test"] = full_ranking.Evaluator(model, known, ds.test, config.topk,
-                                          jit_compile=jit_compile)
+    evaluators["valid"] = evaluator(ds.train, ds.valid)
+  evaluators["test"] = evaluator(known, ds.test, two_stage.AGREEMENT_USERS)
   return evaluators
 
 

@@ -21,9 +21,10 @@ re-split, and metrics.json says so ("split": "given").
 
 Full ranking over every item (`maml_tf.evaluate.full_ranking.Evaluator`): validation
 ranks exclude the user's train items; test ranks exclude train and
-validation items. The best round is chosen on validation (--select_metric,
-recall@20 by default) and training stops after --patience evaluations
-without improvement (20 by default).
+validation items (in two stages with --eval_candidates > 0, as the release
+protocol: `release.full_ranking_evaluators`). The best round is chosen on
+validation (--select_metric, recall@20 by default) and training stops after
+--patience evaluations without improvement (20 by default).
 """
 
 from __future__ import annotations
