@@ -76,3 +76,28 @@ def test_plot_errors_are_one_line(tmp_path):
   assert proc.returncode == 2 and "`--label` must be given once per" in proc.stderr
   proc = _run([f"--workdir={tmp_path / 'run'}", "--out=curves.pdf"])
   assert proc.returncode == 2 and "must name a .png file" in proc.stderr
+
+
+def test_plot_reads_records_as_training_does_without_tensorflow(tmp_path):
+  """plot reads metrics.jsonl with maml_tf.evaluate.records: a cut-short last
+  line is dropped, a damaged earlier line is refused in one line; and reading
+  does not load TensorFlow."""
+  run = tmp_path / "run"
+  _written_run(str(run))
+  probe = ("import sys\n"
+           "from maml_tf.commands import plot\n"
+           f"records = plot.read_records({str(run)!r})\n"
+           "print([r['step'] for r in records], 'tensorflow' in sys.modules)\n")
+  proc = subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                        text=True, timeout=120, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.split("\n")[0] == "[2, 4, 6] False"
+  path = run / "metrics.jsonl"
+  lines = path.read_text().split("\n")
+  path.write_text("\n".join([lines[0], '{"step": 3, "te'] + lines[1:]))
+  proc = _run([f"--workdir={run}", f"--out={tmp_path / 'x.png'}"])
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == (
+      f"error: {path}: line 2 is not JSON; the file is damaged (move it away "
+      "to start the run afresh)")
+  assert not (tmp_path / "x.png").exists()

@@ -21,6 +21,8 @@ from absl import app
 from absl import flags
 
 from maml_tf import cli
+from maml_tf.errors import DataError
+from maml_tf.evaluate import records as records_lib
 
 METRICS = ("ndcg", "recall", "hr", "precision")
 METRIC_NAMES = {"ndcg": "NDCG", "recall": "Recall", "hr": "HR",
@@ -45,24 +47,13 @@ class PlotError(Exception):
 
 
 def read_records(workdir):
-  """The records of <workdir>/metrics.jsonl, by step.
-
-  A last line cut short by a crash is dropped.
-  """
+  """The records of <workdir>/metrics.jsonl, by step (maml_tf.evaluate.records
+  reads them: a last line cut short by a crash is dropped, a damaged earlier
+  line is a DataError)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.isfile(path):
     raise PlotError(f"{workdir}: has no metrics.jsonl (not a run's workdir?)")
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().split("\n")
-  records = []
-  for i, line in enumerate(lines):
-    if not line.strip():
-      continue
-    try:
-      records.append(json.loads(line))
-    except ValueError:
-      if any(rest.strip() for rest in lines[i + 1:]):
-        raise PlotError(f"{path}: line {i + 1} is not JSON") from None
+  records = records_lib.read_records(path)
   if not records:
     raise PlotError(f"{path}: holds no evaluation yet")
   return sorted(records, key=lambda r: r["step"])
@@ -200,7 +191,7 @@ def main(argv):
     runs = [(label, read_records(w), read_best_step(w))
             for label, w in zip(labels, workdirs)]
     plot(runs, FLAGS.out, FLAGS.title)
-  except PlotError as e:
+  except (PlotError, DataError) as e:
     return _fail(str(e))
   print(f"wrote {FLAGS.out} ({len(runs)} run{'s' * (len(runs) > 1)})")
   return 0

@@ -7,7 +7,6 @@ import json
 import os
 
 from maml_tf.errors import DataError
-from maml_tf.evaluate.metrics import METRICS
 
 
 def _flatten(tree, prefix=""):
@@ -57,6 +56,9 @@ def format_record(record, metric):
 
 def metrics_table(summary, ks) -> str:
   """The final table: best and last rounds, per split, x100 like the paper."""
+  # Here, not at the top: read_records serves `maml-tf plot`, which runs
+  # without TensorFlow (metrics.py imports it).
+  from maml_tf.evaluate.metrics import METRICS  # pylint: disable=g-import-not-at-top
   lines = [f"Selection: {summary['selection']}"]
   # The metrics the records hold (all four for the release's protocol, HR
   # and nDCG for leave-one-out), in METRICS order.
