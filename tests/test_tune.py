@@ -101,6 +101,26 @@ def test_conditional_entries_follow_the_base_run():
     tuning.build_space(Config(validation_fraction=0.1), ["dropout"])
 
 
+def test_mario_searches_gcn_layers_only_on_the_lightgcn_backbone():
+  """--gcn_layers does nothing with the mf backbone (no graph) or ngcf (it
+  reads --ngcf_layers), --mario_hidden nothing without the attention fusion:
+  no trial is spent on either there."""
+  spaces = {backbone: [p.name for p in tuning.build_space(Config(
+      model="mario", backbone=backbone, num_neg=1, validation_fraction=0.1))]
+            for backbone in ("mf", "lightgcn", "ngcf")}
+  shared = ["learning_rate", "l2_reg", "mp_weight", "embed_dim", "mario_hidden"]
+  assert spaces == {"mf": shared, "lightgcn": shared + ["gcn_layers"],
+                    "ngcf": shared}
+  with pytest.raises(UsageError, match=r"^`--search_space` entry gcn_layers "
+                     r"applies only with --backbone=lightgcn\. Received: "
+                     r"'gcn_layers'$"):
+    tuning.build_space(Config(model="mario", backbone="ngcf", num_neg=1,
+                              validation_fraction=0.1), ["gcn_layers"])
+  mean = [p.name for p in tuning.build_space(Config(
+      model="mario", mario_fusion="mean", num_neg=1, validation_fraction=0.1))]
+  assert mean == ["learning_rate", "l2_reg", "mp_weight", "embed_dim"]
+
+
 def test_search_space_flag_restricts_and_overrides():
   base = Config(validation_fraction=0.1)
   params = tuning.build_space(base, ["margin", "learning_rate=float:1e-3:1e-1:log",
@@ -283,9 +303,12 @@ def test_a_base_without_validation_is_refused_in_one_line(tmp_path, source):
                           f"validation pair")
   assert not tune_dir.exists()  # nothing written before the refusal
   with pytest.raises(UsageError, match="`--refit` needs a run that selects "
-                     "on validation"):
+                     "on validation") as e:
     run_lib._check_run(dataclasses.replace(base, refit=True),
                        train_lib.load_data(base))
+  for source_named in ("--protocol=split", "--validation_fraction > 0",
+                       "valid.csv", "<name>.valid.inter", "x_label 1"):
+    assert source_named in str(e.value)  # the same list as the tuner's
 
 
 def test_a_tiny_search_runs_under_the_split_protocol(tiny):

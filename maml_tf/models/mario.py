@@ -167,8 +167,12 @@ class MARIO(lightgcn.ScoringCache, base.RankingModel):
       "l2_reg": ("float", 1e-6, 1e-2, "log"),
       "mp_weight": ("float", 1e-3, 10.0, "log"),
       "embed_dim": ("choice", [32, 64, 128]),
-      "mario_hidden": ("choice", [16, 32, 64, 128]),
-      "gcn_layers": ("int", 1, 4),
+      # The attention's hidden width: the other fusions have no hidden layer.
+      "mario_hidden": ("choice", [16, 32, 64, 128],
+                       {"mario_fusion": "attention"}),
+      # Only the lightgcn backbone propagates --gcn_layers times (mf has no
+      # graph, ngcf reads --ngcf_layers).
+      "gcn_layers": ("int", 1, 4, {"backbone": "lightgcn"}),
   }
 
   def __init__(self, n_users, n_items, modalities: Sequence[str] = (),
