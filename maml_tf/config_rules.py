@@ -13,6 +13,11 @@ from maml_tf import models as models_lib
 from maml_tf.data.modalities import MODALITY_NAME
 from maml_tf.settings import fail
 
+# What gives a run a validation split, for the messages that need one
+# (--patience, --refit, `maml-tf tune`).
+VALIDATION_SOURCES = ("--protocol=split, --validation_fraction > 0, or data "
+                      "that gives one (a valid.csv, a RecBole "
+                      "<name>.valid.inter, MMRec rows with x_label 1)")
 
 
 def check_lists(c):

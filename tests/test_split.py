@@ -468,10 +468,13 @@ def test_patience_and_refit_need_a_validation_split(tmp_path):
                      r"no validation split .* Received: 2"):
     train.train_and_evaluate(_config(tmp_path / "a", protocol="release",
                                      patience=2), tiny_dataset(), verbose=0)
-  with pytest.raises(UsageError, match="`--refit` needs a run that selects on "
-                     "validation"):
+  with pytest.raises(UsageError) as e:
     train.train_and_evaluate(_config(tmp_path / "b", protocol="release",
                                      patience=0, refit=True), tiny_dataset(), verbose=0)
+  assert str(e.value) == (
+      "`--refit` needs a run that selects on validation: use --protocol=split, "
+      "--validation_fraction > 0, or data that gives one (a valid.csv, a "
+      "RecBole <name>.valid.inter, MMRec rows with x_label 1). Received: --refit")
 
 
 # ---------------------------------------------------------------------- CLI

@@ -32,6 +32,7 @@ import keras
 
 from maml_tf import fileio
 from maml_tf.config import Config
+from maml_tf.config_rules import VALIDATION_SOURCES
 from maml_tf.data import vocab as vocab_lib
 from maml_tf.data.dataset import Dataset
 from maml_tf.data.sampler import PairSampler
@@ -162,12 +163,11 @@ def _check_run(config: Config, ds: Dataset):
   if not len(ds.valid):
     if config.patience:
       raise UsageError(f"`--patience` must be 0 when there is no validation "
-                       f"split to stop on (use --protocol=split or "
-                       f"--validation_fraction > 0). Received: {config.patience}")
+                       f"split to stop on (or use {VALIDATION_SOURCES}). "
+                       f"Received: {config.patience}")
     if config.refit:
-      raise UsageError("`--refit` needs a run that selects on validation "
-                       "(--protocol=split or --validation_fraction > 0). "
-                       "Received: --refit")
+      raise UsageError(f"`--refit` needs a run that selects on validation: "
+                       f"use {VALIDATION_SOURCES}. Received: --refit")
   if config.batch_size > len(ds.train):
     raise UsageError(f"`--batch_size` must be <= the number of train pairs "
                      f"({len(ds.train)}). Received: {config.batch_size}")

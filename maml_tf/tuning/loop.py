@@ -46,6 +46,7 @@ from typing import Optional, Tuple
 from maml_tf import config as config_lib
 from maml_tf import fileio
 from maml_tf.config import Config
+from maml_tf.config_rules import VALIDATION_SOURCES
 from maml_tf.errors import MamlError, UsageError
 from maml_tf.tuning import trials as trials_lib
 from maml_tf.tuning.space import apply_values, build_space, fail, to_hyperparameters
@@ -112,12 +113,6 @@ class TuneSettings:
 
 def objective_name(config: Config) -> str:
   return f"valid_{config.select_metric}"
-
-
-# What gives a run a validation split (the refusal's message lists them).
-VALIDATION_SOURCES = ("--protocol=split, --validation_fraction > 0, or data "
-                      "that gives one (a valid.csv, a RecBole "
-                      "<name>.valid.inter, MMRec rows with x_label 1)")
 
 
 def check_base(base: Config):
