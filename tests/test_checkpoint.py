@@ -25,6 +25,7 @@ from maml_tf import train
 from maml_tf.train.callbacks import NonFiniteLossError
 from maml_tf.config import Config
 from maml_tf.errors import MamlError, UsageError
+from tests.helpers import run_in_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVA, STEPS = 3, 12
@@ -121,11 +122,12 @@ def test_reference_run_layout(reference):
 
 
 def test_sigkill_mid_round_then_rerun_matches_uninterrupted(layout, reference,
-                                                            tmp_path):
+                                                            tmp_path, monkeypatch):
   """scripts/train.py is killed with SIGKILL in round 2 (after the first
   evaluation and checkpoint, with TensorBoard events already past it); the
-  same command run again finishes with the reference's checkpoint, metrics
-  and one TensorBoard point per step."""
+  same command run again (its main, in this process, in the same folder)
+  finishes with the reference's checkpoint, metrics and one TensorBoard
+  point per step."""
   workdir = str(tmp_path / "run")
   config = _config(layout, workdir, tensorboard=True)
   marker = str(tmp_path / "paused")
@@ -165,9 +167,8 @@ def test_sigkill_mid_round_then_rerun_matches_uninterrupted(layout, reference,
   assert checkpoint.latest_step(workdir) == EVA
   assert [r["step"] for r in _records(workdir)] == [EVA]
 
-  rerun = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "scripts", "train.py")] + _flags(config),
-      capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+  monkeypatch.chdir(tmp_path)
+  rerun = run_in_process(_flags(config))
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   assert f"Resuming from step {EVA}" in rerun.stdout
 

@@ -26,10 +26,18 @@ def tiny(tmp_path_factory):
   return root, flagfile
 
 
-def test_train_script_end_to_end(tiny):
+@pytest.fixture(scope="module")
+def trained(tiny):
+  """The end-to-end run: scripts/train.py as a real process on the tiny
+  flagfile, its workdir left for the tests that only read it."""
   root, flagfile = tiny
   workdir = root / "run1"
-  proc = run([f"--flagfile={flagfile}", f"--workdir={workdir}"])
+  return run([f"--flagfile={flagfile}", f"--workdir={workdir}"]), workdir
+
+
+def test_train_script_end_to_end(tiny, trained):
+  root, _ = tiny
+  proc, workdir = trained
   assert proc.returncode == 0, proc.stderr[-3000:]
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == [3, 6]
@@ -48,28 +56,33 @@ def test_train_script_end_to_end(tiny):
   assert summary["export"] == str(root / "exports" / "tiny" / "1")
   assert os.path.exists(os.path.join(summary["export"], "saved_model.pb"))
   assert "Exported the best round" in proc.stdout
-  # flags.txt is itself a flagfile that reruns the experiment exactly.
+  # flags.txt is itself a flagfile that reruns the experiment exactly (the
+  # rerun in this process: the script's own start is the run above).
   flags_txt = (workdir / "flags.txt").read_text()
   assert "--num_neg=2" in flags_txt and "--overwrite" not in flags_txt
   rerun = root / "rerun"
-  proc2 = run([f"--flagfile={workdir / 'flags.txt'}", f"--workdir={rerun}",
-               "--noexport"])
+  proc2 = run_in_process([f"--flagfile={workdir / 'flags.txt'}", f"--workdir={rerun}",
+                          "--noexport"])
   assert proc2.returncode == 0, proc2.stderr[-3000:]
   again = [json.loads(l) for l in (rerun / "metrics.jsonl").read_text().splitlines()]
+  assert len(again) == len(records)
   for a, b in zip(records, again):
     assert a["test"] == pytest.approx(b["test"], abs=1e-6)
 
 
-def test_finished_workdir_is_not_silently_overwritten(tiny):
-  root, flagfile = tiny
-  workdir = root / "run2"
-  assert run([f"--flagfile={flagfile}", f"--workdir={workdir}",
-              "--noexport"]).returncode == 0
+def test_finished_workdir_is_not_silently_overwritten(tiny, trained):
+  # The finished run is the end-to-end one (it exported; --noexport is not
+  # what makes the refusal); the refused command runs in this process.
+  _, flagfile = tiny
+  proc, workdir = trained
+  assert proc.returncode == 0, proc.stderr[-3000:]
   before = (workdir / "metrics.jsonl").read_text()
-  proc = run([f"--flagfile={flagfile}", f"--workdir={workdir}"])
+  exported = sorted(os.listdir(workdir.parent / "exports" / "tiny"))
+  proc = run_in_process([f"--flagfile={flagfile}", f"--workdir={workdir}"])
   assert proc.returncode == 2
   assert "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
   assert (workdir / "metrics.jsonl").read_text() == before
+  assert sorted(os.listdir(workdir.parent / "exports" / "tiny")) == exported
 
 
 @pytest.mark.parametrize("args, message", [

@@ -7,7 +7,8 @@
 - `multi_worker`: two worker processes on 127.0.0.1 (TF_CONFIG) train a tiny
   dataset through scripts/train.py, are killed after a checkpoint, rerun,
   resume and finish; both hold the same weights, the same as an
-  uninterrupted single-process run of the same command.
+  uninterrupted single-process run of the same command (run in this
+  process: the workers are the real processes here).
 """
 
 import json
@@ -23,7 +24,7 @@ import tensorflow as tf
 
 from maml_tf.train import distribute
 from maml_tf.errors import UsageError
-from tests.helpers import ROOT, SCRIPT, run, write_release_layout
+from tests.helpers import ROOT, SCRIPT, run_in_process, write_release_layout
 
 MIRRORED_CHILD = textwrap.dedent(r"""
     import json, sys
@@ -122,11 +123,11 @@ def test_two_local_workers_resume_after_kill_and_match_one_process(tmp_path):
   common = ["--dataset=custom", f"--data_dir={data}",
             f"--extra_features=meta={features}", "--embed_dim=8",
             "--hidden_layer_dim=16", "--batch_size=16", "--num_neg=2",
-            "--train_steps=60", "--eva_batches=4", "--noexport", "--notensorboard",
+            "--train_steps=20", "--eva_batches=4", "--noexport", "--notensorboard",
             f"--cache_dir={tmp_path / 'cache'}"]
   workdir = tmp_path / "multi"
   # Run 1: both workers are killed (SIGKILL) once the chief has written the
-  # checkpoint of step 8.
+  # checkpoint of step 8, three rounds before the end (step 20).
   procs = _start_workers(common, workdir)
   marker = workdir / "checkpoints" / "ckpt-8.index"
   deadline = time.time() + 300
@@ -156,20 +157,20 @@ def test_two_local_workers_resume_after_kill_and_match_one_process(tmp_path):
   scratch = tmp_path / "multi.worker-1"
   assert json.loads(summary.read_text())["finished"] is True
   assert not (scratch / "tensorboard").exists()
-  chief, other = _weights(str(workdir), 60), _weights(str(scratch), 60)
+  chief, other = _weights(str(workdir), 20), _weights(str(scratch), 20)
   assert set(chief) == set(other) and len(chief) == 2
   for name in chief:
     np.testing.assert_array_equal(chief[name], other[name])
   # The same command on one process, uninterrupted: the same training.
   single = tmp_path / "single"
-  proc = run(common + [f"--workdir={single}"])
+  proc = run_in_process(common + [f"--workdir={single}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  alone = _weights(str(single), 60)
+  alone = _weights(str(single), 20)
   for name in chief:
     np.testing.assert_allclose(chief[name], alone[name], rtol=1e-5, atol=1e-5)
   records = lambda d: [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
   multi, one = records(workdir), records(single)
-  assert [r["step"] for r in multi] == [r["step"] for r in one] == list(range(4, 61, 4))
+  assert [r["step"] for r in multi] == [r["step"] for r in one] == list(range(4, 21, 4))
   for a, b in zip(multi, one):
     assert a["test"]["ndcg@10"] == pytest.approx(b["test"]["ndcg@10"], abs=1e-6)
     for term, value in b["train"].items():
@@ -197,7 +198,7 @@ def test_default_strategy_is_the_chief_with_no_scratch():
 
 
 def test_cli_rejects_an_unknown_strategy(tmp_path):
-  proc = run(["--strategy=parameter_server", f"--workdir={tmp_path / 'w'}"])
+  proc = run_in_process(["--strategy=parameter_server", f"--workdir={tmp_path / 'w'}"])
   assert proc.returncode == 2
   assert "`--strategy` must be one of default, mirrored, multi_worker. " \
          "Received: 'parameter_server'" in proc.stderr

@@ -189,15 +189,16 @@ def test_export_bakes_the_propagated_tables_in(tmp_path):
 
 
 def test_lightgcn_from_the_cli_trains_and_exports(tmp_path):
-  from tests.helpers import run, write_release_layout
+  from tests.helpers import run_in_process, write_release_layout
   data = tmp_path / "data"
   write_release_layout(str(data))
   workdir = tmp_path / "run"
-  proc = run(["--dataset=custom", f"--data_dir={data}", "--model=lightgcn",
-              "--num_neg=1", "--gcn_layers=2", "--embed_dim=8", "--batch_size=16",
-              "--learning_rate=0.01", "--train_steps=6", "--eva_batches=3",
-              "--notensorboard", f"--export_dir={tmp_path / 'exports'}",
-              f"--workdir={workdir}"])
+  proc = run_in_process([
+      "--dataset=custom", f"--data_dir={data}", "--model=lightgcn",
+      "--num_neg=1", "--gcn_layers=2", "--embed_dim=8", "--batch_size=16",
+      "--learning_rate=0.01", "--train_steps=6", "--eva_batches=3",
+      "--notensorboard", f"--export_dir={tmp_path / 'exports'}",
+      f"--workdir={workdir}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads((workdir / "metrics.json").read_text())
   assert summary["finished"] is True and summary["rounds"] == 2

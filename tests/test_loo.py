@@ -139,7 +139,7 @@ def test_final_table_shows_only_the_protocols_metrics():
 
 def test_loo_protocol_from_the_cli(tmp_path):
   import json
-  from tests.helpers import run
+  from tests.helpers import run_in_process
   data = tmp_path / "data"
   data.mkdir()
   for split, rows in (("train", range(0, 4)), ("test", range(4, 6))):
@@ -150,10 +150,11 @@ def test_loo_protocol_from_the_cli(tmp_path):
         lines.append(f"{items[j]},{u},R{u},A{items[j]:04d},{1000 * j + u}")
     (data / f"{split}.csv").write_text("\n".join(lines) + "\n")
   workdir = tmp_path / "run"
-  proc = run(["--dataset=custom", f"--data_dir={data}", "--model=cml",
-              "--protocol=loo", "--loo_negatives=50", "--batch_size=16",
-              "--train_steps=4", "--eva_batches=2", "--validation_fraction=0.2",
-              "--noexport", "--notensorboard", f"--workdir={workdir}"])
+  proc = run_in_process([
+      "--dataset=custom", f"--data_dir={data}", "--model=cml",
+      "--protocol=loo", "--loo_negatives=50", "--batch_size=16",
+      "--train_steps=4", "--eva_batches=2", "--validation_fraction=0.2",
+      "--noexport", "--notensorboard", f"--workdir={workdir}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == [2, 4]

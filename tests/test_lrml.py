@@ -140,15 +140,16 @@ def test_diagnostics_match_numpy():
 
 
 def test_lrml_from_the_cli_trains_exports_and_serves(tmp_path):
-  from tests.helpers import run, write_release_layout
+  from tests.helpers import run_in_process, write_release_layout
   data = tmp_path / "data"
   write_release_layout(str(data))
   workdir = tmp_path / "run"
-  proc = run(["--dataset=custom", f"--data_dir={data}", "--model=lrml",
-              "--num_neg=1", "--margin=0.5", "--memory_slots=5", "--embed_dim=8",
-              "--batch_size=16", "--train_steps=6", "--eva_batches=3",
-              "--notensorboard", f"--export_dir={tmp_path / 'exports'}",
-              f"--workdir={workdir}"])
+  proc = run_in_process([
+      "--dataset=custom", f"--data_dir={data}", "--model=lrml",
+      "--num_neg=1", "--margin=0.5", "--memory_slots=5", "--embed_dim=8",
+      "--batch_size=16", "--train_steps=6", "--eva_batches=3",
+      "--notensorboard", f"--export_dir={tmp_path / 'exports'}",
+      f"--workdir={workdir}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads((workdir / "metrics.json").read_text())
   assert summary["finished"] is True and summary["modalities"] == []

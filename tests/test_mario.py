@@ -472,17 +472,18 @@ def test_export_loads_in_an_isolated_process_and_matches(tmp_path, backbone):
 
 
 def test_mario_from_the_cli_trains_exports_and_logs_modality_histograms(tmp_path):
-  from tests.helpers import run, write_release_layout
+  from tests.helpers import run_in_process, write_release_layout
   data = tmp_path / "data"
   features = write_release_layout(str(data))
   workdir = tmp_path / "run"
-  proc = run(["--dataset=custom", f"--data_dir={data}",
-              f"--extra_features=meta={features}", "--model=mario",
-              "--backbone=lightgcn", "--gcn_layers=2", "--mp_weight=0.5",
-              "--num_neg=1", "--embed_dim=8", "--mario_hidden=4", "--batch_size=16",
-              "--learning_rate=0.01", "--train_steps=6", "--eva_batches=3",
-              "--tensorboard", f"--export_dir={tmp_path / 'exports'}",
-              f"--workdir={workdir}"])
+  proc = run_in_process([
+      "--dataset=custom", f"--data_dir={data}",
+      f"--extra_features=meta={features}", "--model=mario",
+      "--backbone=lightgcn", "--gcn_layers=2", "--mp_weight=0.5",
+      "--num_neg=1", "--embed_dim=8", "--mario_hidden=4", "--batch_size=16",
+      "--learning_rate=0.01", "--train_steps=6", "--eva_batches=3",
+      "--tensorboard", f"--export_dir={tmp_path / 'exports'}",
+      f"--workdir={workdir}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads((workdir / "metrics.json").read_text())
   assert summary["finished"] is True and summary["modalities"] == ["meta"]

@@ -152,9 +152,9 @@ def test_one_negative_is_required():
 
 
 def test_cli_flag_error_is_one_line_and_exit_2(tmp_path):
-  from tests.helpers import run
-  proc = run(["--model=lightgcn", "--num_neg=1", "--gcn_layers=0",
-              f"--workdir={tmp_path / 'run'}"])
+  from tests.helpers import run_in_process
+  proc = run_in_process(["--model=lightgcn", "--num_neg=1", "--gcn_layers=0",
+                         f"--workdir={tmp_path / 'run'}"])
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
       "error: `--gcn_layers` must be >= 1. Received: 0")
@@ -176,15 +176,16 @@ def test_export_loads_in_an_isolated_process_and_matches(tmp_path):
 
 
 def test_mf_from_the_cli_trains_and_exports(tmp_path):
-  from tests.helpers import run, write_release_layout
+  from tests.helpers import run_in_process, write_release_layout
   data = tmp_path / "data"
   write_release_layout(str(data))
   workdir = tmp_path / "run"
-  proc = run(["--dataset=custom", f"--data_dir={data}", "--model=mf",
-              "--num_neg=1", "--embed_dim=8", "--l2_reg=1e-3", "--batch_size=16",
-              "--learning_rate=0.01", "--train_steps=6", "--eva_batches=3",
-              "--notensorboard", f"--export_dir={tmp_path / 'exports'}",
-              f"--workdir={workdir}"])
+  proc = run_in_process([
+      "--dataset=custom", f"--data_dir={data}", "--model=mf",
+      "--num_neg=1", "--embed_dim=8", "--l2_reg=1e-3", "--batch_size=16",
+      "--learning_rate=0.01", "--train_steps=6", "--eva_batches=3",
+      "--notensorboard", f"--export_dir={tmp_path / 'exports'}",
+      f"--workdir={workdir}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads((workdir / "metrics.json").read_text())
   assert summary["finished"] is True and summary["modalities"] == []

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from maml_tf.evaluate import preservation
-from tests.helpers import ROOT, run, write_release_layout
+from tests.helpers import ROOT, run_in_process, write_release_layout
 
 
 def _events_tags(logdir):
@@ -41,7 +41,7 @@ def test_preservation_every_round_and_after(tmp_path, model):
           "--noexport", "--preservation_modalities=meta", f"--workdir={workdir}"]
   if model == "mario":
     args.append("--modalities=meta")
-  proc = run(args)
+  proc = run_in_process(args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   assert [r["step"] for r in records] == [3, 6]
@@ -75,10 +75,11 @@ def test_preservation_every_round_and_after(tmp_path, model):
 def test_a_modality_the_data_lacks_is_a_one_line_error(tmp_path):
   data = tmp_path / "data"
   write_release_layout(str(data))
-  proc = run(["--dataset=custom", f"--data_dir={data}", "--model=mf", "--num_neg=1",
-              "--embed_dim=8", "--batch_size=16", "--train_steps=3", "--eva_batches=3",
-              "--noexport", "--notensorboard", "--preservation_modalities=text",
-              f"--workdir={tmp_path / 'run'}"])
+  proc = run_in_process([
+      "--dataset=custom", f"--data_dir={data}", "--model=mf", "--num_neg=1",
+      "--embed_dim=8", "--batch_size=16", "--train_steps=3", "--eva_batches=3",
+      "--noexport", "--notensorboard", "--preservation_modalities=text",
+      f"--workdir={tmp_path / 'run'}"])
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert lines[-1].startswith("error: `--preservation_modalities` names a modality")
@@ -86,7 +87,7 @@ def test_a_modality_the_data_lacks_is_a_one_line_error(tmp_path):
 
 
 def test_bad_modality_name_is_refused():
-  proc = run(["--preservation_modalities=Text!"])
+  proc = run_in_process(["--preservation_modalities=Text!"])
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
       "error: `--preservation_modalities` must be modality names like text, meta. "

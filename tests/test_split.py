@@ -24,7 +24,7 @@ from maml_tf.config import Config
 from maml_tf.data.dataset import Dataset
 from maml_tf.errors import UsageError
 from maml_tf.protocols import split as split_lib
-from tests.helpers import run, run_in_process, tiny_dataset, write_release_layout
+from tests.helpers import run_in_process, tiny_dataset, write_release_layout
 
 
 def _pairs_dataset(counts, n_items=60, seed=0, test_share=0.3):
@@ -488,12 +488,13 @@ def layout(tmp_path_factory):
 def test_split_protocol_from_the_cli(layout, tmp_path):
   data, features = layout
   workdir = tmp_path / "run"
-  proc = run(["--dataset=custom", f"--data_dir={data}",
-              f"--extra_features=meta={features}", "--protocol=split",
-              "--embed_dim=8", "--hidden_layer_dim=16", "--batch_size=16",
-              "--num_neg=2", "--train_steps=6", "--eva_batches=3", "--refit",
-              "--noexport", "--notensorboard", f"--workdir={workdir}",
-              f"--cache_dir={tmp_path / 'cache'}"])
+  proc = run_in_process([
+      "--dataset=custom", f"--data_dir={data}",
+      f"--extra_features=meta={features}", "--protocol=split",
+      "--embed_dim=8", "--hidden_layer_dim=16", "--batch_size=16",
+      "--num_neg=2", "--train_steps=6", "--eva_batches=3", "--refit",
+      "--noexport", "--notensorboard", f"--workdir={workdir}",
+      f"--cache_dir={tmp_path / 'cache'}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   records = _records(workdir)
   assert [r["step"] for r in records] == [3, 6]

@@ -1,7 +1,14 @@
 """Hyper-parameter search: spaces -> keras-tuner, trials as real runs on tiny
-data, the CLI killed and resumed, best.flags run by scripts/train.py, errors."""
+data, the CLI killed and resumed, best.flags run by scripts/train.py, errors.
 
+scripts/tune.py runs as a real process where the process is the point (the
+search killed with SIGKILL); elsewhere its command runs in this process,
+through the `maml-tf` dispatcher (the same parsing, one-line errors and exit
+statuses, without an interpreter and TensorFlow start-up per call)."""
+
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -11,12 +18,18 @@ import time
 
 import numpy as np
 import pytest
+from absl import flags as absl_flags
 
 from maml_tf.train import checkpoint as checkpoint_lib
+from maml_tf import commands
 from maml_tf import tuning
+# Imported here, when the test files are collected and before any test has
+# defined the train flags (helpers.run_in_process defines them only when
+# absent): the command defines them together with its own.
+from maml_tf.commands import tune as _tune_command  # noqa: F401
 from maml_tf.config import Config
 from maml_tf.errors import UsageError
-from tests.helpers import ROOT, run as run_train, write_release_layout
+from tests.helpers import ROOT, run_in_process as run_train, write_release_layout
 
 TUNE = os.path.join(ROOT, "scripts", "tune.py")
 
@@ -55,10 +68,21 @@ def base_config(root, **changes):
   return Config(**values).validate()
 
 
-def run_tune(args, timeout=300):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.run([sys.executable, TUNE] + args, cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+def run_tune(args):
+  """`maml-tf tune ARGS` (what scripts/tune.py runs) in this process, through
+  the command's dispatcher. Returns a CompletedProcess; an exception that
+  would have been a traceback propagates and fails the test."""
+  absl_flags.FLAGS.unparse_flags()
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      code = commands.main(["maml-tf", "tune", *args])
+    except SystemExit as e:  # app.run exits with main's status
+      code = e.code
+    finally:
+      absl_flags.FLAGS.unparse_flags()
+  return subprocess.CompletedProcess([TUNE] + list(args), code, out.getvalue(),
+                                     err.getvalue())
 
 
 # --- Spaces ------------------------------------------------------------------
@@ -430,7 +454,7 @@ def test_killed_search_resumes_and_best_flags_train(tiny):
   root, flagfile = tiny
   tune_dir = root / "killed"
   args = [f"--flagfile={flagfile}", f"--tune_dir={tune_dir}", "--max_trials=2",
-          "--train_steps=8", "--search_space=learning_rate,margin,num_neg"]
+          "--train_steps=6", "--search_space=learning_rate,margin,num_neg"]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   log = open(root / "killed.log", "w")
   proc = subprocess.Popen([sys.executable, TUNE] + args, cwd=ROOT, env=env,
@@ -471,7 +495,7 @@ def test_killed_search_resumes_and_best_flags_train(tiny):
                        .read_text())
   assert summary["finished"] is True and summary["started_from_step"] >= 2
   assert [r["step"] for r in read_jsonl(
-      tune_dir / "trials" / interrupted / "metrics.jsonl")] == [2, 4, 6, 8]
+      tune_dir / "trials" / interrupted / "metrics.jsonl")] == [2, 4, 6]
   # Each trial's run has its values; the objective is its best validation round.
   for r in records:
     text = _flags(r["workdir"])
@@ -490,9 +514,10 @@ def test_killed_search_resumes_and_best_flags_train(tiny):
   assert best["objective"]["value"] == top
   assert best == next(r for r in records if r["objective"]["value"] == top)
 
-  # best.flags runs directly and reproduces the best trial.
+  # best.flags runs directly (scripts/train.py's main, in this process) and
+  # reproduces the best trial.
   assert text.startswith("# The best trial")
-  assert "2 trials x 8 steps = 16 training steps" in text
+  assert "2 trials x 6 steps = 12 training steps" in text
   assert "validation ndcg@10" in text
   workdir = root / "from_best"
   proc = run_train([f"--flagfile={best_flags}", f"--workdir={workdir}"])
