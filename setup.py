@@ -38,7 +38,7 @@ setup(
         "scikit-learn>=1.9,<2",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6,<1"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "ruff>=0.6,<1"],
         "serving": ["tensorflow-serving-api>=2.21,<2.22"],
     },
 )

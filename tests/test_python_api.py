@@ -48,7 +48,7 @@ def test_readme_from_python_example_runs(tmp_path, monkeypatch, capsys):
   ndcg = float(metrics.group(1))
   assert 0.005 < ndcg < 0.2, ndcg  # untrained: 0.0027 on this split (seed 0, measured)
   model = scope["model"]
-  assert model.optimizer.iterations.numpy() in (100, 200, 300)
+  assert model.optimizer.iterations.numpy() in (100, 200)
   # Stock callbacks wrote real files; BackupAndRestore removed its backup
   # at the end of a finished fit, as Keras documents.
   events = [f for _, _, fs in os.walk(tmp_path / "runs/python/tensorboard") for f in fs]
