@@ -328,6 +328,12 @@ def _order():
   return _cases()["raw/recommend_by_id"][2]["user_keys"]
 
 
+def _same_scores(got, want):
+  """Served scores of the same users in another batch order: equal up to the
+  float rounding a reordered batch may bring (see the callers)."""
+  np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+
+
 def _keys_of(ids):
   """Item ids [B, k] -> the raw ids an export must answer ("" for -1)."""
   return [[ITEM_KEYS[i] if i >= 0 else "" for i in row] for row in ids]
@@ -343,9 +349,13 @@ def test_recommend_by_id_is_the_models_answer_in_raw_ids(setups, served):
   got = served["by_case"]["raw/recommend_by_id"]["outputs"]
   np.testing.assert_array_equal(got["item_ids"], want)
   assert got["item_keys"] == _keys_of(want)
-  # The int signature's answer for the same users, to the last bit.
+  # The int signature's answer for the same users: the same ids, the same
+  # scores up to float rounding (the users come in another order, and a
+  # batch's matmul may round differently by its rows' order: up to 4e-7 on
+  # an AVX2 EPYC, none on the Xeons).
   by_int = served["by_case"]["raw/recommend"]["outputs"]
-  np.testing.assert_array_equal(got["scores"], np.array(by_int["scores"])[users])
+  np.testing.assert_array_equal(got["item_ids"], np.array(by_int["item_ids"])[users])
+  _same_scores(got["scores"], np.array(by_int["scores"])[users])
   row = users.index(HEAVY_USER)  # fewer than k unknown items: "" slots
   assert got["item_keys"][row][3:] == ["", ""]
   assert all(k in ITEM_KEYS for r in got["item_keys"] for k in r if k)
@@ -362,7 +372,7 @@ def test_retrieve_by_id_is_retrieve_in_raw_ids(setups, served):
     assert got["item_keys"][row] == _keys_of([got["item_ids"][row]])[0]
   by_int = served["by_case"]["raw/retrieve"]["outputs"]
   np.testing.assert_array_equal(got["item_ids"], np.array(by_int["item_ids"])[users])
-  np.testing.assert_array_equal(got["scores"], np.array(by_int["scores"])[users])
+  _same_scores(got["scores"], np.array(by_int["scores"])[users])
 
 
 def test_score_by_id_is_score_of_the_same_pairs(setups, served):
@@ -386,7 +396,7 @@ def test_identity_vocabulary_keys_are_the_indices_as_text(served):
     by_int = served["by_case"][f"maml/{sig}"]["outputs"]
     ids = np.array(by_int["item_ids"])[order]
     np.testing.assert_array_equal(got["item_ids"], ids)
-    np.testing.assert_array_equal(got["scores"], np.array(by_int["scores"])[order])
+    _same_scores(got["scores"], np.array(by_int["scores"])[order])
     assert got["item_keys"] == [[str(i) if i >= 0 else "" for i in r] for r in ids]
   assert (served["by_case"]["cml/score_by_id"]["outputs"] ==
           served["by_case"]["cml/score"]["outputs"])
