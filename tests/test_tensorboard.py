@@ -151,3 +151,28 @@ def test_truncate_events_drops_later_steps_and_a_cut_record(tmp_path):
     f.write(b"\x40\x00\x00\x00\x00\x00\x00\x00half a record")
   assert callbacks.truncate_events(logdir, 3) == 2
   assert [s for s, _ in _events(logdir)["train/loss"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", [s.name for s in __import__(
+    "maml_tf.models", fromlist=["SPECS"]).SPECS])
+def test_every_models_projector_saves_its_current_tables(tmp_path, name):
+  # Tables a model computes (CMLF's f(x), ...) are tensors, not variables:
+  # each save writes their values at that round.
+  ds = _dataset()
+  config = _config(str(tmp_path), model=name, num_neg=1, gcn_layers=1,
+                   modalities=("text",))
+  model = train.build_model(config, ds)
+  callback = callbacks.TensorBoardCallback(str(tmp_path), EVA)
+  callback.set_model(model)
+  callback._setup_projector()
+  for step in (1, 2):
+    for table in model.trainable_variables:
+      table.assign(table + 0.5)
+    if hasattr(model, "prepare_scoring"):
+      model.prepare_scoring()
+    callback._save_projector(step)
+    prefix = tf.train.latest_checkpoint(str(tmp_path))
+    assert prefix.endswith(f"projector-{step}")
+    for key, value in model.projector_tensors().items():
+      saved = tf.train.load_variable(prefix, f"{key}/.ATTRIBUTES/VARIABLE_VALUE")
+      np.testing.assert_allclose(saved, np.asarray(value), rtol=1e-6, err_msg=key)

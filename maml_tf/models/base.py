@@ -217,8 +217,9 @@ class RankingModel(keras.Model):
     how well they preserve the item features): the item table by default."""
     return tf.convert_to_tensor(self.item_embeddings)
 
-  def projector_tensors(self) -> Dict[str, tf.Variable]:
-    """Item-indexed tables shown in TensorBoard's projector."""
+  def projector_tensors(self) -> Dict[str, object]:
+    """Item-indexed tables shown in TensorBoard's projector: variables, or
+    tensors computed on each call (saved through copies at each round)."""
     return {"item_embeddings": self.item_embeddings}
 
   def describe(self) -> Dict[str, object]:

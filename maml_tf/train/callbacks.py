@@ -220,7 +220,7 @@ class TensorBoardCallback(keras.callbacks.Callback):
     self.item_labels = None if item_labels is None else tuple(item_labels)
     self.writer = None
     self._epoch, self._window = 0, (0, {}, 0.0)
-    self._projector = None
+    self._projector, self._projector_copies = None, {}
 
   # ------------------------------------------------------------ lifecycle
   def on_train_begin(self, logs=None):
@@ -340,11 +340,20 @@ class TensorBoardCallback(keras.callbacks.Callback):
     # The checkpoint is found through the "checkpoint" file beside it, so the
     # workdir can be moved.
     projector.visualize_embeddings(self.logdir, config)
+    # A table the model computes (a tensor, not a variable) is saved through
+    # a variable of the callback's own, refreshed before each save.
+    self._projector_copies = {
+        name: tf.Variable(value, trainable=False, name=name)
+        for name, value in tensors.items() if isinstance(value, tf.Tensor)}
     self._projector = tf.train.CheckpointManager(
-        tf.train.Checkpoint(**tensors), self.logdir, max_to_keep=1,
-        checkpoint_name="projector")
+        tf.train.Checkpoint(**dict(tensors, **self._projector_copies)),
+        self.logdir, max_to_keep=1, checkpoint_name="projector")
 
   def _save_projector(self, step):
     if self._projector is not None:
+      if self._projector_copies:
+        fresh = self.model.projector_tensors()
+        for name, copy in self._projector_copies.items():
+          copy.assign(fresh[name])
       with checkpoint_lib.quiet_tf_logs():
         self._projector.save(checkpoint_number=step)
