@@ -120,9 +120,12 @@ def test_scores_match_the_oracle_and_serving_is_one_dot_product():
                              rtol=1e-5, atol=1e-6)
 
 
-def test_loss_terms_match_the_oracle():
+# 2 b item rows against N_ITEMS = 8: b = 3 projects the batch's rows, b = 10
+# every item once.
+@pytest.mark.parametrize("b", [3, 10])
+def test_loss_terms_match_the_oracle(b):
   m = _model()
-  users, items = _batch()
+  users, items = _batch(b=b)
   terms = m.loss_terms(tf.constant(users), tf.constant(items))
   bpr, l2, le, _ = oracle_loss_and_grads(_params(m), users, items[:, 0],
                                          items[:, 1], 0.2, 0.3)
@@ -134,9 +137,10 @@ def test_loss_terms_match_the_oracle():
   assert min(bpr, l2, le) > 0
 
 
-def test_gradients_match_the_hand_derived_ones():
+@pytest.mark.parametrize("b", [3, 12])
+def test_gradients_match_the_hand_derived_ones(b):
   m = _model()
-  users, items = _batch(seed=5, b=12)
+  users, items = _batch(seed=5, b=b)
   names = {"gu": m.user_embeddings, "gi": m.item_embeddings, "theta": m.theta,
            "beta": m.item_bias, "E": m.projection, "bv": m.visual_bias}
   with tf.GradientTape() as tape:

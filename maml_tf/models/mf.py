@@ -22,7 +22,7 @@ TF code draws Xavier (uniform, the same variance) too. On Office's 8:1:1
 split that is std 0.020 for the users and 0.028 for the items. A float
 `init_stddev` draws both tables N(0, init_stddev^2) instead; `INIT_STDDEV`
 (0.1, the LightGCN authors' PyTorch code) is what this model drew before and
-what LightGCN, MARIO, LATTICE and VBPR still pass. Measured
+what LightGCN, MARIO and LATTICE still pass. Measured
 (docs/recbole_comparison.md, RecBole 1.2.1's BPR on one split): with 0.1,
 BPR-MF ends ~30% below RecBole's BPR on test Recall@20 and NDCG@20 (3
 seeds); with Xavier it is within a few percent. There is no effective

@@ -33,13 +33,20 @@ lambda_e = 0.
 Our choices, written down:
 - gamma and theta both of width d (MMRec's VBPR: u = [gamma_u; theta_u],
   i = [gamma_i; E f_i]); the paper splits its factors into K and K'.
-- Tables ~ N(0, 0.1^2) as MF's; E Glorot-uniform; beta_i and beta' zero.
+- Tables Xavier-normal per table, as MF's default (`mf.xavier_stddev`; MMRec's
+  VBPR draws its tables Xavier too); E Glorot-uniform; beta_i and beta'
+  zero. Measured on the release's Office split (10% of train held out,
+  office.flags' batch 5,000, 6,000 steps, lr 1e-3, seeds 0 and 1): valid
+  NDCG@10 at the selected round 3.16 / 3.44 (x100) with Xavier against
+  2.71 / 2.95 with N(0, 0.1^2), this model's earlier init (`init_stddev=0.1`).
   The features are used as the dataset gives them (not rescaled).
 - Scoring and serving: r_ui = <[gamma_u; theta_u; 1], [gamma_i; E f_i; b_i]>
   with b_i = beta_i + <beta', f_i>, one dot product: the MF scoring, serving
   and an exact dot-product first stage of `retrieve` apply unchanged. The
   item side is computed once per evaluation (`prepare_scoring`,
-  `lightgcn.ScoringCache`); a train step computes E f only for its batch.
+  `lightgcn.ScoringCache`); a train step computes E f for its batch's rows,
+  or for every item once when the batch has more rows than the catalogue
+  (the same values; Office's 5,000 x 2 rows against 2,406 items).
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ class VBPR(lightgcn.TableCache, mf.MF):
   }
 
   def __init__(self, n_users, n_items, feature_dim, embed_dim=64, l2_reg=1e-4,
-               l2_e=0.0, init_stddev=mf.INIT_STDDEV, seed=None, **kwargs):
+               l2_e=0.0, init_stddev=None, seed=None, **kwargs):
     base.check_positive("feature_dim", feature_dim, integer=True)
     if not l2_e >= 0:
       raise ValueError(f"`l2_e` must be >= 0. Received: l2_e={l2_e!r}")
@@ -80,8 +87,10 @@ class VBPR(lightgcn.TableCache, mf.MF):
                      init_stddev=init_stddev, seed=seed, **kwargs)
     self.feature_dim, self.l2_e = int(feature_dim), float(l2_e)
     d = self.embed_dim
+    theta_std = (mf.xavier_stddev(self.n_users, d) if self.init_stddev is None
+                 else self.init_stddev)
     self.theta_table = layers_lib.TableEmbedding(
-        self.n_users, d, stddev=self.init_stddev, seed=self.table_seeds,
+        self.n_users, d, stddev=theta_std, seed=self.table_seeds,
         name="user_visual_embeddings")
     self.theta_table.build()
     self.item_bias = self.add_weight(shape=(self.n_items,), initializer="zeros",
@@ -153,7 +162,14 @@ class VBPR(lightgcn.TableCache, mf.MF):
     theta_u = tf.gather(self.theta, users)
     if items.shape.rank == 2:
       gamma_u, theta_u = gamma_u[:, None, :], theta_u[:, None, :]
-    projected, bias = self.content_vectors(tf.gather(self.item_features, items))
+    if items.shape.num_elements() is not None and (
+        items.shape.num_elements() >= self.n_items):
+      # A batch with more rows than the catalogue: projecting every item
+      # once and gathering is less work than projecting the batch's rows.
+      projected, bias = self.content_vectors(tf.convert_to_tensor(self.item_features))
+      projected, bias = tf.gather(projected, items), tf.gather(bias, items)
+    else:
+      projected, bias = self.content_vectors(tf.gather(self.item_features, items))
     return (tf.gather(self.item_bias, items) + bias +
             tf.reduce_sum(gamma_u * tf.gather(self.item_embeddings, items), -1) +
             tf.reduce_sum(theta_u * projected, -1))
