@@ -54,6 +54,70 @@ def test_sparse_product_equals_sparse_dense_matmul():
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("budget_entries", [1, 7, 20])
+@pytest.mark.parametrize("jit", [False, True])
+def test_blocked_sparse_product_and_its_gradient_match_numpy(monkeypatch,
+                                                              budget_entries, jit):
+  # A rectangular A [5, 9] with unsorted entries: the blocked path (a loop
+  # over blocks of `budget_entries` entries, a custom gradient with A's
+  # transpose) against the dense product and its gradient in numpy.
+  rng = np.random.default_rng(1)
+  d = 3
+  monkeypatch.setattr(lgcn, "PRODUCT_CHUNK_BYTES", 4 * d * budget_entries)
+  cells = rng.choice(45, size=23, replace=False)
+  rows, cols = np.divmod(cells, 9)
+  values = rng.normal(size=23).astype(np.float32)
+  adj = tf.sparse.SparseTensor(np.stack([rows, cols], 1), values, [5, 9])
+  dense = np.zeros((5, 9))
+  dense[rows, cols] = values
+  assert lgcn._block_plan(adj, d) is not None
+  x = tf.Variable(rng.normal(size=(9, d)).astype(np.float32))
+  weights = rng.normal(size=(5, d))
+
+  def loss():
+    return tf.reduce_sum(tf.square(lgcn.sparse_product(adj, x)) * weights)
+
+  def value_and_grad():
+    with tf.GradientTape() as tape:
+      value = loss()
+    return value, tf.convert_to_tensor(tape.gradient(value, x))
+
+  if jit:
+    value_and_grad = tf.function(value_and_grad, jit_compile=True)
+  value, grad = value_and_grad()
+  y = dense @ x.numpy()
+  assert float(value) == pytest.approx(np.sum(y * y * weights), rel=1e-5)
+  np.testing.assert_allclose(grad.numpy(), dense.T @ (2 * y * weights),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(lgcn.sparse_product(adj, x).numpy(), y,
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_a_graph_under_the_budget_takes_the_one_block_path():
+  adj = lgcn.normalized_adjacency(PAIRS, 2, 3)
+  assert lgcn._block_plan(adj, 4) is None  # 8 entries x 4 floats << 64 MB
+
+
+def test_lightgcn_trains_the_same_in_blocks(monkeypatch):
+  # Ten XLA-compiled steps with the graph in blocks of 5 entries and in one
+  # block end at the same tables.
+  finals = []
+  for budget in (lgcn.PRODUCT_CHUNK_BYTES, 4 * 4 * 5):
+    monkeypatch.setattr(lgcn, "PRODUCT_CHUNK_BYTES", budget)
+    m, _ = _random_model(l2_reg=1e-3)
+    m.compile(optimizer=keras.optimizers.Adam(5e-2), jit_compile=True)
+    rng = np.random.default_rng(4)
+    users = tf.constant(rng.integers(0, 6, 16).astype(np.int32))
+    items = tf.constant(rng.integers(0, 8, (16, 2)).astype(np.int32))
+    step = tf.function(m.train_step, jit_compile=True)
+    for _ in range(10):
+      step((users, items))
+    finals.append([v.numpy() for v in m.trainable_variables])
+  assert lgcn._block_plan(m.adjacency, 4) is not None
+  for one, blocked in zip(*finals):
+    np.testing.assert_allclose(blocked, one, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("layers", [1, 2, 3])
 def test_propagation_matches_the_hand_built_graph(layers):
   m = LightGCN(2, 3, train_pairs=PAIRS, gcn_layers=layers, embed_dim=4, seed=0)
