@@ -104,12 +104,7 @@ def test_lightgcn_trains_the_same_in_blocks(monkeypatch):
   finals = []
   for budget in (lgcn.PRODUCT_CHUNK_BYTES, 4 * 4 * 5):
     monkeypatch.setattr(lgcn, "PRODUCT_CHUNK_BYTES", budget)
-    m, _ = _random_model(l2_reg=1e-3)
-    m.compile(optimizer=keras.optimizers.Adam(5e-2), jit_compile=True)
-    rng = np.random.default_rng(4)
-    users = tf.constant(rng.integers(0, 6, 16).astype(np.int32))
-    items = tf.constant(rng.integers(0, 8, (16, 2)).astype(np.int32))
-    step = tf.function(m.train_step, jit_compile=True)
+    m, step, users, items = _compiled_step()
     for _ in range(10):
       step((users, items))
     finals.append([v.numpy() for v in m.trainable_variables])
@@ -202,13 +197,18 @@ def test_score_items_reads_the_cache_that_prepare_scoring_refreshes():
   np.testing.assert_allclose(got, fresh[:, 1:3], rtol=1e-5, atol=1e-6)
 
 
-def test_xla_compiled_train_step_runs_and_lowers_the_loss():
+def _compiled_step():
+  """(model, its XLA-compiled train step, a fixed batch's users and items)."""
   m, _ = _random_model(l2_reg=1e-3)
   m.compile(optimizer=keras.optimizers.Adam(5e-2), jit_compile=True)
   rng = np.random.default_rng(4)
   users = tf.constant(rng.integers(0, 6, 16).astype(np.int32))
   items = tf.constant(rng.integers(0, 8, (16, 2)).astype(np.int32))
-  step = tf.function(m.train_step, jit_compile=True)
+  return m, tf.function(m.train_step, jit_compile=True), users, items
+
+
+def test_xla_compiled_train_step_runs_and_lowers_the_loss():
+  m, step, users, items = _compiled_step()
   first = float(m.loss_terms(users, items)["loss"])
   for _ in range(20):
     logs = step((users, items))
