@@ -80,11 +80,11 @@ def sparse_product(adjacency, x):
   and the gradient is the same blocked product with A's transpose (a custom
   gradient: a loop's autodiff would keep every block). A's values are
   constants there: no gradient flows to them. Measured at the benchmark's
-  100k-item size (LightGCN, 3 layers, d = 64, XLA, one thread): the
-  training steps' peak RSS rose 870 MB above the built model's, against
-  1,530 MB in one block, and the eager propagation before each evaluation
-  no longer peaks at 2.9 GB; the step took 2.4 s against 2.8 s. Smaller
-  graphs take the one-block path, unchanged.
+  100k-item size (LightGCN, 3 layers, d = 64, XLA, one thread, a shared
+  machine): the training steps' peak RSS rose ~1,030 MB above the built
+  model's, against 1,530 MB in one block, and the eager propagation before
+  each evaluation no longer peaks at 2.9 GB; the step took 2.6 s against
+  2.8 s. Smaller graphs take the one-block path, unchanged.
   """
   plan = _block_plan(adjacency, x.shape[-1])
   if plan is None:
