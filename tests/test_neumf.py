@@ -144,10 +144,18 @@ def test_scores_match_the_oracle(towers):
   np.testing.assert_allclose(scores, want[:, 3], rtol=1e-5, atol=1e-5)
 
 
+# A batch with at least as many item rows as the catalogue (7) takes the
+# MLP's item half of every item once; a smaller one, of its own rows.
+BATCH_SHAPES = [pytest.param((6, 3), id="catalogue-once"),
+                pytest.param((2, 2), id="batch-rows")]
+
+
+@pytest.mark.parametrize("shape", BATCH_SHAPES)
 @pytest.mark.parametrize("towers", TOWERS)
-def test_loss_terms_match_the_oracle(towers):
+def test_loss_terms_match_the_oracle(towers, shape):
   m = _model(towers)
-  users, items = _batch()
+  users, items = _batch(b=shape[0], w=shape[1])
+  assert (items.size >= N_ITEMS) == (shape == (6, 3))
   terms = m.loss_terms(tf.constant(users), tf.constant(items))
   bce, l2 = oracle_loss(oracle_params(m), users, items, 0.2)
   assert set(terms) == {"loss", "bce_loss", "l2_loss"}
@@ -187,10 +195,11 @@ def _flat_oracle_loss(m, users, items, values):
   return bce + l2
 
 
+@pytest.mark.parametrize("shape", BATCH_SHAPES)
 @pytest.mark.parametrize("towers", TOWERS)
-def test_gradients_match_finite_differences_of_the_oracle(towers):
+def test_gradients_match_finite_differences_of_the_oracle(towers, shape):
   m = _model(towers, l2_reg=0.3)
-  users, items = _batch(seed=4, b=4, w=2)
+  users, items = _batch(seed=4, b=shape[0], w=shape[1])
   with tf.GradientTape() as tape:
     loss = m.loss_terms(tf.constant(users), tf.constant(items))["loss"]
   grads = tape.gradient(loss, m.trainable_variables)

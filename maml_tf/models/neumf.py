@@ -51,7 +51,9 @@ Our choices, written down:
 - Full ranking: the MLP's first layer is split, W_1 [p; q] = W_u p + W_i q, so
   the user half is computed once per user and the item half once per item;
   each (user, item) pair then costs the ReLU and the layers after the first
-  (`base.map_item_chunks` over the catalogue).
+  (`base.map_item_chunks` over the catalogue). Training splits it too
+  (`pair_logits`): the user half once per batch row, the item half per item
+  row, or for the whole catalogue once when the batch has more item rows.
 - Two-stage retrieval (`retrieve`): the first stage is the GMF tower's own
   term of the logit, a dot product: query h_G * p_u^G, items q_i^G (exact for
   `gmf`); the candidates are then re-ranked by the full logit. With
@@ -227,8 +229,16 @@ class NeuMF(base.RankingModel):
     return tf.tensordot(q_mlp, w_i, [[-1], [0]])
 
   def pair_logits(self, users, items):
-    """logit of users [B] against their own items [B, N] (or [B]): the plain
-    computation on the concatenated [p^M; q^M], as the paper writes it."""
+    """logit of users [B] against their own items [B, N] (or [B]).
+
+    The first MLP layer is split as in full ranking, W_1 [p; q] = W_u p +
+    W_i q (the same sum, added in another order): the user half once per
+    row, not once per (row, item); and when the batch holds more item rows
+    than the catalogue, the item half of every item once, then gathered (on
+    Office at B = 5,000 and 4 negatives a training step ran ~3x faster, one
+    thread: 970 -> 320-390 ms, against the concatenated [B, 1 + W, 2M]
+    input; at B = 256, 35-49 -> 26-31 ms).
+    """
     h_g, h_m = self.output_parts()
     expand = (lambda t: t[:, None, :]) if items.shape.rank == 2 else (lambda t: t)
     logit = tf.convert_to_tensor(self.output_bias)
@@ -238,11 +248,13 @@ class NeuMF(base.RankingModel):
       logit = logit + tf.tensordot(phi, h_g, [[-1], [0]])
     if self.has_mlp:
       p_m, q_m = self.mlp_tables()
-      q = tf.gather(q_m, items)
-      p = tf.broadcast_to(expand(tf.gather(p_m, users)), tf.shape(q))
-      z = tf.concat([p, q], -1)
-      for layer in self.mlp_layers:
-        z = layer(z)
+      if items.shape.num_elements() is not None and (
+          items.shape.num_elements() >= self.n_items):
+        item_half = tf.gather(self.item_half(tf.convert_to_tensor(q_m)), items)
+      else:
+        item_half = self.item_half(tf.gather(q_m, items))
+      user_half = expand(self.user_half(tf.gather(p_m, users)))
+      z = self._mlp_after_first(user_half + item_half)
       logit = logit + tf.tensordot(z, h_m, [[-1], [0]])
     return logit
 
