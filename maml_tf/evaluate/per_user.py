@@ -1,7 +1,7 @@
 """Each test user's metrics of a run's selected round, last round and refit
 model: <workdir>/per_user.npz, for paired significance tests between runs.
 
-The file (numpy .npz, written atomically):
+The file (numpy .npz, compressed, written atomically):
   users               int32 [n]: the test users (the dataset's user indices),
                       one entry per evaluated target (full ranking: each user
                       with a test item, ascending; leave-one-out: each test
@@ -78,7 +78,7 @@ def write(workdir: str, blocks: Mapping[str, dict]) -> Optional[dict]:
         arrays[f"{label}/{name}"] = np.asarray(values, np.float32)
   arrays["users"] = users
   with fileio.atomic_writer(os.path.join(workdir, FILE), "wb") as f:
-    np.savez(f, **arrays)
+    np.savez_compressed(f, **arrays)
   return {"file": FILE, "steps": {label: int(blocks[label]["step"])
                                   for label in LABELS if label in blocks}}
 
