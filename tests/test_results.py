@@ -3,7 +3,8 @@
 Every record (results/<table>/<run>/) is a finished run's flags.txt,
 metrics.json and per_user.npz: the three must be present and agree (the
 per-user means are the metrics.json test metrics of the same label and
-step). Every docs table row that results/<table>/rows.json ties to records
+step). Every docs table row that the "docs" object of
+results/<table>/table.json ties to records
 must print the numbers those records give: the selected steps, the
 validation metric and the test metrics, mean ± sample sd x100 to two
 decimals, as `maml-tf summarize` prints them.
@@ -22,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "results")
 RECORDS = sorted(os.path.dirname(p) for p in
                  glob.glob(os.path.join(RESULTS, "*", "*", "metrics.json")))
-ROW_FILES = sorted(glob.glob(os.path.join(RESULTS, "*", "rows.json")))
+TABLE_FILES = sorted(glob.glob(os.path.join(RESULTS, "*", "table.json")))
 
 
 def _rel(path):
@@ -43,7 +44,7 @@ def _seed(record):
 
 
 def test_there_are_records():
-  assert RECORDS and ROW_FILES
+  assert RECORDS and TABLE_FILES
 
 
 @pytest.mark.parametrize("record", RECORDS, ids=_rel)
@@ -89,10 +90,17 @@ def _table_rows(page):
   return rows
 
 
-def _tied_rows():
-  for path in ROW_FILES:
+def _docs_specs():
+  """(the docs object, the table's folder) of every table.json with one."""
+  for path in TABLE_FILES:
     with open(path) as f:
-      spec = json.load(f)
+      spec = json.load(f).get("docs")
+    if spec:
+      yield spec, path
+
+
+def _tied_rows():
+  for spec, path in _docs_specs():
     for prefix, pattern in spec["rows"].items():
       yield pytest.param(spec, os.path.dirname(path), prefix, pattern,
                          id=f"{_rel(os.path.dirname(path))}:{prefix}")
@@ -119,9 +127,7 @@ def test_docs_row_prints_what_its_records_give(spec, table, prefix, pattern):
 
 
 def _stars():
-  for path in ROW_FILES:
-    with open(path) as f:
-      spec = json.load(f)
+  for spec, path in _docs_specs():
     for prefix, star in spec.get("stars", {}).items():
       yield pytest.param(spec, os.path.dirname(path), prefix, star,
                          id=f"{_rel(os.path.dirname(path))}:{prefix}")

@@ -18,6 +18,7 @@ COMMANDS = {
     "export": ("export", "export a run's checkpoint as a SavedModel"),
     "summarize": ("summarize", "mean ± sd of finished runs as a Markdown table"),
     "significance": ("significance", "paired t-test and Wilcoxon of two models' runs"),
+    "table": ("table", "run a results table's rows from its plan, resumably"),
     "plot": ("plot", "learning curves of runs to one PNG"),
     "preservation": ("preservation", "modality preservation of a run's model"),
     "popularity": ("popularity", "the MostPop baseline on a run's data"),
