@@ -21,8 +21,8 @@ def _run(args, cwd=ROOT, timeout=300, python=sys.executable):
 def test_no_command_prints_the_commands_and_exits_2():
   proc = _run(["-m", "maml_tf"])
   assert proc.returncode == 2
-  for name in ("train", "tune", "export", "summarize", "significance", "plot",
-               "preservation", "popularity", "serve-client"):
+  for name in ("train", "tune", "export", "summarize", "significance", "table",
+               "plot", "preservation", "popularity", "serve-client"):
     assert f"  {name} " in proc.stdout
 
 
@@ -31,7 +31,7 @@ def test_unknown_command_is_one_line_and_exit_2():
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
       "error: unknown command 'fit'; one of: train, tune, export, summarize, "
-      "significance, plot, preservation, popularity, serve-client"]
+      "significance, table, plot, preservation, popularity, serve-client"]
 
 
 @pytest.mark.parametrize("argv", [["-m", "maml_tf", "train", "--help"],
