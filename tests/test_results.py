@@ -74,8 +74,8 @@ def _cell(values):
 
 
 def _table_rows(page):
-  """{first cell: {header: cell}} of every Markdown table row of a page."""
-  rows, header = {}, None
+  """[(first cell, {header: cell})] of every Markdown table row of a page."""
+  rows, header = [], None
   with open(os.path.join(ROOT, page), encoding="utf-8") as f:
     for line in f:
       line = line.strip()
@@ -86,7 +86,7 @@ def _table_rows(page):
       if header is None:
         header = cells
       elif not set(line) <= set("|-: "):
-        rows[cells[0]] = dict(zip(header, cells))
+        rows.append((cells[0], dict(zip(header, cells))))
   return rows
 
 
@@ -110,7 +110,7 @@ def _tied_rows():
 def test_docs_row_prints_what_its_records_give(spec, table, prefix, pattern):
   records = sorted(glob.glob(os.path.join(table, pattern)), key=_seed)
   assert len(records) >= 3, f"{pattern}: at least 3 seeds"
-  rows = [row for first, row in _table_rows(spec["page"]).items()
+  rows = [row for first, row in _table_rows(spec["page"])
           if first.startswith(prefix)]
   assert len(rows) == 1, f"{spec['page']}: one row starting {prefix!r}"
   row = rows[0]
@@ -150,8 +150,10 @@ def test_docs_stars_are_the_per_user_t_tests(spec, table, prefix, star):
   a = _per_user_by_seed(table, star["a"], spec["which"])
   b = _per_user_by_seed(table, star["b"], spec["which"])
   assert len(a) >= 3 and sorted(a) == sorted(b)
-  row = [r for first, r in _table_rows(spec["page"]).items()
-         if first.startswith(prefix)][0]
+  rows = [r for first, r in _table_rows(spec["page"])
+          if first.startswith(prefix)]
+  assert len(rows) == 1, f"{spec['page']}: one row starting {prefix!r}"
+  row = rows[0]
   for column, metric in spec["metrics"].items():
     significant = True
     for seed in a:
