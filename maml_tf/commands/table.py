@@ -268,7 +268,6 @@ def main(argv):
     rows = chosen_rows(plan, FLAGS.rows)
     runs_dir = FLAGS.runs_dir or os.path.join(
         "runs", os.path.basename(plan.records))
-    sys.stdout.flush()
     run_table(plan, rows, runs_dir, dry_run=FLAGS.dry_run,
               say=lambda line: print(line, flush=True))
   except UsageError as e:
