@@ -46,7 +46,8 @@ def test_readme_from_python_example_runs(tmp_path, monkeypatch, capsys):
   metrics = re.search(r"\{'ndcg@10': ([0-9.e-]+), 'recall@10': ([0-9.e-]+)", out)
   assert metrics, out[-2000:]
   ndcg = float(metrics.group(1))
-  assert 0.005 < ndcg < 0.2, ndcg  # untrained: 0.0027 on this split (seed 0, measured)
+  # Measured on this split (seed 0): 0.0030 untrained, 0.0115 after the two epochs.
+  assert 0.005 < ndcg < 0.2, ndcg
   model = scope["model"]
   assert model.optimizer.iterations.numpy() in (100, 200)
   # Stock callbacks wrote real files; BackupAndRestore removed its backup
