@@ -113,6 +113,14 @@ def test_each_search_and_seed_runs_once_and_is_recorded(tiny):
       assert line in searched
   assert "--num_neg=3" in searched
   assert any(line.startswith("searched: search recorded in") for line in lines)
+  # Its "# Run:" comment names the recorded copy, not the search folder
+  # (which the runs folder need not keep); every other line is the search's.
+  searched_best = root / "runs" / "tune_searched" / "best.flags"
+  recorded, original = best.read_text().splitlines(), searched_best.read_text().splitlines()
+  changed = [(a, b) for a, b in zip(recorded, original) if a != b]
+  assert len(recorded) == len(original) and changed == [(
+      f"# Run: maml-tf train --flagfile={best} [--workdir=...]",
+      f"# Run: python scripts/train.py --flagfile={searched_best} [--workdir=...]")]
 
 
 def test_a_rerun_runs_nothing_recorded(tiny):

@@ -18,8 +18,8 @@ For each row (all of them, or --rows), in the plan's order:
      [--flagfile=<row's flagfile>] <tune> <row's tune>
      --tune_dir=<runs_dir>/tune_<row>` (later flags win); when the search completes, its
      best.flags, trials.jsonl and search.json are copied to the search
-     record <records>/tune_<row>/, and its best.flags is the row's flagfile
-     from then on (a later session refits from it without searching again);
+     record <records>/tune_<row>/ (best.flags's "# Run:" comment then names
+     the copy), and its best.flags is the row's flagfile from then on (a later session refits from it without searching again);
   2. each seed without a record: `maml-tf train --flagfile=<the row's
      flagfile> <train> <row's train> --seed=S --workdir=<runs_dir>/<row>_sS`;
      when the run has finished, its record (flags.txt, metrics.json,
@@ -162,10 +162,12 @@ def chosen_rows(plan: Plan, names: Sequence[str]) -> List[Row]:
 
 
 def copy_record(source: str, destination: str, files: Sequence[str],
-                optional: Sequence[str] = ()) -> None:
+                optional: Sequence[str] = (),
+                rewrite: Optional[Dict[str, Callable[[str], str]]] = None) -> None:
   """Copies `files` (and those of `optional` that exist) from `source` into
   the new folder `destination`, whole or not at all (a temporary folder
-  beside it, renamed)."""
+  beside it, renamed); a file named in `rewrite` is copied as the text its
+  function returns for the source's text."""
   missing = [f for f in files if not os.path.isfile(os.path.join(source, f))]
   if missing:
     raise UsageError(f"{source}: cannot record it, {missing[0]} is missing")
@@ -176,10 +178,28 @@ def copy_record(source: str, destination: str, files: Sequence[str],
     for name in list(files) + [f for f in optional
                                if os.path.isfile(os.path.join(source, f))]:
       shutil.copy2(os.path.join(source, name), os.path.join(temporary, name))
+      if name in (rewrite or {}):
+        path = os.path.join(temporary, name)
+        with open(path, encoding="utf-8") as f:
+          text = rewrite[name](f.read())
+        with open(path, "w", encoding="utf-8") as f:
+          f.write(text)
     os.rename(temporary, destination)
   except BaseException:
     shutil.rmtree(temporary, ignore_errors=True)
     raise
+
+
+def run_line_to(flagfile: str) -> Callable[[str], str]:
+  """A rewrite for copy_record: the "# Run:" comment line of a search's
+  best.flags names `flagfile` (its recorded copy) instead of the search
+  folder, which a table's runs folder does not keep."""
+  def rewrite(text: str) -> str:
+    return "".join(
+        f"# Run: maml-tf train --flagfile={flagfile} [--workdir=...]\n"
+        if line.startswith("# Run: ") else line
+        for line in text.splitlines(keepends=True))
+  return rewrite
 
 
 def finished(workdir: str) -> bool:
@@ -220,7 +240,8 @@ def run_row(plan: Plan, row: Row, runs_dir: str,
         if status != 0:
           raise Failed(f"row {row.name}: the search exited with status "
                        f"{status} (its folder: {tune_dir})")
-        copy_record(tune_dir, record, SEARCH_FILES)
+        copy_record(tune_dir, record, SEARCH_FILES,
+                    rewrite={"best.flags": run_line_to(flagfile)})
         say(f"{row.name}: search recorded in {record}")
   for seed in plan.seeds:
     run = f"{row.name}_s{seed}"
