@@ -210,10 +210,11 @@ def eval_floor(model, ev, prop):
   if work["shape"] is None:  # the evaluation's own matmul shape
     inner = model.score_width if work["flops"] == 2 * model.score_width else model.embed_dim
     mm = floors.matmul_rate(ev.user_chunk, inner, model.n_items)
-  else:  # one chunk's pairs through the per-pair matmul
+  else:  # the pairs through the per-pair matmul, at the faster of a
+    # cache-sized and a large block (not at our own chunk's shape: the
+    # floor must not move with the chunking it judges)
     inner, outer = work["shape"]
-    rows = min(ev.user_chunk * ev.item_chunk, 1 << 16)
-    mm = floors.matmul_rate(rows, inner, outer)
+    mm = max(floors.matmul_rate(rows, inner, outer) for rows in (1 << 12, 1 << 16))
   tk = floors.topk_rate(ev.user_chunk, model.n_items, max(KS))
   tanh = floors.tanh_rate() if work["tanh"] else None
   floor = floors.ranking_floor(ev.n_users, model.n_items, work["flops"], mm, tk,

@@ -24,11 +24,24 @@ from maml_tf.evaluate.metrics import (group_by_user, mean_metrics,
 
 
 
-def default_chunks(n_items, width, budget=1 << 25):
-  """(users per chunk, items per chunk) keeping chunk x width <= ~budget."""
+# Floats of per-pair activations one chunk may hold (4 MB): a block that
+# stays in the CPU's cache between the per-pair network's layers; a
+# catalogue-wide block (132 MB for MAML at Office's size) makes the scoring
+# wait on memory, 3x slower (docs/speed.md, "MAML's evaluation in cache").
+PAIR_CACHE_FLOATS = 1 << 20
+
+
+def default_chunks(n_items, width, budget=1 << 25, pair_width=0,
+                   pair_cache=PAIR_CACHE_FLOATS):
+  """(users per chunk, items per chunk): chunk x width <= ~budget, and for a
+  model with per-pair activations, users x items x pair_width <= ~pair_cache."""
   n_item_chunks = -(-n_items // 8192)
   item_chunk = -(-n_items // n_item_chunks)
   user_chunk = int(max(1, min(512, budget // (item_chunk * width))))
+  if pair_width:
+    most = max(8, pair_cache // (user_chunk * pair_width))
+    n_item_chunks = max(n_item_chunks, -(-n_items // most))
+    item_chunk = -(-n_items // n_item_chunks)
   return user_chunk, item_chunk
 
 
@@ -39,7 +52,8 @@ class Evaluator:
                user_chunk=None, item_chunk=None, jit_compile=True):
     n_users, n_items = model.n_users, model.n_items
     self.model, self.ks, self.kmax = model, tuple(ks), max(ks)
-    auto_users, auto_items = default_chunks(n_items, model.score_width)
+    auto_users, auto_items = default_chunks(
+        n_items, model.score_width, pair_width=getattr(model, "pair_width", 0))
     self.user_chunk = user_chunk or auto_users
     self.item_chunk = item_chunk or auto_items
     self.excl_ptr, self.excl_items = group_by_user(exclude_pairs, n_users)

@@ -165,6 +165,14 @@ class RankingModel(keras.Model):
     return self.embed_dim
 
   @property
+  def pair_width(self) -> int:
+    """Floats `score_items` materialises per (user, item) pair beyond its
+    score (a per-pair network's activations); 0 when the scores are one
+    product of tables. Evaluation sizes its item chunks by it, to keep those
+    activations in cache."""
+    return 0
+
+  @property
   def explains(self) -> bool:
     """Whether `score_pairs(..., explain=True)` has a meaningful explanation."""
     return False

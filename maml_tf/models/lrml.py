@@ -144,6 +144,11 @@ class LRML(base.RankingModel):
   def score_width(self):
     return 2 * self.embed_dim + self.memory_slots
 
+  @property
+  def pair_width(self):
+    # The relation's memory attention and the relation vector, per pair.
+    return self.score_width
+
   def pair_distances(self, users, items):
     """D(u, i) for users [B] and items [B, N], each pair its own relation."""
     p = tf.gather(self.user_embeddings, users)[:, None, :]

@@ -139,6 +139,11 @@ class MAML(base.RankingModel):
   def score_width(self):
     return 5 * self.embed_dim if self.attention is not None else self.embed_dim
 
+  @property
+  def pair_width(self):
+    # The attention's [5K] hidden layer and its [K] head, per pair.
+    return self.score_width if self.attention is not None else 0
+
   def score_pairs(self, users, items, explain=False):
     """Scores -d(u, i) of users [B] against their own items [B, C]; with
     `explain`, (scores [B], attention [B, K]) of pairs with items [B]."""

@@ -291,6 +291,11 @@ class MARIO(lightgcn.ScoringCache, base.RankingModel):
       return self.width
     return self.n_modalities * (self.hidden_dim + 2)
 
+  @property
+  def pair_width(self):
+    # The modality attention's hidden layer, logit and score, per pair.
+    return 0 if self.attention is None else self.score_width
+
   def feature_table(self, modality):
     return getattr(self, f"features_{modality}")
 

@@ -176,6 +176,11 @@ class NeuMF(base.RankingModel):
   def score_width(self):
     return sum(self.hidden_widths) if self.has_mlp else self.factors
 
+  @property
+  def pair_width(self):
+    # The MLP tower's hidden layers, per pair (GMF alone: one product).
+    return self.score_width if self.has_mlp else 0
+
   def gmf_tables(self):
     """(P^G, Q^G) variables of the GMF tower (None without one)."""
     if not self.has_gmf:
