@@ -21,14 +21,10 @@ import numpy as np
 import tensorflow as tf
 from maml_tf.evaluate.metrics import (group_by_user, mean_metrics,
                                      per_user_metrics)
+from maml_tf.models.base import PAIR_CACHE_FLOATS
 
 
 
-# Floats of per-pair activations one chunk may hold (4 MB): a block that
-# stays in the CPU's cache between the per-pair network's layers; a
-# catalogue-wide block (132 MB for MAML at Office's size) makes the scoring
-# wait on memory, 3x slower (docs/speed.md, "MAML's evaluation in cache").
-PAIR_CACHE_FLOATS = 1 << 20
 
 
 def default_chunks(n_items, width, budget=1 << 25, pair_width=0,

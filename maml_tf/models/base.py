@@ -46,6 +46,12 @@ import tensorflow as tf
 from maml_tf.errors import UsageError
 from maml_tf.models import layers as layers_lib
 
+# Floats of per-pair activations one block of pairs may hold (4 MB): a block
+# that stays in the CPU's cache between a per-pair network's layers. A
+# catalogue-wide block (132 MB for MAML at Office's size) makes scoring wait
+# on memory, 3x slower (docs/speed.md, "Per-pair activations in cache").
+PAIR_CACHE_FLOATS = 1 << 20
+
 
 def map_item_chunks(block, item_tensors, n_items, chunk=None):
   """Scores [U, n_items] from `block`, run on the catalogue chunk by chunk.
