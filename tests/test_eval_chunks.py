@@ -63,3 +63,15 @@ def test_maml_ranks_the_same_in_item_chunks():
   assert chunked.item_chunk == 2 and whole.item_chunk == helpers.MAML_ITEMS
   np.testing.assert_array_equal(chunked.top_k(), whole.top_k())
   assert chunked() == whole()
+
+
+def test_two_stage_chunks_cut_per_pair_activations_to_at_least_64_users():
+  from maml_tf.evaluate import two_stage
+  # Dot-product models (and MAML's first stage alone): as before.
+  assert two_stage.chunk_users(2406, 200, 64) == 512
+  # MAML's re-ranking at Office's size, N = 200: 512 users held 33M floats.
+  assert two_stage.chunk_users(2406, 200, 320, pair_width=320) == 64
+  # Few candidates: the cache budget itself decides (2^20 / (10 x 320)).
+  assert two_stage.chunk_users(2406, 10, 320, pair_width=320) == 327
+  # Never above the memory budget's own count.
+  assert two_stage.chunk_users(100_000, 5000, 320, pair_width=320) == 20
