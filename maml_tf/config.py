@@ -383,7 +383,8 @@ class Config:
   # ------------------------------------------------------------- distribution
   jit_compile: bool = setting(
       True, "compile the train step and evaluation with XLA (the train step "
-      "only with --strategy=default)", group="distribution", **_IO)
+      "only with --strategy=default, and not where a model's fast path "
+      "compiles its own kernels)", group="distribution", **_IO)
   strategy: str = setting(
       "default", "tf.distribute strategy: default (one device), mirrored "
       "(this machine's devices) or multi_worker (a cluster from TF_CONFIG)",

@@ -240,3 +240,23 @@ def test_model_config_round_trip():
   m = _model(mode="paper", attention="softmax")
   clone = MAML.from_config(m.get_config())
   assert clone.get_config() == m.get_config()
+
+
+def test_only_the_fast_path_keeps_its_step_out_of_one_xla_cluster():
+  """Faithful MAML with attention compiles its own kernels, and its step is
+  not XLA-compiled whole (measured faster, docs/speed.md); paper mode and
+  MAML without attention are, like every other model."""
+  from maml_tf.config import Config
+  from maml_tf.models.mf import MF
+  from maml_tf.train import build
+  from tests.helpers import tiny_dataset
+  assert _model().compiles_whole_step is False
+  assert _model(mode="paper").compiles_whole_step is True
+  assert _model(attention="none").compiles_whole_step is True
+  assert MF(4, 5, embed_dim=3).compiles_whole_step is True
+  ds = tiny_dataset()
+  for model, whole in (("maml", False), ("mf", True)):
+    config = Config(model=model, modalities=(), embed_dim=4, jit_compile=True)
+    assert build.build_model(config, ds).jit_compile is whole, model
+  config = Config(model="mf", modalities=(), embed_dim=4, jit_compile=False)
+  assert build.build_model(config, ds).jit_compile is False

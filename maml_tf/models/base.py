@@ -171,6 +171,12 @@ class RankingModel(keras.Model):
     return self.embed_dim
 
   @property
+  def compiles_whole_step(self) -> bool:
+    """Whether `--jit_compile` compiles the whole train step with XLA; a
+    model whose fast path compiles its own kernels may run faster without."""
+    return True
+
+  @property
   def pair_width(self) -> int:
     """Floats `score_items` materialises per (user, item) pair beyond its
     score (a per-pair network's activations); 0 when the scores are one

@@ -140,6 +140,14 @@ class MAML(base.RankingModel):
     return 5 * self.embed_dim if self.attention is not None else self.embed_dim
 
   @property
+  def compiles_whole_step(self):
+    # The fast path XLA-compiles its own kernels; around them the step's two
+    # per-pair matmuls run through TensorFlow's oneDNN kernels, faster here
+    # than XLA's (docs/speed.md, "Targets: met and missed").
+    return not (self.use_fastpath and not self.paper_mode and
+                self.attention is not None)
+
+  @property
   def pair_width(self):
     # The attention's [5K] hidden layer and its [K] head, per pair.
     return self.score_width if self.attention is not None else 0

@@ -32,7 +32,8 @@ def build_model(config: Config, ds: Dataset, strategy=None):
             network_scale=config.network_lr_scale,
             learning_rate=config.learning_rate, beta_1=0.9, beta_2=0.999,
             epsilon=1e-8),
-        jit_compile=config.jit_compile and strategy is None)
+        jit_compile=(config.jit_compile and strategy is None and
+                     model.compiles_whole_step))
   return model
 
 
