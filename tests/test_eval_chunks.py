@@ -8,6 +8,7 @@ exactly as with one catalogue-wide chunk.
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests import helpers
 from maml_tf.evaluate import full_ranking
@@ -75,3 +76,31 @@ def test_two_stage_chunks_cut_per_pair_activations_to_at_least_64_users():
   assert two_stage.chunk_users(2406, 10, 320, pair_width=320) == 327
   # Never above the memory budget's own count.
   assert two_stage.chunk_users(100_000, 5000, 320, pair_width=320) == 20
+
+
+def test_serving_cuts_per_pair_scoring_to_the_cache_budget_with_the_same_lists():
+  from maml_tf.export import signatures
+  from maml_tf.models import base
+  # The rule itself: the given chunk, or as many equal chunks as the cache
+  # budget needs, 8 items at least.
+  assert base.cache_item_chunk(2406, 8192, 10, 0) == 2406
+  assert base.cache_item_chunk(30, 7, 2, 0) == 7
+  assert base.cache_item_chunk(2406, 8192, 10, 320) == 301  # 8 x 301
+  assert base.cache_item_chunk(2406, 100, 10, 320) == 100  # already fits
+  assert base.cache_item_chunk(100_000, 8192, 1, 0) == 8192
+  assert base.cache_item_chunk(50, 8192, 4096, 320) == 8  # floor of 8 items
+  from maml_tf.data.dataset import Dataset
+  m = helpers.maml_model()
+  pairs = np.array([(u, (u + j) % helpers.MAML_ITEMS)
+                    for u in range(helpers.MAML_USERS) for j in range(3)])
+  ds = Dataset(name="tiny", n_users=helpers.MAML_USERS, n_items=helpers.MAML_ITEMS,
+               train=pairs[::3], test=pairs[1::3])
+  cut = signatures.ServingGraphs(m, ds, budget=1 << 23)
+  users = np.arange(helpers.MAML_USERS, dtype=np.int32)
+  assert cut.item_chunk == helpers.MAML_ITEMS  # tiny: one chunk fits
+  small = signatures.ServingGraphs(m, ds, budget=1 << 23)
+  small.item_chunk = 2  # as the budget would cut a large catalogue
+  whole, chunked = cut.recommend(users), small.recommend(users)
+  assert tf.nest.flatten(whole)
+  for a, b in zip(tf.nest.flatten(whole), tf.nest.flatten(chunked)):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from maml_tf.evaluate.metrics import (group_by_user, mean_metrics,
                                      per_user_metrics)
-from maml_tf.models.base import PAIR_CACHE_FLOATS
+from maml_tf.models.base import PAIR_CACHE_FLOATS, cache_item_chunk
 
 
 
@@ -34,11 +34,8 @@ def default_chunks(n_items, width, budget=1 << 25, pair_width=0,
   n_item_chunks = -(-n_items // 8192)
   item_chunk = -(-n_items // n_item_chunks)
   user_chunk = int(max(1, min(512, budget // (item_chunk * width))))
-  if pair_width:
-    most = max(8, pair_cache // (user_chunk * pair_width))
-    n_item_chunks = max(n_item_chunks, -(-n_items // most))
-    item_chunk = -(-n_items // n_item_chunks)
-  return user_chunk, item_chunk
+  return user_chunk, cache_item_chunk(n_items, item_chunk, user_chunk,
+                                      pair_width, pair_cache)
 
 
 class Evaluator:

@@ -63,6 +63,7 @@ import tensorflow as tf
 
 from maml_tf.evaluate import metrics as metrics_lib
 from maml_tf.data import vocab as vocab_lib
+from maml_tf.models.base import cache_item_chunk
 
 INT_SIGNATURES = ("serving_default", "score", "retrieve")
 # The same three by raw id (the strings of the data files): the int
@@ -169,9 +170,14 @@ class ServingGraphs:
                    for name, value in model.serving_tables().items()}
     # A request's largest tensors hold ~`budget` floats at most: full scoring
     # [users, item chunk, width], re-ranking [users, N, width].
+    # A model with per-pair activations then scores in item chunks small
+    # enough to keep them in cache (`cache_item_chunk`).
     width = max(1, int(model.serving_width))
     self.item_chunk = max(1, min(int(item_chunk), self.n_items))
     self.user_chunk = max(1, min(512, budget // (self.item_chunk * width)))
+    self.item_chunk = cache_item_chunk(self.n_items, self.item_chunk,
+                                       self.user_chunk,
+                                       int(getattr(model, "pair_width", 0)))
     self.retrieve_chunk = max(1, min(512, budget // (self.n_candidates * width)))
     metric, vectors = model.retrieval_space(self.tables)
     self.index = retrieval.build_index(np.asarray(vectors), metric=metric)

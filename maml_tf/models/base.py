@@ -53,6 +53,21 @@ from maml_tf.models import layers as layers_lib
 PAIR_CACHE_FLOATS = 1 << 20
 
 
+def cache_item_chunk(n_items, item_chunk, users, pair_width,
+                     cache=PAIR_CACHE_FLOATS):
+  """Items per chunk for `users` users at a time: `item_chunk` (at most the
+  catalogue), or, for a model with per-pair activations (`pair_width` floats
+  a pair) where that is more, the equal chunks that keep users x items x
+  pair_width <= ~cache (8 items at least)."""
+  item_chunk = max(1, min(int(item_chunk), n_items))
+  if pair_width:
+    most = max(8, cache // (max(1, users) * pair_width))
+    if most < item_chunk:
+      n_chunks = -(-n_items // most)
+      return -(-n_items // n_chunks)
+  return item_chunk
+
+
 def map_item_chunks(block, item_tensors, n_items, chunk=None):
   """Scores [U, n_items] from `block`, run on the catalogue chunk by chunk.
 
