@@ -19,7 +19,8 @@ For each row (all of them, or --rows), in the plan's order:
      --tune_dir=<runs_dir>/tune_<row>` (later flags win); when the search completes, its
      best.flags, trials.jsonl and search.json are copied to the search
      record <records>/tune_<row>/ (best.flags's "# Run:" comment then names
-     the copy), and its best.flags is the row's flagfile from then on (a later session refits from it without searching again);
+     the copy), and its best.flags is the row's flagfile from then on (a
+     later session refits from it without searching again);
   2. each seed without a record: `maml-tf train --flagfile=<the row's
      flagfile> <train> <row's train> --seed=S --workdir=<runs_dir>/<row>_sS`;
      when the run has finished, its record (flags.txt, metrics.json,

@@ -21,21 +21,16 @@ import numpy as np
 import tensorflow as tf
 from maml_tf.evaluate.metrics import (group_by_user, mean_metrics,
                                      per_user_metrics)
-from maml_tf.models.base import PAIR_CACHE_FLOATS, cache_item_chunk
+from maml_tf.models.base import cache_item_chunk
 
 
-
-
-
-def default_chunks(n_items, width, budget=1 << 25, pair_width=0,
-                   pair_cache=PAIR_CACHE_FLOATS):
+def default_chunks(n_items, width, budget=1 << 25, pair_width=0):
   """(users per chunk, items per chunk): chunk x width <= ~budget, and for a
-  model with per-pair activations, users x items x pair_width <= ~pair_cache."""
+  model with per-pair activations, items cut by `cache_item_chunk`."""
   n_item_chunks = -(-n_items // 8192)
   item_chunk = -(-n_items // n_item_chunks)
   user_chunk = int(max(1, min(512, budget // (item_chunk * width))))
-  return user_chunk, cache_item_chunk(n_items, item_chunk, user_chunk,
-                                      pair_width, pair_cache)
+  return user_chunk, cache_item_chunk(n_items, item_chunk, user_chunk, pair_width)
 
 
 class Evaluator:
