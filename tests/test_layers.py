@@ -48,6 +48,34 @@ def _randomise_biases(dense_layers, rng, scale=0.3):
 # ------------------------------------------------------------ clip / ball
 
 
+def test_sum_rows_into_hand():
+  """Rows 0 and 2 land in table row 1 (summed), row 1 in table row 3."""
+  rows = tf.constant([[1.0, 2.0], [10.0, 20.0], [100.0, 200.0]])
+  table = tf.zeros([4, 2])
+  got = layers.sum_rows_into(rows, tf.constant([1, 3, 1]), table).numpy()
+  np.testing.assert_array_equal(got, [[0, 0], [101, 202], [0, 0], [10, 20]])
+
+
+@pytest.mark.parametrize("shape", [(6,), (2, 3), (2, 3, 4)])
+def test_gather_rows_values_and_dense_gradient_against_numpy(shape):
+  """gather_rows gives tf.gather's values; its gradient is the dense table
+  that numpy's np.add.at builds, for ids of any rank (repeated ids too)."""
+  rng = np.random.default_rng(0)
+  table = tf.Variable(rng.standard_normal((5, 3)).astype(np.float32))
+  ids = rng.integers(0, 5, shape).astype(np.int32)
+  ids.flat[0] = ids.flat[-1]  # at least one repeat
+  upstream = rng.standard_normal(shape + (3,)).astype(np.float32)
+  with tf.GradientTape() as tape:
+    out = layers.gather_rows(table, tf.constant(ids))
+    loss = tf.reduce_sum(out * upstream)
+  grad = tape.gradient(loss, table)
+  assert isinstance(grad, tf.Tensor)  # dense, not IndexedSlices
+  np.testing.assert_array_equal(out.numpy(), table.numpy()[ids])
+  expected = np.zeros((5, 3), np.float32)
+  np.add.at(expected, ids.reshape(-1), upstream.reshape(-1, 3))
+  np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_clip_rows_to_norm_hand():
   x = [[3.0, 4.0], [0.3, 0.4], [0.0, 0.0], [0.0, -2.0]]
   # [3,4] -> [0.6,0.8]; [0.3,0.4] kept; zero row kept; [0,-2] -> [0,-1]

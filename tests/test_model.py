@@ -88,13 +88,16 @@ def test_fast_path_equals_plain_computation_values_and_gradients(by_table):
 
 @pytest.mark.parametrize("use_rank_weight", [True, False])
 @pytest.mark.parametrize("duplicate_negative", [False, True])
-def test_hardest_negative_recompute_equals_full_autodiff(use_rank_weight,
-                                                         duplicate_negative):
-  """The fast path's loss (all pairs scored without gradient, the positive
-  and the closest negative recomputed with it) against plain autodiff of the
-  loss over all pairs: same terms, same gradients."""
+@pytest.mark.parametrize("rows", [6, 1])
+def test_hardest_negative_backward_equals_full_autodiff(use_rank_weight,
+                                                        duplicate_negative, rows):
+  """The fast path's loss (all pairs scored once, the backward pass through
+  the positive and the closest negative only) against plain autodiff of the
+  loss over all pairs: same terms, same gradients. 6 rows x 5 pairs > 7
+  items projects the whole catalogue; 1 row x 5 pairs < 7 items projects
+  the pairs' own rows."""
   m = _model(use_rank_weight=use_rank_weight)
-  users, items = _batch(seed=4, b=6, w=4)
+  users, items = _batch(seed=4, b=rows, w=4)
   if duplicate_negative:  # a negative drawn twice: an exact tie in the min
     items = items.numpy()
     items[:, 2] = items[:, 1]

@@ -27,6 +27,7 @@ from maml_tf.models import maml_fastpath as fastpath
 from maml_tf.models import metric_losses as losses
 from maml_tf.models import base
 from maml_tf.models.base import map_item_chunks
+from maml_tf.models.layers import gather_rows
 
 # The networks --mode=paper trains (both by default; --paper_trains picks).
 PAPER_NETWORKS = ("fusion", "attention")
@@ -208,44 +209,62 @@ class MAML(base.RankingModel):
     return self.attention.item_part(tf.convert_to_tensor(self.item_embeddings), fused)
 
   def _hardest_negative_path(self, items):
-    """Whether `loss_terms` recomputes only the hardest pairs with gradient.
+    """Whether `loss_terms` back-propagates through the hardest pairs only.
 
-    The fast path only: faithful mode with attention (in paper mode dropout
-    would draw new masks for the recomputed pairs), and more than one
-    negative (else there is nothing to skip).
+    The fast path only: faithful mode with attention (paper mode trains the
+    attention, through autodiff), and more than one negative (else there is
+    nothing to skip).
     """
     return (self.use_fastpath and not self.paper_mode and
             self.attention is not None and items.shape[1] is not None and
             items.shape[1] > 2)
 
-  def pair_distances(self, users, items, fused=None, training=False):
-    """d(u, i) for users [B] and items [B, N]; returns [B, N]."""
-    p = tf.gather(self.user_embeddings, users)
-    q = tf.gather(self.item_embeddings, items)
-    if self.attention is None:
-      return attentive_distance(None, p[:, None, :], q)
+  def _halves(self, users, items, fused, training, as_table=False):
+    """(p [B, 1, K], the items' embeddings, the attention's user half, its
+    item half, ids) for users [B] and items [B, N].
+
+    With ids [B, N], the item half and the items' embeddings are tables
+    [n, ...] that ids index: the whole catalogue, projected once, when it has
+    fewer items than the batch has pairs, or with `as_table` the pairs' own
+    rows; else (ids None) they are per pair [B, N, ...]. The embeddings are
+    gathered with dense gradients (`layers.gather_rows`)."""
+    p = gather_rows(self.user_embeddings, users)
     user = self.attention.user_part(p)
     user = (user[0][:, None, :], user[1][:, None])
     n_pairs = items.shape[0] * items.shape[1] if None not in items.shape else None
-    by_table = n_pairs is not None and self.n_items <= n_pairs
-    if by_table:
+    if n_pairs is not None and self.n_items <= n_pairs:
       # Fewer items than pairs: project the whole catalogue once.
-      item = self.item_side(fused, training)
-    else:
-      flat = tf.reshape(items, [-1])
-      f = None if fused is None else tf.gather(fused, flat)
-      proj, sq = self.attention.item_part(tf.reshape(q, [-1, self.embed_dim]), f)
-      shape = tf.shape(items)
-      item = (tf.reshape(proj, tf.concat([shape, [-1]], 0)), tf.reshape(sq, shape))
+      return (p[:, None, :], tf.convert_to_tensor(self.item_embeddings), user,
+              self.item_side(fused, training), items)
+    flat = tf.reshape(items, [-1])
+    q = gather_rows(self.item_embeddings, flat)
+    f = None if fused is None else tf.gather(fused, flat)
+    proj, sq = self.attention.item_part(q, f)
+    shape = tf.shape(items)
+    if as_table:
+      return (p[:, None, :], q, user, (proj, sq),
+              tf.reshape(tf.range(tf.size(items)), shape))
+    item = (tf.reshape(proj, tf.concat([shape, [-1]], 0)), tf.reshape(sq, shape))
+    return (p[:, None, :], tf.reshape(q, tf.concat([shape, [-1]], 0)), user,
+            item, None)
+
+  def pair_distances(self, users, items, fused=None, training=False):
+    """d(u, i) for users [B] and items [B, N]; returns [B, N]."""
+    if self.attention is None:
+      p = tf.gather(self.user_embeddings, users)
+      return attentive_distance(None, p[:, None, :],
+                                tf.gather(self.item_embeddings, items))
+    p, q, user, item, ids = self._halves(users, items, fused, training)
     att = self.attention
     if self.paper_mode or not self.use_fastpath:  # plain autodiff
-      if by_table:
-        item = (tf.gather(item[0], items), tf.gather(item[1], items))
+      if ids is not None:
+        item = (tf.gather(item[0], ids), tf.gather(item[1], ids))
+        q = tf.gather(q, ids)
       a = att.combine(user, item, training=training)
-      return attentive_distance(a, p[:, None, :], q)
+      return attentive_distance(a, p, q)
     return fastpath.attention_distance(
-        user, item, p[:, None, :], q, att.dense1.bias, att.dense2.kernel,
-        att.dense2.bias, att.alpha, item_ids=items if by_table else None)
+        user, item, p, q, att.dense1.bias, att.dense2.kernel, att.dense2.bias,
+        att.alpha, item_ids=ids)
 
   def plain_pair_distances(self, users, items, training=False):
     """The same as `pair_distances` through the unsplit layers (for tests)."""
@@ -268,15 +287,14 @@ class MAML(base.RankingModel):
     fused = self.item_fusion(training)
     if self._hardest_negative_path(items):
       # Gradient flows only through the positive and the closest negative:
-      # score the negatives without it, then compute the positive and the
-      # closest negative with it (the backward pass then costs 2 pairs a
-      # row instead of 1 + W).
-      d_neg = tf.stop_gradient(
-          self.pair_distances(users, items[:, 1:], fused, training))
-      hardest = tf.argmin(d_neg, axis=1, output_type=tf.int32) + 1
-      chosen = tf.stack([items[:, 0], tf.gather(items, hardest, batch_dims=1)], 1)
-      d2 = self.pair_distances(users, chosen, fused, training)
-      d = tf.concat([tf.stop_gradient(d2[:, :1]), d_neg], 1)
+      # every pair is scored once, and the backward pass runs for those two
+      # (2 pairs a row instead of 1 + W).
+      p, q, user, item, ids = self._halves(users, items, fused, training,
+                                           as_table=True)
+      att = self.attention
+      d2, d = fastpath.hardest_attention_distance(
+          user, item, p, q, att.dense1.bias, att.dense2.kernel,
+          att.dense2.bias, att.alpha, ids)
       emb = losses.embedding_loss_hardest(d2[:, 0], d2[:, 1], d, self.margin,
                                           self.n_items, self.use_rank_weight)
     else:

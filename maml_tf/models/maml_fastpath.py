@@ -22,11 +22,33 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from maml_tf.models.layers import sum_rows_into
+
 EPS = 1e-12
 
 
 def _gather(table, ids):
   return table if ids is None else tf.gather(table, ids)
+
+
+def _sum_last(x, keepdims=False):
+  """Sum over the last axis as a sum of reductions over 32-lane slices.
+
+  XLA's CPU compiler rewrites a reduction over a longer axis into a windowed
+  tree of 32-wide reductions, and the elementwise work feeding it (t * t,
+  ds * x) then no longer fuses into it: it writes a whole [pairs, 5K]
+  buffer first (in a profile of the step, 16 of ~100 ms). Slices of at most
+  32 lanes are reduced where they are computed.
+  """
+  n = x.shape[-1]
+  parts = [tf.reduce_sum(x[..., j:j + 32], -1, keepdims=keepdims)
+           for j in range(0, n, 32)]
+  return tf.add_n(parts)
+
+
+def _pick(t, columns):
+  """t [B, C, ...] at each row's `columns` [B, J] -> [B, J, ...]."""
+  return t if columns is None else tf.gather(t, columns, batch_dims=1)
 
 
 @tf.function(jit_compile=True)
@@ -35,50 +57,56 @@ def _hidden(u, i_table, ids, us, is_table, b1):
   x = u + _gather(i_table, ids)
   inv = tf.math.rsqrt(tf.maximum(us + _gather(is_table, ids), EPS))
   t = tf.tanh(x * inv[..., None] + b1)
-  ss = tf.reduce_sum(t * t, -1)
+  ss = _sum_last(t * t)
   return t, tf.math.rsqrt(tf.maximum(ss, EPS)), ss
 
 
 @tf.function(jit_compile=True)
-def _head(m, r, b2, alpha, p, q):
-  """From m = t W2 to the distance d, plus what the backward pass needs."""
+def _head(m, r, b2, alpha, p, q, ids):
+  """From m = t W2 to the distance d, one kernel (d alone: what the
+  backward pass needs of the head it recomputes from m, which is cheaper on
+  this memory-bound block than writing and reading it back)."""
   g = m * r[..., None] + b2
-  sm = tf.nn.softmax(tf.nn.relu(g), -1)
-  a = alpha * sm
-  diff = p - q
-  d = tf.reduce_sum(tf.square(a * diff), -1)
-  return d, g, sm, a, diff
+  a = alpha * tf.nn.softmax(tf.nn.relu(g), -1)
+  return _sum_last(tf.square(a * (p - _gather(q, ids))))
 
 
 @tf.function(jit_compile=True)
-def _head_grad(dd, m, r, g, sm, a, diff, alpha, ss):
-  """dL/dm, and the part of dL/dt along t, from dL/dd."""
+def _head_grad(dd, m, r, b2, alpha, p, q, ids, ss):
+  """dL/dm, the part of dL/dt along t, and dL/d(p - q), from dL/dd."""
+  g = m * r[..., None] + b2
+  sm = tf.nn.softmax(tf.nn.relu(g), -1)
+  a = alpha * sm
+  diff = p - _gather(q, ids)
   da = (2.0 * dd)[..., None] * a * tf.square(diff)
   ddiff = (2.0 * dd)[..., None] * tf.square(a) * diff
   dsm = alpha * da
-  da2 = sm * (dsm - tf.reduce_sum(dsm * sm, -1, keepdims=True))
+  da2 = sm * (dsm - _sum_last(dsm * sm, keepdims=True))
   dg = tf.where(g > 0, da2, 0.0)
   dm = dg * r[..., None]
-  dr = tf.reduce_sum(dg * m, -1)
+  dr = _sum_last(dg * m)
   # r = max(ss, eps)^-1/2  =>  dr/dt = -r^3 t where ss > eps.
   coef = tf.where(ss > EPS, -dr * r * r * r, 0.0)
   return dm, coef, ddiff
 
 
 @tf.function(jit_compile=True)
-def _hidden_grad(dt_mm, coef, t, u, i_table, ids, us, is_table):
+def _hidden_grad(dt_mm, coef, t, columns, u, i_table, ids, us, is_table):
   """From dL/dt to dL/dx (= dL/dI per pair) and dL/d(us + is), one kernel.
 
   x and inv are recomputed from the (cache-resident) item table rather than
-  stored: one pass over [pairs, 5K] fewer each way.
+  stored: one pass over [pairs, 5K] fewer each way. With `columns`, t is the
+  forward pass's [B, C, 5K] and the pairs are its `columns` [B, J] (read in
+  place, not copied out first); `ids` are then those pairs' item rows.
   """
+  t = _pick(t, columns)
   x = u + _gather(i_table, ids)
   sq = us + _gather(is_table, ids)
   inv = tf.math.rsqrt(tf.maximum(sq, EPS))
   dt = dt_mm + coef[..., None] * t
   ds = dt * (1.0 - t * t)
   dx = ds * inv[..., None]
-  dinv = tf.reduce_sum(ds * x, -1)
+  dinv = _sum_last(ds * x)
   dsq = tf.where(sq > EPS, -0.5 * dinv * inv * inv * inv, 0.0)
   return dx, dsq
 
@@ -96,13 +124,11 @@ def _reduce_to(t, shape):
   return tf.reshape(tf.reduce_sum(t, axes), shape)
 
 
-def _to_table(t, ids, table_shape):
+def _to_table(t, ids, table):
   """Gradient of a gather: per-pair rows summed into their table rows."""
   if ids is None:
-    return _reduce_to(t, table_shape)
-  rows = tf.reshape(t, tf.concat([[-1], tf.shape(t)[tf.rank(ids):]], 0))
-  return tf.math.unsorted_segment_sum(rows, tf.reshape(ids, [-1]),
-                                      table_shape[0])
+    return _reduce_to(t, tf.shape(table))
+  return sum_rows_into(t, ids, table)
 
 
 def attention_distance(user, item, p, q, b1, w2, b2, alpha, item_ids=None):
@@ -111,9 +137,11 @@ def attention_distance(user, item, p, q, b1, w2, b2, alpha, item_ids=None):
   Args:
     user: (U [..., H], us [...]) the user half, broadcastable against item.
     item: (I, is) the item half: per pair ([..., H], [...]) when `item_ids`
-      is None, else whole tables ([n_items, H], [n_items]) that `item_ids`
-      [...] index (the gather then runs inside the fused kernels).
-    p, q: [..., K] user and item embeddings, broadcastable.
+      is None, else whole tables ([n, H], [n]) that `item_ids` [...] index
+      (the gather then runs inside the fused kernels).
+    p: [..., K] user embeddings, broadcastable against the items'.
+    q: the items' embeddings: per pair [..., K] when `item_ids` is None,
+      else a table [n, K] that `item_ids` index.
     b1, w2, b2: the attention's first bias, second kernel and bias (frozen).
     alpha: the softmax scale.
     item_ids: optional int [...] rows of the item tables.
@@ -129,24 +157,75 @@ def attention_distance(user, item, p, q, b1, w2, b2, alpha, item_ids=None):
   def block(u, us, i, is_, p, q):
     t, r, ss = _hidden(u, i, item_ids, us, is_, b1)
     m = _matmul_last(t, w2)
-    d, g, sm, a, diff = _head(m, r, b2, alpha, p, q)
+    d = _head(m, r, b2, alpha, p, q, item_ids)
 
     def grad(dd):
-      dm, coef, ddiff = _head_grad(dd, m, r, g, sm, a, diff, alpha, ss)
+      dm, coef, ddiff = _head_grad(dd, m, r, b2, alpha, p, q, item_ids, ss)
       dt_mm = _matmul_last(dm, w2, transpose_b=True)
-      dx, dsq = _hidden_grad(dt_mm, coef, t, u, i, item_ids, us, is_)
+      dx, dsq = _hidden_grad(dt_mm, coef, t, None, u, i, item_ids, us, is_)
       return (_reduce_to(dx, tf.shape(u)), _reduce_to(dsq, tf.shape(us)),
-              _to_table(dx, item_ids, tf.shape(i)),
-              _to_table(dsq, item_ids, tf.shape(is_)),
-              _reduce_to(ddiff, tf.shape(p)), _reduce_to(-ddiff, tf.shape(q)))
+              _to_table(dx, item_ids, i), _to_table(dsq, item_ids, is_),
+              _reduce_to(ddiff, tf.shape(p)), _to_table(-ddiff, item_ids, q))
 
     return d, grad
 
   return block(u, us, i, is_, p, q)
 
 
+def hardest_attention_distance(user, item, p, q, b1, w2, b2, alpha, item_ids):
+  """Every pair's d once, and the gradient of the two pairs a row's loss uses.
+
+  For rows of a positive (column 0) and W negatives: the hinge of the
+  embedding loss carries gradient through the positive and the closest
+  negative only (`metric_losses.embedding_loss_hardest`). So the forward pass
+  scores all 1 + W pairs, keeps its activations, and the backward pass runs
+  for those two pairs alone, reading their activations in place.
+
+  Args:
+    user: (U [B, 1, H], us [B, 1]) the user half.
+    item: (I [n, H], is [n]) item-half tables that `item_ids` index.
+    p: [B, 1, K] user embeddings.
+    q: [n, K] the items' embeddings, a table that `item_ids` index.
+    b1, w2, b2, alpha: as in `attention_distance`.
+    item_ids: int [B, 1 + W] rows of the item tables.
+
+  Returns:
+    d2 [B, 2]: d of the positive and of the closest negative, with gradient
+      to user, item, p and q;
+    d [B, 1 + W]: every pair's d, without gradient.
+  """
+  u, us = user
+  i, is_ = item
+  b1, w2, b2 = (tf.convert_to_tensor(v) for v in (b1, w2, b2))
+
+  @tf.custom_gradient
+  def block(u, us, i, is_, p, q):
+    t, r, ss = _hidden(u, i, item_ids, us, is_, b1)
+    m = _matmul_last(t, w2)
+    d = _head(m, r, b2, alpha, p, q, item_ids)
+    hardest = tf.argmin(d[:, 1:], axis=1, output_type=tf.int32) + 1
+    columns = tf.stack([tf.zeros_like(hardest), hardest], 1)
+    d2 = _pick(d, columns)
+
+    def grad(dd2, unused_dd):
+      # d leaves this function through stop_gradient: its upstream is zero.
+      ids2 = _pick(item_ids, columns)
+      dm, coef, ddiff = _head_grad(dd2, _pick(m, columns), _pick(r, columns),
+                                   b2, alpha, p, q, ids2, _pick(ss, columns))
+      dt_mm = _matmul_last(dm, w2, transpose_b=True)
+      dx, dsq = _hidden_grad(dt_mm, coef, t, columns, u, i, ids2, us, is_)
+      return (_reduce_to(dx, tf.shape(u)), _reduce_to(dsq, tf.shape(us)),
+              _to_table(dx, ids2, i), _to_table(dsq, ids2, is_),
+              _reduce_to(ddiff, tf.shape(p)), _to_table(-ddiff, ids2, q))
+
+    return (d2, d), grad
+
+  d2, d = block(u, us, i, is_, p, q)
+  return d2, tf.stop_gradient(d)
+
+
 def attention_distance_nograd(user, item, p, q, b1, w2, b2, alpha):
   """The same forward pass for scoring (no gradient bookkeeping)."""
   b1, w2, b2 = (tf.convert_to_tensor(v) for v in (b1, w2, b2))
   t, r, _ = _hidden(user[0], item[0], None, user[1], item[1], b1)
-  return _head(_matmul_last(t, w2), r, b2, alpha, p, q)[0]
+  return _head(_matmul_last(t, w2), r, b2, alpha, p, q, None)
