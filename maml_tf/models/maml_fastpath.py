@@ -1,14 +1,19 @@
 """The attention + distance block with a hand-derived gradient.
 
 What it computes is exactly `AlphaAttention.combine` followed by
-`attentive_distance` (tests/test_model.py, test_fast_path_equals_plain_computation_values_and_gradients, checks values and gradients
-against the autodiff of that plain path). Why it exists: on a CPU the block is
-bound by memory traffic over [pairs, 5K] tensors, not by arithmetic.
-Op-by-op TensorFlow makes ~15 passes over them in the backward pass; XLA
-fuses the passes but its CPU matmul is several times slower than oneDNN's.
-So the elementwise work runs in two XLA-fused kernels (`jit_compile=True`)
-and the two [pairs, 5K] x [5K, K] matmuls run through TensorFlow's oneDNN
-kernels, outside XLA.
+`attentive_distance` (tests/test_model.py checks values and gradients
+against the autodiff of that plain path, and the training loss of
+`hardest_attention_distance` against autodiff of the loss over all pairs).
+Why it exists: on a CPU the block is bound by passes over [pairs, 5K]
+tensors, not by arithmetic. Op-by-op TensorFlow makes ~15 such passes in
+the backward pass; XLA fuses them but its CPU matmul is slower than
+oneDNN's. So the elementwise work runs in small XLA-fused kernels
+(`jit_compile=True`), the two [pairs, 5K] x [5K, K] matmuls run through
+TensorFlow's oneDNN kernels outside XLA, and the gradients of the gathered
+table rows are summed by XLA's kernel (`layers.sum_rows_into`), several
+times faster here than TensorFlow's. Where XLA's CPU compiler splits a
+work-plus-reduction that it should fuse, the kernels are written so that it
+does not (`_sum_last`). docs/speed.md has the measurements.
 
 Forward, for pairs of a user half (U, us) and an item half (I, is):
   x = U + I;  inv = rsqrt(max(us + is, eps));  t = tanh(x * inv + b1)
