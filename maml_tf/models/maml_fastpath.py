@@ -136,6 +136,53 @@ def _to_table(t, ids, table):
   return sum_rows_into(t, ids, table)
 
 
+def _forward(u, us, i, is_, p, q, b1, w2, b2, alpha, ids):
+  """(d, and what the backward pass reads: t, m, r, ss)."""
+  t, r, ss = _hidden(u, i, ids, us, is_, b1)
+  m = _matmul_last(t, w2)
+  return _head(m, r, b2, alpha, p, q, ids), (t, m, r, ss)
+
+
+def _backward(dd, saved, columns, ids, inputs, w2, b2, alpha):
+  """Gradients for the inputs (u, us, i, is, p, q) from dL/dd of the pairs
+  at `columns` (all pairs when None) whose item rows are `ids`."""
+  u, us, i, is_, p, q = inputs
+  t, m, r, ss = saved
+  dm, coef, ddiff = _head_grad(dd, _pick(m, columns), _pick(r, columns), b2,
+                               alpha, p, q, ids, _pick(ss, columns))
+  dt_mm = _matmul_last(dm, w2, transpose_b=True)
+  dx, dsq = _hidden_grad(dt_mm, coef, t, columns, u, i, ids, us, is_)
+  return (_reduce_to(dx, tf.shape(u)), _reduce_to(dsq, tf.shape(us)),
+          _to_table(dx, ids, i), _to_table(dsq, ids, is_),
+          _reduce_to(ddiff, tf.shape(p)), _to_table(-ddiff, ids, q))
+
+
+def _block(user, item, p, q, b1, w2, b2, alpha, item_ids, hardest):
+  """The block with its hand-derived gradient: d, or with `hardest` (d2, d)
+  and the backward pass through the two pairs of d2 only."""
+  b1, w2, b2 = (tf.convert_to_tensor(v) for v in (b1, w2, b2))
+
+  @tf.custom_gradient
+  def block(u, us, i, is_, p, q):
+    d, saved = _forward(u, us, i, is_, p, q, b1, w2, b2, alpha, item_ids)
+    inputs = (u, us, i, is_, p, q)
+    if not hardest:
+      return d, lambda dd: _backward(dd, saved, None, item_ids, inputs, w2,
+                                     b2, alpha)
+    closest = tf.argmin(d[:, 1:], axis=1, output_type=tf.int32) + 1
+    columns = tf.stack([tf.zeros_like(closest), closest], 1)
+
+    def grad(dd2, unused_dd):
+      # d leaves through stop_gradient (hardest_attention_distance): its
+      # upstream is zero.
+      return _backward(dd2, saved, columns, _pick(item_ids, columns), inputs,
+                       w2, b2, alpha)
+
+    return (_pick(d, columns), d), grad
+
+  return block(*user, *item, p, q)
+
+
 def attention_distance(user, item, p, q, b1, w2, b2, alpha, item_ids=None):
   """d(u, i) for broadcastable halves; gradients flow to user, item, p, q.
 
@@ -154,27 +201,7 @@ def attention_distance(user, item, p, q, b1, w2, b2, alpha, item_ids=None):
   Returns:
     d [...]: the attentive squared distances.
   """
-  u, us = user
-  i, is_ = item
-  b1, w2, b2 = (tf.convert_to_tensor(v) for v in (b1, w2, b2))
-
-  @tf.custom_gradient
-  def block(u, us, i, is_, p, q):
-    t, r, ss = _hidden(u, i, item_ids, us, is_, b1)
-    m = _matmul_last(t, w2)
-    d = _head(m, r, b2, alpha, p, q, item_ids)
-
-    def grad(dd):
-      dm, coef, ddiff = _head_grad(dd, m, r, b2, alpha, p, q, item_ids, ss)
-      dt_mm = _matmul_last(dm, w2, transpose_b=True)
-      dx, dsq = _hidden_grad(dt_mm, coef, t, None, u, i, item_ids, us, is_)
-      return (_reduce_to(dx, tf.shape(u)), _reduce_to(dsq, tf.shape(us)),
-              _to_table(dx, item_ids, i), _to_table(dsq, item_ids, is_),
-              _reduce_to(ddiff, tf.shape(p)), _to_table(-ddiff, item_ids, q))
-
-    return d, grad
-
-  return block(u, us, i, is_, p, q)
+  return _block(user, item, p, q, b1, w2, b2, alpha, item_ids, hardest=False)
 
 
 def hardest_attention_distance(user, item, p, q, b1, w2, b2, alpha, item_ids):
@@ -199,38 +226,11 @@ def hardest_attention_distance(user, item, p, q, b1, w2, b2, alpha, item_ids):
       to user, item, p and q;
     d [B, 1 + W]: every pair's d, without gradient.
   """
-  u, us = user
-  i, is_ = item
-  b1, w2, b2 = (tf.convert_to_tensor(v) for v in (b1, w2, b2))
-
-  @tf.custom_gradient
-  def block(u, us, i, is_, p, q):
-    t, r, ss = _hidden(u, i, item_ids, us, is_, b1)
-    m = _matmul_last(t, w2)
-    d = _head(m, r, b2, alpha, p, q, item_ids)
-    hardest = tf.argmin(d[:, 1:], axis=1, output_type=tf.int32) + 1
-    columns = tf.stack([tf.zeros_like(hardest), hardest], 1)
-    d2 = _pick(d, columns)
-
-    def grad(dd2, unused_dd):
-      # d leaves this function through stop_gradient: its upstream is zero.
-      ids2 = _pick(item_ids, columns)
-      dm, coef, ddiff = _head_grad(dd2, _pick(m, columns), _pick(r, columns),
-                                   b2, alpha, p, q, ids2, _pick(ss, columns))
-      dt_mm = _matmul_last(dm, w2, transpose_b=True)
-      dx, dsq = _hidden_grad(dt_mm, coef, t, columns, u, i, ids2, us, is_)
-      return (_reduce_to(dx, tf.shape(u)), _reduce_to(dsq, tf.shape(us)),
-              _to_table(dx, ids2, i), _to_table(dsq, ids2, is_),
-              _reduce_to(ddiff, tf.shape(p)), _to_table(-ddiff, ids2, q))
-
-    return (d2, d), grad
-
-  d2, d = block(u, us, i, is_, p, q)
+  d2, d = _block(user, item, p, q, b1, w2, b2, alpha, item_ids, hardest=True)
   return d2, tf.stop_gradient(d)
 
 
 def attention_distance_nograd(user, item, p, q, b1, w2, b2, alpha):
   """The same forward pass for scoring (no gradient bookkeeping)."""
   b1, w2, b2 = (tf.convert_to_tensor(v) for v in (b1, w2, b2))
-  t, r, _ = _hidden(user[0], item[0], None, user[1], item[1], b1)
-  return _head(_matmul_last(t, w2), r, b2, alpha, p, q, None)
+  return _forward(*user, *item, p, q, b1, w2, b2, alpha, None)[0]
