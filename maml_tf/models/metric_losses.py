@@ -41,9 +41,9 @@ def embedding_loss_hardest(d_pos, d_hardest, d_all, margin, n_items,
   """`embedding_loss`, given the distance to the closest negative.
 
   Only the positive and the closest negative of a row carry gradient through
-  the hinge, so the training fast path computes every distance without
-  gradient (`d_all` [B, 1 + W], which also gives the rank), picks the closest
-  negative, and recomputes `d_pos` and `d_hardest` [B] with gradient. Equal
+  the hinge, so the training fast path scores every pair once (`d_all`
+  [B, 1 + W] without gradient, which also gives the rank), picks the closest
+  negative, and back-propagates through `d_pos` and `d_hardest` [B] only. Equal
   to `embedding_loss(d_all[:, 0], d_all[:, 1:], ...)` in value and gradient
   (where two negatives tie exactly, autodiff splits the gradient between
   them; here the first takes it all, the same thing when, as with a negative
