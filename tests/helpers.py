@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -126,15 +127,16 @@ EXPORT_USERS, EXPORT_ITEMS = 20, 30
 EXPORT_TOPK, EXPORT_CANDIDATES = 5, 8
 EXPORT_HEAVY_USER = 3  # knows all but 3 items: fewer than EXPORT_TOPK to recommend
 
-# The script a serving machine runs: argv[1] is a JSON spec of SavedModels and
-# signature calls, argv[2] receives the signatures and results as JSON.
+# The script a serving machine runs, as one long-lived process per test
+# worker (a serving machine loads many models, too; TensorFlow starts once):
+# each line on stdin is a JSON [spec, out] pair of paths, where spec lists
+# SavedModels and signature calls; the signatures and results go to out as
+# JSON, then one line "LOADED <status>" on stdout answers the request.
 SERVING_LOADER = r"""
-import json, os, sys
-spec = json.load(open(sys.argv[1]))
-out = {"sys_path": sys.path, "env_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS")}
+import json, os, sys, traceback
 # A serving machine does not have our package. CI installs it in editable mode, which
 # puts an import hook in site-packages that -I does not remove, so block it here and
-# record every attempt to import it (loading the SavedModel must make none).
+# record every attempt to import it (loading the SavedModels must make none).
 blocked = []
 class NoMamlTf:
   def find_spec(self, name, path=None, target=None):
@@ -145,45 +147,115 @@ class NoMamlTf:
 sys.meta_path.insert(0, NoMamlTf())
 try:
   import maml_tf
-  out["maml_tf_importable"] = True
+  importable = True
 except ImportError:
-  out["maml_tf_importable"] = False
+  importable = False
 blocked.clear()
 import numpy as np
 import tensorflow as tf
-loaded = {tag: tf.saved_model.load(path) for tag, path in spec["models"].items()}
-out["maml_tf_import_attempts"] = list(blocked)
-out["maml_tf_modules"] = sorted(m for m in sys.modules if m.split(".")[0] == "maml_tf")
-out["signatures"] = {}
-for tag, obj in loaded.items():
-  sigs = {}
-  for name, fn in obj.signatures.items():
-    kwargs = fn.structured_input_signature[1]
-    sigs[name] = {
-        "inputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in kwargs.items()},
-        "outputs": {k: [v.dtype.name, v.shape.as_list()]
-                    for k, v in fn.structured_outputs.items()}}
-  out["signatures"][tag] = sigs
+at_start = list(blocked)
+
 def plain(tensor):  # nested lists; strings (raw ids) decoded from UTF-8
   value = tensor.numpy()
   if tensor.dtype == tf.string:
     value = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(value)
   return value.tolist()
-out["results"] = []
-for case in spec["cases"]:
-  fn = loaded[case["model"]].signatures[case["signature"]]
-  args = {k: tf.constant(v, tf.string if k.endswith("_keys") else tf.int64)
-          for k, v in case["inputs"].items()}
+
+def serve(spec_path, out_path):
+  spec = json.load(open(spec_path))
+  out = {"sys_path": sys.path, "env_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS"),
+         "maml_tf_importable": importable}
+  blocked.clear()
+  loaded = {tag: tf.saved_model.load(path) for tag, path in spec["models"].items()}
+  out["maml_tf_import_attempts"] = at_start + list(blocked)
+  out["maml_tf_modules"] = sorted(m for m in sys.modules if m.split(".")[0] == "maml_tf")
+  out["signatures"] = {}
+  for tag, obj in loaded.items():
+    sigs = {}
+    for name, fn in obj.signatures.items():
+      kwargs = fn.structured_input_signature[1]
+      sigs[name] = {
+          "inputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in kwargs.items()},
+          "outputs": {k: [v.dtype.name, v.shape.as_list()]
+                      for k, v in fn.structured_outputs.items()}}
+    out["signatures"][tag] = sigs
+  out["results"] = []
+  for case in spec["cases"]:
+    fn = loaded[case["model"]].signatures[case["signature"]]
+    args = {k: tf.constant(v, tf.string if k.endswith("_keys") else tf.int64)
+            for k, v in case["inputs"].items()}
+    try:
+      res = fn(**args)
+      out["results"].append({"outputs": {k: plain(v) for k, v in res.items()},
+                             "shapes": {k: list(v.shape) for k, v in res.items()}})
+    except tf.errors.InvalidArgumentError as e:
+      out["results"].append({"error": "InvalidArgumentError", "message": e.message})
+    except Exception as e:
+      out["results"].append({"error": type(e).__name__, "message": str(e)})
+  json.dump(out, open(out_path, "w"))
+
+for line in sys.stdin:
+  spec_path, out_path = json.loads(line)
   try:
-    res = fn(**args)
-    out["results"].append({"outputs": {k: plain(v) for k, v in res.items()},
-                           "shapes": {k: list(v.shape) for k, v in res.items()}})
-  except tf.errors.InvalidArgumentError as e:
-    out["results"].append({"error": "InvalidArgumentError", "message": e.message})
-  except Exception as e:
-    out["results"].append({"error": type(e).__name__, "message": str(e)})
-json.dump(out, open(sys.argv[2], "w"))
+    serve(spec_path, out_path)
+    status = "ok"
+  except Exception:
+    status = json.dumps(traceback.format_exc())
+  print("LOADED " + status, flush=True)
 """
+
+_LOADER = {}  # this worker's loading process: {"proc", "log"}
+
+
+def _stop_loader():
+  proc = _LOADER.pop("proc", None)
+  if proc is not None and proc.poll() is None:
+    proc.stdin.close()
+    try:
+      proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+
+
+def isolated_load(spec, work, timeout=300):
+  """Runs `spec` (SavedModels and signature calls) in this worker's isolated
+  loading process (python -I, a fresh shell's environment, maml_tf blocked;
+  started on first use) and returns its JSON output. The spec and output
+  files are written under `work`."""
+  import atexit
+  import select
+  import tempfile
+  proc = _LOADER.get("proc")
+  if proc is None or proc.poll() is not None:
+    home = tempfile.mkdtemp(prefix="isolated-loader-")
+    with open(os.path.join(home, "loader.py"), "w") as f:
+      f.write(SERVING_LOADER)
+    log = open(os.path.join(home, "stderr.txt"), "w+")
+    proc = subprocess.Popen([sys.executable, "-I", "loader.py"], cwd=home,
+                            env=clean_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    if not _LOADER:
+      atexit.register(_stop_loader)
+    _LOADER.update(proc=proc, log=log)
+  spec_path, out_path = os.path.join(work, "spec.json"), os.path.join(work, "out.json")
+  with open(spec_path, "w") as f:
+    json.dump(spec, f)
+  proc.stdin.write(json.dumps([spec_path, out_path]) + "\n")
+  proc.stdin.flush()
+  deadline = time.monotonic() + timeout
+  while True:
+    ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+    line = proc.stdout.readline() if ready else ""
+    if not line or line.startswith("LOADED "):
+      break
+  if not line.startswith("LOADED ok"):
+    log = _LOADER["log"]
+    log.seek(0)
+    detail = json.loads(line[len("LOADED "):]) if line else "no answer: " + log.read()[-3000:]
+    _stop_loader()
+    raise AssertionError(f"the isolated loading process failed:\n{detail}")
+  with open(out_path) as f:
+    return json.load(f)
 
 
 def clean_env():
@@ -237,15 +309,9 @@ def check_export(model, ds, tmp_path, tag, exact_retrieve=True):
            {"model": tag, "signature": "retrieve", "inputs": {"user_ids": users}}]
   work = tmp_path / "loader"
   work.mkdir()
-  (work / "spec.json").write_text(json.dumps({"models": {tag: path}, "cases": cases}))
-  (work / "loader.py").write_text(SERVING_LOADER)
-  proc = subprocess.run(
-      [sys.executable, "-I", str(work / "loader.py"), str(work / "spec.json"),
-       str(work / "out.json")], cwd=str(work), env=clean_env(),
-      capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads((work / "out.json").read_text())
+  out = isolated_load({"models": {tag: path}, "cases": cases}, str(work))
   assert out["maml_tf_importable"] is False and out["maml_tf_modules"] == []
+  assert out["maml_tf_import_attempts"] == []
   recommend, score, retrieve = out["results"]
 
   model.prepare_scoring()

@@ -14,7 +14,6 @@ folders (numeric, atomic, never overwritten), no XLA clusters in the graph,
 import dataclasses
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -32,7 +31,7 @@ from maml_tf import train as train_lib
 from maml_tf.config import Config
 from maml_tf.errors import UsageError
 from tests.helpers import (EXPORT_CANDIDATES, EXPORT_HEAVY_USER, EXPORT_ITEMS, EXPORT_TOPK,
-                           EXPORT_USERS, ROOT, SERVING_LOADER, clean_env, export_dataset,
+                           EXPORT_USERS, ROOT, clean_env, export_dataset, isolated_load,
                            known_lists)
 
 N_USERS, N_ITEMS, K_EMBED = EXPORT_USERS, EXPORT_ITEMS, 8
@@ -168,14 +167,7 @@ def served(setups, tmp_path_factory):
   spec = {"models": {tag: s["path"] for tag, s in setups.items()},
           "cases": [dict(zip(("model", "signature", "inputs"), c))
                     for c in cases.values()]}
-  (work / "spec.json").write_text(json.dumps(spec))
-  (work / "loader.py").write_text(SERVING_LOADER)
-  proc = subprocess.run(
-      [sys.executable, "-I", str(work / "loader.py"), str(work / "spec.json"),
-       str(work / "out.json")], cwd=str(work), env=clean_env(),
-      capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads((work / "out.json").read_text())
+  out = isolated_load(spec, str(work))
   out["by_case"] = dict(zip(cases, out["results"]))
   return out
 
