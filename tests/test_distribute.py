@@ -37,13 +37,12 @@ MIRRORED_CHILD = textwrap.dedent(r"""
     from maml_tf.models import maml as model_lib
     from maml_tf.data.sampler import PairSampler
 
-    attention, features = sys.argv[1], sys.argv[2] == "1"
     rng = np.random.default_rng(0)
     pairs = np.unique(np.stack([rng.integers(0, 30, 240),
                                 rng.integers(0, 20, 240)], 1), axis=0)
     item_features = rng.normal(size=(20, 6)).astype(np.float32)
 
-    def build(strategy):
+    def build(strategy, attention, features):
       with strategy.scope():
         keras.utils.set_random_seed(0)
         m = model_lib.MAML(30, 20, feature_dim=6 if features else 0,
@@ -55,36 +54,48 @@ MIRRORED_CHILD = textwrap.dedent(r"""
       return m
 
     sampler = PairSampler(pairs, 16, 3, seed=0)
-    out = {}
-    strategies = {"single": tf.distribute.get_strategy(),
-                  "mirrored": tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
-    for name, strategy in strategies.items():
-      m = build(strategy)
-      steps = []
-      for step in range(3):
-        hist = m.fit(sampler.dataset(step, 1), epochs=1, steps_per_epoch=1,
-                     verbose=0, shuffle=False)
-        steps.append({
-            "weights": [np.asarray(v.numpy()).tolist()
-                        for v in (m.user_embeddings, m.item_embeddings)],
-            "logs": {k: float(v[-1]) for k, v in hist.history.items()}})
-      out[name] = {"steps": steps,
-                   "replicas": strategy.num_replicas_in_sync}
-    json.dump(out, open(sys.argv[3], "w"))
+    result = {}
+    for variant in sys.argv[2:]:  # "<attention>-<features 0|1>"
+      attention, features = variant.split("-")[0], variant.endswith("-1")
+      out = result[variant] = {}
+      strategies = {"single": tf.distribute.get_strategy(),
+                    "mirrored": tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
+      for name, strategy in strategies.items():
+        m = build(strategy, attention, features)
+        steps = []
+        for step in range(3):
+          hist = m.fit(sampler.dataset(step, 1), epochs=1, steps_per_epoch=1,
+                       verbose=0, shuffle=False)
+          steps.append({
+              "weights": [np.asarray(v.numpy()).tolist()
+                          for v in (m.user_embeddings, m.item_embeddings)],
+              "logs": {k: float(v[-1]) for k, v in hist.history.items()}})
+        out[name] = {"steps": steps,
+                     "replicas": strategy.num_replicas_in_sync}
+    json.dump(result, open(sys.argv[1], "w"))
 """)
 
 
-@pytest.mark.parametrize("attention,features", [("scaled", True), ("none", False)])
-def test_mirrored_step_equals_single_device_step(tmp_path, attention, features):
-  script = tmp_path / "child.py"
+MIRRORED_VARIANTS = [("scaled", True), ("none", False)]
+
+
+@pytest.fixture(scope="module")
+def mirrored_runs(tmp_path_factory):
+  """Every variant's steps, from one child process (TensorFlow starts once)."""
+  work = tmp_path_factory.mktemp("mirrored")
+  script, out_path = work / "child.py", work / "out.json"
   script.write_text(MIRRORED_CHILD)
-  out_path = tmp_path / "out.json"
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-  proc = subprocess.run(
-      [sys.executable, str(script), attention, "1" if features else "0",
-       str(out_path)], env=env, capture_output=True, text=True, timeout=300)
+  variants = [f"{a}-{int(f)}" for a, f in MIRRORED_VARIANTS]
+  proc = subprocess.run([sys.executable, str(script), str(out_path)] + variants,
+                        env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(out_path.read_text())
+  return json.loads(out_path.read_text())
+
+
+@pytest.mark.parametrize("attention,features", MIRRORED_VARIANTS)
+def test_mirrored_step_equals_single_device_step(mirrored_runs, attention, features):
+  out = mirrored_runs[f"{attention}-{int(features)}"]
   assert out["single"]["replicas"] == 1 and out["mirrored"]["replicas"] == 2
   for one, two in zip(out["single"]["steps"], out["mirrored"]["steps"]):
     for a, b in zip(one["weights"], two["weights"]):
