@@ -117,6 +117,6 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
-  proc = run(["--margin=-1", "--debug", f"--workdir={tmp_path / 'w'}"])
+  proc = run_in_process(["--margin=-1", "--debug", f"--workdir={tmp_path / 'w'}"])
   assert proc.returncode == 2
   assert "Traceback" in proc.stderr and "`--margin` must be > 0" in proc.stderr
