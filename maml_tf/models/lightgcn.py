@@ -172,9 +172,10 @@ class ScoringCache:
 
   A counter bumped after every train step (`weights_version`) and the value
   it had when the cache was stored (`cache_version`) tell whether the cache
-  is current; `cached_scoring(read, compute)` reads it when it is and else
-  computes, stores and returns afresh (inside the compiled `score_items`
-  too), so a stale cache is never read after training. The evaluator calls
+  is current; `cached_scoring(variables, compute, use)` applies `use` to the
+  cache when it is and else to tables computed and stored afresh (inside
+  the compiled `score_items` too), so a stale cache is never read after
+  training. The evaluator calls
   `prepare_scoring()` eagerly first, so in an evaluation every chunk of
   users reads the cache. Weights assigned by hand (not through a train step
   or a checkpoint restore) need `prepare_scoring()`.
@@ -203,13 +204,17 @@ class ScoringCache:
     with tf.control_dependencies(ops):
       return tf.nest.map_structure(tf.identity, tables)
 
-  def cached_scoring(self, variables, compute):
-    """The cache when current, else compute() stored and returned."""
-    read = lambda: tf.nest.map_structure(tf.convert_to_tensor, variables)  # noqa: E731
-    fresh = lambda: self.store_scoring(variables, compute())  # noqa: E731
+  def cached_scoring(self, variables, compute, use):
+    """use(tables) on the cache when current, else on compute(), stored.
+
+    `use` runs inside each branch, so the branches return its (small)
+    result: a branch that returned the tables themselves would have XLA
+    copy them out of the conditional on every call (measured at 100k
+    items x 256 floats: 221 against 19 ms a chunk of 17 users)."""
+    read = lambda: use(tf.nest.map_structure(tf.convert_to_tensor, variables))  # noqa: E731
+    fresh = lambda: use(self.store_scoring(variables, compute()))  # noqa: E731
     return tf.cond(tf.equal(tf.convert_to_tensor(self.cache_version),
                             tf.convert_to_tensor(self.weights_version)), read, fresh)
-
 
 
 class TableCache(ScoringCache):
@@ -238,9 +243,9 @@ class TableCache(ScoringCache):
     """Whether `final_tables()` has what it needs (default: the graph)."""
     return self.adjacency is not None
 
-  def scoring_tables(self):
+  def with_scoring_tables(self, use):
     return self.cached_scoring((self.scoring_users, self.scoring_items),
-                               self.final_tables)
+                               self.final_tables, use)
 
   def prepare_scoring(self):
     self.store_scoring((self.scoring_users, self.scoring_items),

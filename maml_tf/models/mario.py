@@ -436,8 +436,9 @@ class MARIO(lightgcn.ScoringCache, base.RankingModel):
     return self.serving_tables()["item_vectors"]
 
   def score_items(self, users, item_chunk=None):
-    tables = self.cached_scoring(self._scoring_variables(), self.serving_tables)
-    return self.serve_items(tables, users, item_chunk)
+    return self.cached_scoring(
+        self._scoring_variables(), self.serving_tables,
+        lambda tables: self.serve_items(tables, users, item_chunk))
 
   def serve_items(self, tables, users, item_chunk=None):
     """[U, n_items]; the attention's pairs only add, tanh and dot, by chunk."""

@@ -125,10 +125,10 @@ class MF(base.RankingModel):
     return (tf.convert_to_tensor(self.user_embeddings),
             tf.convert_to_tensor(self.item_embeddings))
 
-  def scoring_tables(self):
-    """The tables `score_items` reads (a subclass may return a cache that
-    `prepare_scoring` refreshes)."""
-    return self.final_tables()
+  def with_scoring_tables(self, use):
+    """use(the (users, items) tables `score_items` reads): `final_tables()`
+    here; a subclass may read a cache that `prepare_scoring` refreshes."""
+    return use(self.final_tables())
 
   def item_representation(self):
     return self.final_tables()[1]
@@ -150,8 +150,8 @@ class MF(base.RankingModel):
   # ------------------------------------------------------------ scoring
   def score_items(self, users, item_chunk=None):
     """<u, i> of users [U] against every item: [U, n_items] (one matmul)."""
-    users_t, items_t = self.scoring_tables()
-    return dot_scores(tf.gather(users_t, users), items_t)
+    return self.with_scoring_tables(
+        lambda tables: dot_scores(tf.gather(tables[0], users), tables[1]))
 
   def score_pairs(self, users, items, explain=False):
     users_t, items_t = self.final_tables()
