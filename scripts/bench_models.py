@@ -207,20 +207,22 @@ def eval_figures(model, ds, max_eval_s, jit_compile=True):
 
 def eval_floor(model, ev, prop):
   work = bench_settings.pair_work(model)
-  if work["shape"] is None:  # the evaluation's own matmul shape
+  if work["shape"] is None:  # one product of tables, users x items
     inner = model.score_width if work["flops"] == 2 * model.score_width else model.embed_dim
-    mm = floors.matmul_rate(ev.user_chunk, inner, model.n_items)
+    # At fixed shapes, the faster: not at our own chunk's (the floor must
+    # not move with the chunking it judges).
+    mm = max(floors.matmul_rate(rows, inner, model.n_items) for rows in (64, 512))
   else:  # the pairs through the per-pair matmul, at the faster of a
     # cache-sized and a large block (not at our own chunk's shape: the
     # floor must not move with the chunking it judges)
     inner, outer = work["shape"]
     mm = max(floors.matmul_rate(rows, inner, outer) for rows in (1 << 12, 1 << 16))
-  tk = floors.topk_rate(ev.user_chunk, model.n_items, max(KS))
+  scan = max(floors.scan_rate(rows, model.n_items) for rows in (16, 256))
   tanh = floors.tanh_rate() if work["tanh"] else None
-  floor = floors.ranking_floor(ev.n_users, model.n_items, work["flops"], mm, tk,
+  floor = floors.ranking_floor(ev.n_users, model.n_items, work["flops"], mm, scan,
                                work["tanh"], tanh)
   floor.update(pair_flops=work["flops"], pair_tanh=work["tanh"], pair_work=work["what"],
-               matmul_gflop_s=mm / 1e9, topk_mscores_s=tk / 1e6,
+               matmul_gflop_s=mm / 1e9, scan_mscores_s=scan / 1e6,
                tanh_g_s=None if tanh is None else tanh / 1e9)
   layers = bench_settings.graph_layers(model)
   if layers:
@@ -248,9 +250,10 @@ def memory_floor(model, ds, sampler, ev, base_mb):
   if bench_settings.graph_layers(model):  # both directions: int64 index pair + value
     graph_b = 2 * len(ds.train) * (2 * 8 + 4)
   chunk_b = 0
-  if ev is not None:  # the scores, their masked copy, one item chunk's intermediates
+  if ev is not None:  # the scores, their masked copy, one item chunk's
+    # per-pair activations (none for one product of tables)
     chunk_b = ev.user_chunk * model.n_items * 4 * 2
-    chunk_b += ev.user_chunk * ev.item_chunk * model.score_width * 4
+    chunk_b += ev.user_chunk * ev.item_chunk * getattr(model, "pair_width", 0) * 4
   mb = lambda b: b / 2**20  # noqa: E731
   parts = {"base_mb": base_mb, "variables_mb": mb(var_b), "data_mb": mb(data_b),
            "graph_mb": mb(graph_b), "chunk_mb": mb(chunk_b)}

@@ -77,7 +77,7 @@ def train_rows(scenarios) -> List[str]:
 
 def eval_rows(scenarios) -> List[str]:
   lines = ["full-ranking evaluation of every test user (floor = the pairs' work at "
-           "the matmul rate + the top-k rate; prepare = one-time tables)",
+           "the matmul rate + every score read once; prepare = one-time tables)",
            f"{'scenario':<20}{'users':>9}{'items':>9}{'eval s':>10}{'prepare s':>10}"
            f"{'user ms':>9}{'floor s':>9}{'frac':>6}{'1st chunk s':>12}"]
   for name in model_scenarios(scenarios):

@@ -1,7 +1,8 @@
 """How full ranking, two-stage re-ranking and the exported signatures cut
 the users x catalogue work into chunks.
 
-Dot-product models keep the one-product chunks they always had; a model
+Dot-product models score the whole catalogue for as many users as fill a
+cache-sized block of scores, and take its top k by blocks; a model
 with per-pair activations (MAML's attention) gets chunks whose
 [users, items, pair_width] block stays near the cache budget, and ranks
 exactly as with one catalogue-wide chunk.
@@ -16,11 +17,15 @@ from maml_tf.evaluate import full_ranking
 from maml_tf.models.base import PAIR_CACHE_FLOATS
 
 
-def test_dot_product_chunks_are_unchanged():
-  # One item chunk up to 8,192 items, users up to the 2^25-float budget.
-  assert full_ranking.default_chunks(2406, 64) == (217, 2406)
-  assert full_ranking.default_chunks(100_000, 64) == (68, 7693)  # 13 item chunks
-  assert full_ranking.default_chunks(2406, 64, pair_width=0) == (217, 2406)
+def test_dot_product_chunks_fill_the_score_block_whatever_the_width():
+  # Users fill SCORE_BLOCK_FLOATS (6 x 2^20) of [users, n_items] scores, at
+  # most 512; the table width does not count (one product of tables).
+  assert full_ranking.SCORE_BLOCK_FLOATS == 6 << 20
+  assert full_ranking.default_chunks(2406, 64) == (512, 2406)
+  assert full_ranking.default_chunks(23_033, 64)[0] == 273
+  assert full_ranking.default_chunks(100_000, 64) == (62, 7693)  # 13 item chunks
+  assert full_ranking.default_chunks(100_000, 256) == (62, 7693)
+  assert full_ranking.default_chunks(10 << 20, 64)[0] == 1
 
 
 @pytest.mark.parametrize("n_items,width", [(2406, 320), (23_033, 320),
@@ -29,8 +34,9 @@ def test_per_pair_chunks_fit_the_cache_budget_and_cover_the_catalogue(
     n_items, width):
   cache = PAIR_CACHE_FLOATS
   users, items = full_ranking.default_chunks(n_items, width, pair_width=width)
-  plain_users, _ = full_ranking.default_chunks(n_items, width)
-  assert users == plain_users  # the user chunk is the budget's, as before
+  # Users: the 2^25-float budget over items in chunks of at most 8,192.
+  item_chunk = -(-n_items // -(-n_items // 8192))
+  assert users == max(1, min(512, (1 << 25) // (item_chunk * width)))
   n_chunks = -(-n_items // items)
   assert items <= n_items and n_chunks * items - n_items < n_chunks  # balanced
   assert users * items * width <= cache or items <= 8
@@ -106,3 +112,66 @@ def test_serving_cuts_per_pair_scoring_to_the_cache_budget_with_the_same_lists()
   assert tf.nest.flatten(whole)
   for a, b in zip(tf.nest.flatten(whole), tf.nest.flatten(chunked)):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+# ------------------------------------------------------- top k by blocks
+
+
+def _oracle_top_k(scores, k):
+  """Best k per row by (value descending, id ascending), in numpy."""
+  order = np.lexsort((np.arange(scores.shape[1])[None].repeat(len(scores), 0),
+                      -scores), axis=1)[:, :k]
+  return np.take_along_axis(scores, order, 1), order
+
+
+@pytest.mark.parametrize("n_items,block", [(1000, 8), (1003, 8), (5000, 16), (300, 128)])
+def test_top_k_by_blocks_is_top_k_with_ties_and_minus_inf(n_items, block):
+  rng = np.random.default_rng(n_items)
+  k = 7
+  # Few distinct values: many ties, across and inside blocks; -inf rows
+  # parts (excluded items), and a row with fewer than k finite scores.
+  scores = rng.integers(0, 12, (9, n_items)).astype(np.float32)
+  scores[rng.random(scores.shape) < 0.3] = -np.inf
+  scores[4, 3:] = -np.inf
+  scores[5] = rng.standard_normal(n_items).astype(np.float32)
+  values, items = full_ranking.top_k_by_blocks(tf.constant(scores), k, block=block)
+  want_values, want_items = _oracle_top_k(scores, k)
+  np.testing.assert_array_equal(values.numpy(), want_values)
+  finite = np.isfinite(want_values)  # -inf places: any item, the evaluator says -1
+  np.testing.assert_array_equal(items.numpy()[finite], want_items[finite])
+  plain_values, plain_items = tf.math.top_k(tf.constant(scores), k)
+  np.testing.assert_array_equal(items.numpy()[finite], plain_items.numpy()[finite])
+
+
+def test_top_k_by_blocks_takes_the_blocked_path_on_a_large_catalogue(monkeypatch):
+  calls = []
+  real = tf.math.top_k
+  monkeypatch.setattr(tf.math, "top_k", lambda x, k: calls.append(x.shape[-1]) or real(x, k))
+  scores = tf.random.stateless_normal([3, 4096], seed=[1, 2])
+  full_ranking.top_k_by_blocks(scores, 5, block=64)
+  assert calls == [64, 5 * 64]  # the block maxima, then the 5 chosen blocks' items
+  calls.clear()
+  full_ranking.top_k_by_blocks(scores[:, :640], 5, block=64)  # 10 blocks <= 2 x 5
+  assert calls == [640]
+
+
+def test_the_evaluator_ranks_a_large_catalogue_as_plain_top_k(monkeypatch):
+  # 3,000 items (> 2 x 10 blocks of 128): the evaluator's blocked top k
+  # against a numpy ranking of the same scores, known items excluded.
+  from maml_tf.models import mf
+  calls = []
+  real = tf.math.top_k
+  monkeypatch.setattr(tf.math, "top_k", lambda x, k: calls.append(x.shape[-1]) or real(x, k))
+  rng = np.random.default_rng(3)
+  n_users, n_items = 12, 3000
+  m = mf.MF(n_users, n_items, embed_dim=4, seed=0)
+  train = np.stack([rng.integers(0, n_users, 400), rng.integers(0, n_items, 400)], 1)
+  test = np.stack([np.arange(n_users), rng.integers(0, n_items, n_users)], 1)
+  ev = full_ranking.Evaluator(m, train, test, ks=(10,), user_chunk=5)
+  got = ev.top_k()
+  assert calls == [24, 10 * 128]  # traced once, blocked: 24 blocks, 10 chosen
+  scores = m.score_items(tf.constant(np.arange(n_users), tf.int32)).numpy()
+  for u in range(n_users):
+    scores[u, train[train[:, 0] == u, 1]] = -np.inf
+  _, want = _oracle_top_k(scores, 10)
+  np.testing.assert_array_equal(got, want)

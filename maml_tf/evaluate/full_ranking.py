@@ -10,6 +10,12 @@ positions. Metrics are averaged over users and kept as fractions (the paper
 prints them x100).
 
 Ties in score go to the lower item id (`tf.math.top_k`'s rule).
+
+The top k of a large catalogue is taken by blocks (`top_k_by_blocks`): the
+k best items lie in the k blocks of items with the highest maxima, so a
+row's maximum per block of 128 items, a top k of those, and a top k of the
+k chosen blocks' items give `tf.math.top_k`'s answer, ties included, at a
+third to a half of its time (23k and 100k items).
 """
 
 from __future__ import annotations
@@ -24,11 +30,58 @@ from maml_tf.evaluate.metrics import (group_by_user, mean_metrics,
 from maml_tf.models.base import cache_item_chunk
 
 
+TOPK_BLOCK = 128  # items a block in `top_k_by_blocks`
+
+
+def top_k_by_blocks(scores, k, block=TOPK_BLOCK):
+  """`tf.math.top_k(scores, k)` of scores [U, n] (values, indices), by blocks.
+
+  Every item of the top k lies in one of the k blocks whose maxima rank
+  highest (maximum descending, then block index ascending): each block
+  ranked before an item's own block holds an item ranked before it (a
+  greater value, or an equal one at a lower id), and fewer than k items
+  rank before a top-k item. The chosen blocks are kept in item order, so
+  the final top k breaks ties by the lower item id, as `tf.math.top_k`
+  does. A catalogue of at most 2 x k blocks' items takes the plain top k.
+  """
+  n = scores.shape[-1]
+  if n is None or n <= 2 * k * block:
+    return tf.math.top_k(scores, k=k)
+  n_blocks = -(-n // block)
+  rows = tf.shape(scores)[0]
+  padded = tf.pad(scores, [[0, 0], [0, n_blocks * block - n]],
+                  constant_values=-np.inf)
+  blocks = tf.reshape(padded, [rows, n_blocks, block])
+  _, best = tf.math.top_k(tf.reduce_max(blocks, -1), k=k)
+  best = tf.sort(best, -1)  # item order among the candidates
+  candidates = tf.reshape(tf.gather(blocks, best, batch_dims=1), [rows, k * block])
+  values, at = tf.math.top_k(candidates, k=k)
+  items = tf.gather(best, at // block, batch_dims=1) * block + at % block
+  return values, items
+
+
+# Floats of one chunk's [users, n_items] scores for a model whose scores are
+# one product of tables: the block the scores, their masked copy and the top
+# k pass over stays in the CPU's last-level cache (24 MB). Measured with
+# LightGCN at Clothing's size (23k items), 68 / 128 / 256 / 512 users a chunk:
+# 0.122 / 0.091 / 0.100 / 0.265 ms a user; NGCF at 100k items (256-wide
+# tables), 17 / 41 / 64 / 128 users: 1.59 / 1.12 / 0.92 / 1.52 ms a user.
+SCORE_BLOCK_FLOATS = 6 << 20
+
+
 def default_chunks(n_items, width, budget=1 << 25, pair_width=0):
-  """(users per chunk, items per chunk): chunk x width <= ~budget, and for a
-  model with per-pair activations, items cut by `cache_item_chunk`."""
+  """(users per chunk, items per chunk), at most 512 users a chunk.
+
+  A model whose scores are one product of tables (`pair_width` 0) scores the
+  whole catalogue at once: its users fill `SCORE_BLOCK_FLOATS` of scores.
+  A model with per-pair activations (`pair_width` floats a pair) keeps
+  users x item chunk x `width` <= ~budget, with items in chunks of at most
+  8,192 cut further by `cache_item_chunk` to keep its activations in cache.
+  """
   n_item_chunks = -(-n_items // 8192)
   item_chunk = -(-n_items // n_item_chunks)
+  if not pair_width:
+    return int(max(1, min(512, SCORE_BLOCK_FLOATS // n_items))), item_chunk
   user_chunk = int(max(1, min(512, budget // (item_chunk * width))))
   return user_chunk, cache_item_chunk(n_items, item_chunk, user_chunk, pair_width)
 
@@ -65,7 +118,7 @@ class Evaluator:
       scores = self._score(users)
       scores = tf.tensor_scatter_nd_update(
           scores, excl, tf.fill([tf.shape(excl)[0]], -np.inf))
-      return tf.math.top_k(scores, k=k)
+      return top_k_by_blocks(scores, k)
 
     self._rank = rank
     # The latest call's {"users": [U] ids, metric@k: [U] values}, or None.
