@@ -206,15 +206,13 @@ def eval_figures(model, ds, max_eval_s, jit_compile=True):
 
 
 def eval_floor(model, ev, prop):
+  # Every rate at fixed shapes, the faster of two, never at our own chunk's:
+  # the floor must not move with the chunking it judges.
   work = bench_settings.pair_work(model)
   if work["shape"] is None:  # one product of tables, users x items
     inner = model.score_width if work["flops"] == 2 * model.score_width else model.embed_dim
-    # At fixed shapes, the faster: not at our own chunk's (the floor must
-    # not move with the chunking it judges).
     mm = max(floors.matmul_rate(rows, inner, model.n_items) for rows in (64, 512))
-  else:  # the pairs through the per-pair matmul, at the faster of a
-    # cache-sized and a large block (not at our own chunk's shape: the
-    # floor must not move with the chunking it judges)
+  else:  # the pairs through the per-pair matmul, a cache-sized or a large block
     inner, outer = work["shape"]
     mm = max(floors.matmul_rate(rows, inner, outer) for rows in (1 << 12, 1 << 16))
   scan = max(floors.scan_rate(rows, model.n_items) for rows in (16, 256))
