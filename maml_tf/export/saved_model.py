@@ -11,8 +11,8 @@ The six signatures and the graphs behind them are described in
 `maml_tf.export.signatures`; the latency and quality measures of an export
 are in `maml_tf.export.measures`.
 
-The SavedModel is written with `keras.export.ExportArchive` and carries all
-it needs as variables: the model's weights, its `serving_tables()` (every
+The SavedModel is written with `tf.saved_model.save` (each signature traced
+once; see `_write_archive`) and carries all it needs as variables: the model's weights, its `serving_tables()` (every
 tensor constant at serving time, computed once here: e.g. an attention's
 item half, a graph model's propagated tables, so no graph is needed at
 serving time), the known items as a CSR (`known_indptr`, `known_items`) and
@@ -43,6 +43,8 @@ from maml_tf.export.signatures import (  # pylint: disable=g-bad-import-order
 import keras
 import numpy as np
 import tensorflow as tf
+# Internal, and the one way to trace a signature the way the save will.
+from tensorflow.python.saved_model import save_context  # pylint: disable=g-direct-tensorflow-import
 
 from maml_tf.data import vocab as vocab_lib
 from maml_tf.errors import UsageError
@@ -128,17 +130,45 @@ def _check_arguments(name, version, topk, retrieve_candidates) -> str:
 
 
 def _write_archive(graphs, tmp):
-  """Writes the SavedModel of `graphs`' six signatures into `tmp`."""
-  archive = graphs.add_to(keras.export.ExportArchive())
+  """Writes the SavedModel of `graphs`' six signatures into `tmp`.
+
+  Each signature is traced once. `tf.saved_model.save` traces its
+  signatures inside a save context, whose options are part of a trace's
+  cache key; tracing them beforehand in a save context with the same
+  options makes the save reuse these traces (a trace outside one would be
+  keyed apart and done again: `keras.export.ExportArchive` traces every
+  endpoint twice that way). The traces also name the variables the
+  signatures read, which the root tracks so that they are saved, and only
+  they (a graph model's raw embeddings, replaced by its propagated serving
+  tables, stay out).
+  """
+  functions = graphs.endpoints()
+  options = tf.saved_model.SaveOptions()
+  with save_context.save_context(options):
+    traced = [fn.get_concrete_function() for fn in functions.values()]
+  root = tf.Module()
+  root.serving_variables = _variables_read(traced)
+  root.lookup_tables = graphs.resources()
   # TensorFlow logs a few INFO lines per signature while saving (renamed
   # inputs, sharding, fingerprint): noise for a user.
   tf_log = logging.getLogger("tensorflow")
   level = tf_log.level
   tf_log.setLevel(max(level, logging.WARNING))
   try:
-    archive.write_out(tmp, verbose=False)
+    tf.saved_model.save(root, tmp, signatures=functions, options=options)
   finally:
     tf_log.setLevel(level)
+
+
+def _variables_read(concrete_functions) -> list:
+  """The variables the functions capture, each once, in first-use order."""
+  seen, out = set(), []
+  for fn in concrete_functions:
+    for v in fn.variables:
+      if id(v) not in seen:
+        seen.add(id(v))
+        out.append(v)
+  return out
 
 
 def _info_record(name, model, graphs, topk, retrieve_candidates) -> dict:

@@ -314,20 +314,21 @@ class ServingGraphs:
     """retrieve_by_id: retrieve, by and to raw ids."""
     return self._with_item_keys(self.retrieve(self._users_by_key(user_keys)))
 
-  def add_to(self, archive):
-    """Registers the six endpoints on a keras.export.ExportArchive."""
+  def endpoints(self) -> dict:
+    """{signature name: tf.function with its input signature}, the six
+    signatures in their order (`serving_default` first)."""
     ids = lambda name: tf.TensorSpec([None], ID_DTYPE, name=name)
     keys = lambda name: tf.TensorSpec([None], KEY_DTYPE, name=name)
-    archive.add_endpoint("serving_default", self.recommend, [ids("user_ids")])
-    archive.add_endpoint("score", self.score, [ids("user_ids"), ids("item_ids")])
-    archive.add_endpoint("retrieve", self.retrieve, [ids("user_ids")])
-    # Lookup tables are not variables: the archive saves them when tracked.
-    archive.track(self.user_table)
-    archive.track(self.item_table)
-    archive.add_endpoint("recommend_by_id", self.recommend_by_id,
-                         [keys("user_keys")])
-    archive.add_endpoint("score_by_id", self.score_by_id,
-                         [keys("user_keys"), keys("item_keys")])
-    archive.add_endpoint("retrieve_by_id", self.retrieve_by_id,
-                         [keys("user_keys")])
-    return archive
+    specs = {"serving_default": (self.recommend, [ids("user_ids")]),
+             "score": (self.score, [ids("user_ids"), ids("item_ids")]),
+             "retrieve": (self.retrieve, [ids("user_ids")]),
+             "recommend_by_id": (self.recommend_by_id, [keys("user_keys")]),
+             "score_by_id": (self.score_by_id, [keys("user_keys"), keys("item_keys")]),
+             "retrieve_by_id": (self.retrieve_by_id, [keys("user_keys")])}
+    return {name: tf.function(fn, input_signature=spec, autograph=False)
+            for name, (fn, spec) in specs.items()}
+
+  def resources(self) -> list:
+    """What the SavedModel must hold besides the variables its functions
+    read: the raw-id lookup tables (resources, not variables)."""
+    return [self.user_table, self.item_table]
