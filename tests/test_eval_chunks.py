@@ -157,7 +157,7 @@ def test_top_k_by_blocks_takes_the_blocked_path_on_a_large_catalogue(monkeypatch
 
 
 def test_the_evaluator_ranks_a_large_catalogue_as_plain_top_k(monkeypatch):
-  # 3,000 items (> 2 x 10 blocks of 128): the evaluator's blocked top k
+  # 3,000 items (> 2 x 10 blocks of 16): the evaluator's blocked top k
   # against the plain top k of the same scores (metrics.top_k_excluding).
   from maml_tf.models import mf
   calls = []
@@ -170,7 +170,68 @@ def test_the_evaluator_ranks_a_large_catalogue_as_plain_top_k(monkeypatch):
   test = np.stack([np.arange(n_users), rng.integers(0, n_items, n_users)], 1)
   ev = full_ranking.Evaluator(m, train, test, ks=(10,), user_chunk=5)
   got = ev.top_k()
-  assert calls == [24, 10 * 128]  # traced once, blocked: 24 blocks, 10 chosen
+  assert calls == [188, 10 * 16]  # traced once, blocked: 188 blocks, 10 chosen
   scores = m.score_items(tf.constant(np.arange(n_users), tf.int32)).numpy()
   known = [train[train[:, 0] == u, 1] for u in range(n_users)]
   np.testing.assert_array_equal(got, metrics_lib.top_k_excluding(scores, known, 10))
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_padded_exclusions_leave_unknown_items_alone(jit_compile):
+  # Chunks of 2 users: users 0 and 1 know nothing (their chunk's exclusion
+  # list is all padding, entries (0, 0)), users 2 and 3 know item 0, users
+  # 4 and 5 know items 0-3. Item 0 scores highest for everyone, so padding
+  # that excluded (0, 0) would change user 0's top item.
+  from maml_tf.models import mf
+  n_users, n_items = 6, 700  # > 2 x 20 blocks of 16: the blocked top k
+  m = mf.MF(n_users, n_items, embed_dim=2, seed=0)
+  m.user_embeddings.assign(np.ones((n_users, 2), np.float32))
+  items = np.linspace(1.0, -1.0, n_items, dtype=np.float32)
+  m.item_embeddings.assign(np.stack([items, items], 1))
+  train = np.array([(2, 0), (3, 0)] + [(u, i) for u in (4, 5) for i in range(4)])
+  test = np.stack([np.arange(n_users), np.full(n_users, 9)], 1)
+  ev = full_ranking.Evaluator(m, train, test, ks=(20,), user_chunk=2,
+                              jit_compile=jit_compile)
+  got = ev.top_k()
+  assert got[:2, 0].tolist() == [0, 0] and got[2:4, 0].tolist() == [1, 1]
+  assert got[4:, 0].tolist() == [4, 4]
+  known = [train[train[:, 0] == u, 1] for u in range(n_users)]
+  scores = m.score_items(tf.constant(np.arange(n_users), tf.int32)).numpy()
+  np.testing.assert_array_equal(got, metrics_lib.top_k_excluding(scores, known, 20))
+
+
+def test_chunks_follow_a_change_of_users_or_chunk_size():
+  # The chunks' users and exclusions are built once, and again when the
+  # evaluator's users or chunk size change (the benchmark times subsets).
+  from maml_tf.models import mf
+  rng = np.random.default_rng(5)
+  n_users, n_items = 11, 50
+  m = mf.MF(n_users, n_items, embed_dim=3, seed=0)
+  train = np.stack([rng.integers(0, n_users, 120), rng.integers(0, n_items, 120)], 1)
+  test = np.stack([np.arange(n_users), rng.integers(0, n_items, n_users)], 1)
+  ev = full_ranking.Evaluator(m, train, test, ks=(5,), user_chunk=4)
+  whole = ev.top_k()
+  assert whole.shape == (n_users, 5)
+  ev.users, ev.targets = ev.users[3:7], ev.targets[3:7]
+  np.testing.assert_array_equal(ev.top_k(), whole[3:7])
+  ev.user_chunk = 3
+  np.testing.assert_array_equal(ev.top_k(), whole[3:7])
+
+
+def test_a_model_scoring_by_item_chunks_ranks_by_blocks():
+  # MAML scores the catalogue in item chunks (its score width is not static
+  # in the graph); the evaluator's blocked top k over 400 items (> 2 x 5
+  # blocks of 16) is the plain top k of its scores.
+  from maml_tf.models.maml import MAML
+  rng = np.random.default_rng(11)
+  n_users, n_items = 7, 400
+  m = MAML(n_users, n_items, feature_dim=6, embed_dim=4, hidden_dim=8,
+           attention="scaled", mode="faithful", seed=0)
+  m.set_item_features(rng.normal(size=(n_items, 6)))
+  train = np.stack([rng.integers(0, n_users, 90), rng.integers(0, n_items, 90)], 1)
+  test = np.stack([np.arange(n_users), rng.integers(0, n_items, n_users)], 1)
+  ev = full_ranking.Evaluator(m, train, test, ks=(5,), user_chunk=3, item_chunk=64)
+  got = ev.top_k()
+  scores = m.score_items(tf.constant(np.arange(n_users), tf.int32)).numpy()
+  known = [train[train[:, 0] == u, 1] for u in range(n_users)]
+  np.testing.assert_array_equal(got, metrics_lib.top_k_excluding(scores, known, 5))

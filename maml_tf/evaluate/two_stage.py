@@ -207,7 +207,7 @@ class TwoStageEvaluator(full_ranking.Evaluator):
       values, best = tf.math.top_k(scores, k=k)
       return values, tf.gather(candidates, best, batch_dims=1)
 
-    self._rank = rank
+    self._rank_first = rank
     # Full ranking of a fixed sample of users, compared on every call.
     self.agreement: Optional[Dict] = None
     self._check = None
@@ -216,6 +216,9 @@ class TwoStageEvaluator(full_ranking.Evaluator):
       full = full_ranking.Evaluator(model, exclude_pairs, sample, ks,
                                     jit_compile=jit_compile)
       self._check = (np.searchsorted(self.users, full.users), full)
+
+  def _rank_chunk(self, users, excl):
+    return self._rank_first(users, tf.constant(excl))
 
   def _read(self):
     return {name: tf.convert_to_tensor(v) for name, v in self._tables.items()}
