@@ -235,3 +235,41 @@ def test_a_model_scoring_by_item_chunks_ranks_by_blocks():
   scores = m.score_items(tf.constant(np.arange(n_users), tf.int32)).numpy()
   known = [train[train[:, 0] == u, 1] for u in range(n_users)]
   np.testing.assert_array_equal(got, metrics_lib.top_k_excluding(scores, known, 5))
+
+
+@pytest.mark.parametrize("kind", ["mf", "maml"])
+def test_served_recommendations_on_a_large_catalogue_are_the_plain_top_k(kind):
+  # 400 items > 2 x 5 blocks of 16: `recommend` takes its top k by blocks;
+  # MAML's scores come by item chunks, of a width unknown in the graph.
+  from maml_tf.data.dataset import Dataset
+  from maml_tf.export import signatures
+  from maml_tf.models import mf
+  from maml_tf.models.maml import MAML
+  rng = np.random.default_rng(13)
+  n_users, n_items = 6, 400
+  if kind == "mf":
+    m = mf.MF(n_users, n_items, embed_dim=3, seed=0)
+    m.item_embeddings.assign(rng.normal(size=(n_items, 3)).astype(np.float32))
+  else:
+    m = MAML(n_users, n_items, feature_dim=6, embed_dim=4, hidden_dim=8,
+             attention="scaled", mode="faithful", seed=0)
+    m.set_item_features(rng.normal(size=(n_items, 6)))
+    # Spread embeddings: untrained ones give near-equal scores whose order
+    # the serving tables' float order may flip.
+    m.user_embeddings.assign(rng.normal(size=(n_users, 4)).astype(np.float32))
+    m.item_embeddings.assign(rng.normal(size=(n_items, 4)).astype(np.float32))
+  train = np.unique(np.stack([rng.integers(0, n_users, 80),
+                              rng.integers(0, n_items, 80)], 1), axis=0)
+  test = np.stack([np.arange(n_users), np.full(n_users, 399)], 1)
+  ds = Dataset(name="tiny", n_users=n_users, n_items=n_items, train=train, test=test)
+  graphs = signatures.ServingGraphs(m, ds, topk=5, retrieve_candidates=20,
+                                    item_chunk=64)
+  assert full_ranking.blocked(n_items, 5)
+  out = graphs.recommend(tf.constant(np.arange(n_users), tf.int64))
+  m.prepare_scoring()
+  scores = m.score_items(tf.constant(np.arange(n_users), tf.int32)).numpy()
+  known = [train[train[:, 0] == u, 1] for u in range(n_users)]
+  want = metrics_lib.top_k_excluding(scores, known, 5)
+  np.testing.assert_array_equal(out["item_ids"].numpy(), want)
+  np.testing.assert_allclose(out["scores"].numpy(),
+                             np.take_along_axis(scores, want, 1), rtol=1e-5, atol=1e-6)
