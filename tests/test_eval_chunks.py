@@ -156,18 +156,26 @@ def test_top_k_by_blocks_takes_the_blocked_path_on_a_large_catalogue(monkeypatch
   assert calls == [640]
 
 
+def _random_mf(n_users, n_items, dim, n_train, seed):
+  """(an MF at its initial weights, n_train random train pairs, one random
+  test item per user)."""
+  from maml_tf.models import mf
+  rng = np.random.default_rng(seed)
+  m = mf.MF(n_users, n_items, embed_dim=dim, seed=0)
+  train = np.stack([rng.integers(0, n_users, n_train),
+                    rng.integers(0, n_items, n_train)], 1)
+  test = np.stack([np.arange(n_users), rng.integers(0, n_items, n_users)], 1)
+  return m, train, test
+
+
 def test_the_evaluator_ranks_a_large_catalogue_as_plain_top_k(monkeypatch):
   # 3,000 items (> 2 x 10 blocks of 16): the evaluator's blocked top k
   # against the plain top k of the same scores (metrics.top_k_excluding).
-  from maml_tf.models import mf
   calls = []
   real = tf.math.top_k
   monkeypatch.setattr(tf.math, "top_k", lambda x, k: calls.append(x.shape[-1]) or real(x, k))
-  rng = np.random.default_rng(3)
   n_users, n_items = 12, 3000
-  m = mf.MF(n_users, n_items, embed_dim=4, seed=0)
-  train = np.stack([rng.integers(0, n_users, 400), rng.integers(0, n_items, 400)], 1)
-  test = np.stack([np.arange(n_users), rng.integers(0, n_items, n_users)], 1)
+  m, train, test = _random_mf(n_users, n_items, dim=4, n_train=400, seed=3)
   ev = full_ranking.Evaluator(m, train, test, ks=(10,), user_chunk=5)
   got = ev.top_k()
   assert calls == [188, 10 * 16]  # traced once, blocked: 188 blocks, 10 chosen
@@ -203,12 +211,8 @@ def test_padded_exclusions_leave_unknown_items_alone(jit_compile):
 def test_chunks_follow_a_change_of_users_or_chunk_size():
   # The chunks' users and exclusions are built once, and again when the
   # evaluator's users or chunk size change (the benchmark times subsets).
-  from maml_tf.models import mf
-  rng = np.random.default_rng(5)
-  n_users, n_items = 11, 50
-  m = mf.MF(n_users, n_items, embed_dim=3, seed=0)
-  train = np.stack([rng.integers(0, n_users, 120), rng.integers(0, n_items, 120)], 1)
-  test = np.stack([np.arange(n_users), rng.integers(0, n_items, n_users)], 1)
+  n_users = 11
+  m, train, test = _random_mf(n_users, 50, dim=3, n_train=120, seed=5)
   ev = full_ranking.Evaluator(m, train, test, ks=(5,), user_chunk=4)
   whole = ev.top_k()
   assert whole.shape == (n_users, 5)
