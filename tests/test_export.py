@@ -530,6 +530,23 @@ def _tree_digest(path):
   return digest.hexdigest()
 
 
+def test_an_export_traces_each_signature_once(setups, tmp_path, monkeypatch):
+  # recommend runs in Python once per trace of serving_default and of
+  # recommend_by_id (which calls it); a trace outside the save's context
+  # would be repeated inside it (4 runs, as keras' ExportArchive did).
+  from maml_tf.export import signatures
+  runs = []
+  real = signatures.ServingGraphs.recommend
+  monkeypatch.setattr(signatures.ServingGraphs, "recommend",
+                      lambda self, ids: runs.append(1) or real(self, ids))
+  s = setups["cml"]
+  path = export_lib.export_saved_model(s["model"], s["ds"], str(tmp_path), "once",
+                                       topk=TOPK, retrieve_candidates=TOPK)
+  assert len(runs) == 2
+  loaded = tf.saved_model.load(path)
+  assert set(loaded.signatures) == set(signatures.SIGNATURES)
+
+
 def test_versions_are_numeric_atomic_and_never_overwritten(setups, tmp_path):
   s = setups["cml"]
   export = lambda **kw: export_lib.export_saved_model(

@@ -12,12 +12,12 @@ The six signatures and the graphs behind them are described in
 are in `maml_tf.export.measures`.
 
 The SavedModel is written with `tf.saved_model.save` (each signature traced
-once; see `_write_archive`) and carries all it needs as variables: the model's weights, its `serving_tables()` (every
-tensor constant at serving time, computed once here: e.g. an attention's
-item half, a graph model's propagated tables, so no graph is needed at
-serving time), the known items as a CSR (`known_indptr`, `known_items`) and
-the TFRS index. It loads with plain `tf.saved_model.load` (or TF Serving),
-without maml_tf, Keras or TFRS.
+once; see `_write_archive`) and carries all it needs as variables: the
+model's weights, its `serving_tables()` (every tensor constant at serving
+time, computed once here: e.g. an attention's item half, a graph model's
+propagated tables, so no graph is needed at serving time), the known items
+as a CSR (`known_indptr`, `known_items`) and the TFRS index. It loads with
+plain `tf.saved_model.load` (or TF Serving), without maml_tf, Keras or TFRS.
 
 Beside the SavedModel, `assets.extra/export_info.json` records what was
 exported (sizes, k, N, dtypes, the signatures, under `raw_ids` which keys
