@@ -248,9 +248,9 @@ def memory_floor(model, ds, sampler, ev, base_mb):
   if bench_settings.graph_layers(model):  # both directions: int64 index pair + value
     graph_b = 2 * len(ds.train) * (2 * 8 + 4)
   chunk_b = 0
-  if ev is not None:  # the scores, their masked copy, one item chunk's
+  if ev is not None:  # the scores (masked in place), one item chunk's
     # per-pair activations (none for one product of tables)
-    chunk_b = ev.user_chunk * model.n_items * 4 * 2
+    chunk_b = ev.user_chunk * model.n_items * 4
     chunk_b += ev.user_chunk * ev.item_chunk * getattr(model, "pair_width", 0) * 4
   mb = lambda b: b / 2**20  # noqa: E731
   parts = {"base_mb": base_mb, "variables_mb": mb(var_b), "data_mb": mb(data_b),

@@ -91,11 +91,12 @@ def top_k_by_blocks(scores, k, block=TOPK_BLOCK):
 
 
 # Floats of one chunk's [users, n_items] scores for a model whose scores are
-# one product of tables: the block the scores, their masked copy and the top
-# k pass over stays in the CPU's last-level cache (24 MB). Measured with
-# LightGCN at Clothing's size (23k items), 68 / 128 / 256 / 512 users a chunk:
-# 0.122 / 0.091 / 0.100 / 0.265 ms a user; NGCF at 100k items (256-wide
-# tables), 17 / 41 / 64 / 128 users: 1.59 / 1.12 / 0.92 / 1.52 ms a user.
+# one product of tables: the block the scores are masked and scanned in
+# stays in the CPU's last-level cache (24 MB). Measured (before the masking
+# moved into the compiled scoring) with LightGCN at Clothing's size (23k
+# items), 68 / 128 / 256 / 512 users a chunk: 0.122 / 0.091 / 0.100 / 0.265
+# ms a user; NGCF at 100k items (256-wide tables), 17 / 41 / 64 / 128 users:
+# 1.59 / 1.12 / 0.92 / 1.52 ms a user.
 SCORE_BLOCK_FLOATS = 6 << 20
 
 

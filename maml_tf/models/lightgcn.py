@@ -176,8 +176,9 @@ class ScoringCache:
   cache when it is and else to tables computed and stored afresh (inside
   the compiled `score_items` too), so a stale cache is never read after
   training. The evaluator calls `prepare_scoring()` eagerly first, so in an
-  evaluation every chunk of users reads the cache. Weights assigned by hand (not through a train step
-  or a checkpoint restore) need `prepare_scoring()`.
+  evaluation every chunk of users reads the cache. Weights assigned by hand
+  (not through a train step or a checkpoint restore) need
+  `prepare_scoring()`.
   """
 
   def init_scoring_cache(self):
