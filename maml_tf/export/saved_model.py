@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 import os
 import re
 import shutil
@@ -49,6 +48,7 @@ from tensorflow.python.saved_model import save_context  # pylint: disable=g-dire
 from maml_tf.data import vocab as vocab_lib
 from maml_tf.errors import UsageError
 from maml_tf.export.measures import INFO_FILE, latency, load_info, ranking_quality
+from maml_tf.train.checkpoint import quiet_tf_logs
 
 # Public here: the export itself, and (for callers that import this module
 # alone) the graphs and measures it builds on.
@@ -144,20 +144,15 @@ def _write_archive(graphs, tmp):
   """
   functions = graphs.endpoints()
   options = tf.saved_model.SaveOptions()
-  with save_context.save_context(options):
-    traced = [fn.get_concrete_function() for fn in functions.values()]
-  root = tf.Module()
-  root.serving_variables = _variables_read(traced)
-  root.lookup_tables = graphs.resources()
-  # TensorFlow logs a few INFO lines per signature while saving (renamed
-  # inputs, sharding, fingerprint): noise for a user.
-  tf_log = logging.getLogger("tensorflow")
-  level = tf_log.level
-  tf_log.setLevel(max(level, logging.WARNING))
-  try:
+  # TensorFlow logs a few INFO lines per signature while tracing and saving
+  # (renamed inputs, sharding, fingerprint), through absl: noise for a user.
+  with quiet_tf_logs():
+    with save_context.save_context(options):
+      traced = [fn.get_concrete_function() for fn in functions.values()]
+    root = tf.Module()
+    root.serving_variables = _variables_read(traced)
+    root.lookup_tables = graphs.resources()
     tf.saved_model.save(root, tmp, signatures=functions, options=options)
-  finally:
-    tf_log.setLevel(level)
 
 
 def _variables_read(concrete_functions) -> list:
