@@ -159,6 +159,74 @@ def test_a_failed_run_stops_with_its_row_seed_and_workdir_and_records_nothing(
   assert os.listdir(copy.parent) == ["table.json"]
 
 
+def _trials(tune_dir):
+  with open(os.path.join(tune_dir, "trials.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_a_search_runs_one_trial_a_call_and_resumes_on_a_fresh_machine(
+    tiny, tmp_path):
+  """A search of 3 trials is 3 calls; after each but the last its small state
+  is recorded, and a fresh runs folder (a new machine) resumes from it
+  without running an ended trial again; the trials are those of one
+  uninterrupted `maml-tf tune`."""
+  root, _, _, _, _ = tiny
+  records = tmp_path / "records"
+  records.mkdir()
+  plan_path = records / "table.json"
+  plan_path.write_text(json.dumps({"runs": {
+      "tune": ["--max_trials=3", "--search_space=margin"],
+      "train": ["--noexport"], "seeds": [0],
+      "rows": {"r": {"flagfile": str(root / "base.flags"), "tune": []}}}}))
+  plan = table.read_plan(str(plan_path))
+  progress = records / f"tune_r{table.PROGRESS}"
+
+  class StopAfterTwo(Counting):
+    def __call__(self, argv):
+      if argv[0] == "tune" and argv[-2] == "--max_trials=3":
+        return 7  # the session ends before the third trial
+      return super().__call__(argv)
+
+  first = StopAfterTwo()
+  with pytest.raises(table.Failed, match="the search exited with status 7"):
+    table.run_table(plan, [plan.rows["r"]], str(tmp_path / "runs1"),
+                    runner=first, say=lambda line: None)
+  assert [a[-2] for a in first.calls] == ["--max_trials=1", "--max_trials=2"]
+  assert table.trials_ended(str(progress)) == 2
+  kept = sorted(os.path.relpath(os.path.join(d, f), progress)
+                for d, _, files in os.walk(progress) for f in files)
+  assert [k for k in kept if k.startswith("trials/")] == [
+      "trials/0/flags.txt", "trials/0/metrics.json",
+      "trials/1/flags.txt", "trials/1/metrics.json"]
+  assert not any("ckpt" in k or "checkpoint" in k for k in kept), kept
+  ended = _trials(progress)
+
+  second, lines = Counting(), []
+  table.run_table(plan, [plan.rows["r"]], str(tmp_path / "runs2"),
+                  runner=second, say=lines.append)
+  assert [a[0] for a in second.calls] == ["tune", "train"]
+  assert second.calls[0][-2] == "--max_trials=3"
+  assert any("search resumed from" in line and "(2 of 3 trials ended)" in line
+             for line in lines)
+  # The ended trials were not trained again (their folders hold only the
+  # recorded files), and their records are unchanged.
+  assert sorted(os.listdir(tmp_path / "runs2" / "tune_r" / "trials" / "0")) == [
+      "flags.txt", "metrics.json"]
+  resumed = _trials(tmp_path / "runs2" / "tune_r")
+  assert [(t["values"], t["objective"], t["valid"]) for t in resumed[:2]] == [
+      (t["values"], t["objective"], t["valid"]) for t in ended]
+  assert not progress.exists() and (records / "tune_r" / "best.flags").is_file()
+  assert "3 trials completed of 3 run" in (records / "tune_r" / "best.flags").read_text()
+
+  # One uninterrupted search draws the same three trials.
+  whole = tmp_path / "whole"
+  assert in_process(["tune", f"--flagfile={root / 'base.flags'}",
+                     "--max_trials=3", "--search_space=margin",
+                     f"--tune_dir={whole}"]) == 0
+  assert [(t["values"], t["objective"]) for t in _trials(whole)] == [
+      (t["values"], t["objective"]) for t in resumed]
+
+
 def test_a_record_is_whole_or_absent(tmp_path):
   source = tmp_path / "run"
   source.mkdir()
@@ -189,7 +257,8 @@ def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path):
       f"a_s0: maml-tf train --flagfile={flagfile} --seed=0 "
       f"--workdir={tmp_path / 'runs' / 'a_s0'}",
       f"b: search: maml-tf tune --max_trials=2 --model=mf "
-      f"--tune_dir={tmp_path / 'runs' / 'tune_b'}",
+      f"--tune_dir={tmp_path / 'runs' / 'tune_b'} (one trial a call, "
+      f"--max_trials=1 to 2)",
       f"b_s0: maml-tf train --flagfile={tmp_path / 'runs' / 'tune_b' / 'best.flags'}"
       f" (once searched) --seed=0 --workdir={tmp_path / 'runs' / 'b_s0'}"]
   assert sorted(os.listdir(tmp_path)) == ["a.flags", "x"]
@@ -254,8 +323,12 @@ def test_the_committed_plans_are_valid_and_name_existing_flagfiles(path):
       assert os.path.isfile(os.path.join(ROOT, row.flagfile)), row.flagfile
   # Every record of the table belongs to a row and one of its seeds.
   runs = {f"{name}_s{s}" for name in plan.rows for s in plan.seeds}
-  searches = {f"tune_{name}" for name, row in plan.rows.items()
-              if row.tune is not None}
-  for entry in os.listdir(os.path.dirname(path)):
-    if os.path.isdir(os.path.join(os.path.dirname(path), entry)):
+  searches = {f"tune_{name}{suffix}" for name, row in plan.rows.items()
+              if row.tune is not None for suffix in ("", table.PROGRESS)}
+  folder = os.path.dirname(path)
+  for entry in os.listdir(folder):
+    if os.path.isdir(os.path.join(folder, entry)):
       assert entry in runs | searches, entry
+    if entry.endswith(table.PROGRESS):  # an unfinished search: no record yet
+      assert not os.path.isdir(os.path.join(folder, entry[:-len(table.PROGRESS)]))
+      assert table.trials_ended(os.path.join(folder, entry)) >= 1

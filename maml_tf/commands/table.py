@@ -15,12 +15,20 @@ tests/test_results.py):
 
 For each row (all of them, or --rows), in the plan's order:
   1. a row with "tune" and no search record: `maml-tf tune
-     [--flagfile=<row's flagfile>] <tune> <row's tune>
-     --tune_dir=<runs_dir>/tune_<row>` (later flags win); when the search completes, its
-     best.flags, trials.jsonl and search.json are copied to the search
-     record <records>/tune_<row>/ (best.flags's "# Run:" comment then names
-     the copy), and its best.flags is the row's flagfile from then on (a
-     later session refits from it without searching again);
+     [--flagfile=<row's flagfile>] <tune> <row's tune> --max_trials=K
+     --tune_dir=<runs_dir>/tune_<row>` (later flags win), for K = 1, 2, ...
+     up to the search's --max_trials: one trial a call. After each call but
+     the last, the search's small state (search.json, trials.jsonl, the
+     oracle's keras_tuner/ and each trial's flags.txt and metrics.json, no
+     checkpoints) is copied to the progress record
+     <records>/tune_<row>.progress/, and a session that finds it but not the
+     search's folder (a fresh machine) starts from it: the finished trials
+     are kept, the trial that was running is run again from its start.
+     When the search completes, its best.flags, trials.jsonl and
+     search.json are copied to the search record <records>/tune_<row>/
+     (best.flags's "# Run:" comment then names the copy), the progress
+     record is removed, and its best.flags is the row's flagfile from then
+     on (a later session refits from it without searching again);
   2. each seed without a record: `maml-tf train --flagfile=<the row's
      flagfile> <train> <row's train> --seed=S --workdir=<runs_dir>/<row>_sS`;
      when the run has finished, its record (flags.txt, metrics.json,
@@ -63,6 +71,10 @@ flags.DEFINE_boolean("dry_run", False, "print what would run (and what is "
 FLAGS = flags.FLAGS
 
 SEARCH_FILES = ("best.flags", "trials.jsonl", "search.json")
+PROGRESS = ".progress"  # <records>/tune_<row>.progress: an unfinished search
+PROGRESS_FILES = ("search.json", "trials.jsonl")
+PROGRESS_DIRS = ("keras_tuner",)  # copied whole (the oracle's JSON files)
+TRIAL_FILES = ("flags.txt", "metrics.json")  # of each trials/<id>/
 RUN_FILES = ("flags.txt", "metrics.json")
 OPTIONAL_RUN_FILES = ("per_user.npz",)
 NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
@@ -220,6 +232,86 @@ class Failed(Exception):
   """A search or run exited with an error: the command stops."""
 
 
+def planned_trials(plan: Plan, row: Row) -> int:
+  """The search's --max_trials: the last of the table's and the row's search
+  flags, else `maml-tf tune`'s default."""
+  from maml_tf.tuning.loop import TuneSettings  # pylint: disable=g-import-not-at-top
+  value = None
+  for flag in [*plan.tune, *(row.tune or [])]:
+    if flag.startswith("--max_trials="):
+      value = flag.split("=", 1)[1]
+  if value is None:
+    return TuneSettings().max_trials
+  if not value.isdigit() or int(value) < 1:
+    raise UsageError(f"`--plan` {plan.path}: row {row.name!r}: --max_trials "
+                     f"must be an integer >= 1. Received: {value!r}")
+  return int(value)
+
+
+def trials_ended(tune_dir: str) -> int:
+  """How many trials of the search in `tune_dir` ended (completed or
+  failed), by its trials.jsonl; 0 without one."""
+  try:
+    with open(os.path.join(tune_dir, "trials.jsonl"), encoding="utf-8") as f:
+      records = [json.loads(line) for line in f if line.strip()]
+  except (OSError, ValueError):
+    return 0
+  return sum(r.get("status") in ("COMPLETED", "FAILED") for r in records)
+
+
+def save_progress(tune_dir: str, progress: str) -> None:
+  """Replaces the progress record `progress` with the search's small state
+  in `tune_dir` (PROGRESS_FILES, PROGRESS_DIRS, each trial's TRIAL_FILES),
+  whole: written beside it and renamed into place."""
+  temporary = f"{progress}.tmp-{os.getpid()}"
+  shutil.rmtree(temporary, ignore_errors=True)
+  try:
+    os.makedirs(temporary)
+    for name in PROGRESS_FILES:
+      shutil.copy2(os.path.join(tune_dir, name), os.path.join(temporary, name))
+    for name in PROGRESS_DIRS:
+      shutil.copytree(os.path.join(tune_dir, name),
+                      os.path.join(temporary, name))
+    trials = os.path.join(tune_dir, "trials")
+    for trial in sorted(os.listdir(trials)) if os.path.isdir(trials) else []:
+      for name in TRIAL_FILES:
+        source = os.path.join(trials, trial, name)
+        if os.path.isfile(source):
+          os.makedirs(os.path.join(temporary, "trials", trial), exist_ok=True)
+          shutil.copy2(source, os.path.join(temporary, "trials", trial, name))
+    old = f"{progress}.old-{os.getpid()}"
+    if os.path.isdir(progress):
+      os.rename(progress, old)
+    os.rename(temporary, progress)
+    shutil.rmtree(old, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(temporary, ignore_errors=True)
+    raise
+
+
+def search_row(row: Row, argv: Sequence[str], tune_dir: str, record: str,
+               total: int, runner: Callable[[Sequence[str]], int],
+               say: Callable[[str], None]) -> None:
+  """Runs the row's search one trial a call (see the module's docstring),
+  from its progress record when `tune_dir` holds no search."""
+  progress = record + PROGRESS
+  if (os.path.isdir(progress)
+      and not os.path.isfile(os.path.join(tune_dir, "search.json"))):
+    shutil.copytree(progress, tune_dir, dirs_exist_ok=True)
+    say(f"{row.name}: search resumed from {progress} "
+        f"({trials_ended(tune_dir)} of {total} trials ended)")
+  first = min(trials_ended(tune_dir) + 1, total)
+  for trials in range(first, total + 1):
+    status = runner([*argv, f"--max_trials={trials}", f"--tune_dir={tune_dir}"])
+    if status != 0:
+      raise Failed(f"row {row.name}: the search exited with status "
+                   f"{status} (its folder: {tune_dir})")
+    if trials < total:
+      save_progress(tune_dir, progress)
+      say(f"{row.name}: {trials_ended(tune_dir)} of {total} trials ended; "
+          f"progress recorded in {progress}")
+
+
 def run_row(plan: Plan, row: Row, runs_dir: str,
             runner: Callable[[Sequence[str]], int], dry_run: bool,
             say: Callable[[str], None]) -> None:
@@ -228,21 +320,23 @@ def run_row(plan: Plan, row: Row, runs_dir: str,
     record = os.path.join(plan.records, f"tune_{row.name}")
     flagfile = os.path.join(record, "best.flags")
     if os.path.isdir(record):
+      shutil.rmtree(record + PROGRESS, ignore_errors=True)  # a stale one
       say(f"{row.name}: search recorded ({record})")
     else:
       tune_dir = os.path.join(runs_dir, f"tune_{row.name}")
       base = [f"--flagfile={row.flagfile}"] if row.flagfile else []
-      argv = ["tune", *base, *plan.tune, *row.tune, f"--tune_dir={tune_dir}"]
-      say(f"{row.name}: search: maml-tf {' '.join(argv)}")
+      argv = ["tune", *base, *plan.tune, *row.tune]
+      total = planned_trials(plan, row)
+      say(f"{row.name}: search: maml-tf {' '.join(argv)} "
+          f"--tune_dir={tune_dir} (one trial a call, --max_trials=1 to "
+          f"{total})")
       if dry_run:
         flagfile = os.path.join(tune_dir, "best.flags") + " (once searched)"
       else:
-        status = runner(argv)
-        if status != 0:
-          raise Failed(f"row {row.name}: the search exited with status "
-                       f"{status} (its folder: {tune_dir})")
+        search_row(row, argv, tune_dir, record, total, runner, say)
         copy_record(tune_dir, record, SEARCH_FILES,
                     rewrite={"best.flags": run_line_to(flagfile)})
+        shutil.rmtree(record + PROGRESS, ignore_errors=True)
         say(f"{row.name}: search recorded in {record}")
   for seed in plan.seeds:
     run = f"{row.name}_s{seed}"
