@@ -216,10 +216,20 @@ def test_chunks_follow_a_change_of_users_or_chunk_size():
   ev = full_ranking.Evaluator(m, train, test, ks=(5,), user_chunk=4)
   whole = ev.top_k()
   assert whole.shape == (n_users, 5)
+  full = ev()
+  full_users = ev.per_user
   ev.users, ev.targets = ev.users[3:7], ev.targets[3:7]
   np.testing.assert_array_equal(ev.top_k(), whole[3:7])
   ev.user_chunk = 3
   np.testing.assert_array_equal(ev.top_k(), whole[3:7])
+  # The metrics' index of the targets follows them too.
+  part = ev()
+  np.testing.assert_array_equal(ev.per_user["recall@5"],
+                                full_users["recall@5"][3:7])
+  assert part["recall@5"] == pytest.approx(
+      float(np.mean(full_users["recall@5"][3:7])))
+  assert full["recall@5"] == pytest.approx(
+      float(np.mean(full_users["recall@5"])))
 
 
 def test_a_model_scoring_by_item_chunks_ranks_by_blocks():

@@ -169,6 +169,31 @@ def test_random_users_match_oracle(seed):
     _assert_matches(got, oracles.evaluate(scores, train, test, k), k)
 
 
+def test_indexed_targets_give_the_lists_metrics():
+  # An evaluator indexes its targets once (`Targets`); the metrics from the
+  # index are those from the lists, and a top-k item past the index's
+  # catalogue is refused rather than read as another user's target.
+  rng = np.random.default_rng(4)
+  n_items = 30
+  _, test = _random_split(rng, 25, n_items)
+  topk = np.stack([rng.permutation(n_items)[:6] for _ in test])
+  topk[3, 5] = -1  # fewer candidates than k
+  index = metrics_lib.Targets(test, n_items)
+  assert len(index) == 25
+  from_lists = metrics_lib.per_user_metrics(topk, test, ks=(3, 6))
+  from_index = metrics_lib.per_user_metrics(topk, index, ks=(3, 6))
+  assert from_index.keys() == from_lists.keys()
+  for name, values in from_lists.items():
+    np.testing.assert_array_equal(from_index[name], values)
+  with pytest.raises(ValueError, match="past the `Targets`' items"):
+    metrics_lib.per_user_metrics(np.array([[0, 7], [1, 2]]),
+                                 metrics_lib.Targets([np.array([1]),
+                                                      np.array([0, 2])], 5),
+                                 ks=(2,))
+  with pytest.raises(ValueError, match="at least one item"):
+    metrics_lib.Targets([np.array([1]), np.array([], np.int64)])
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_real_scores_with_ties(seed):
   # Scores on a coarse grid: many ties, all resolved towards the lower id.

@@ -44,23 +44,54 @@ def mean_metrics(per_user: Dict[str, np.ndarray]) -> Dict[str, float]:
   return {name: float(np.mean(values)) for name, values in per_user.items()}
 
 
+class Targets:
+  """Every user's target items, indexed once for `per_user_metrics` (an
+  evaluator scores the same targets every round; indexing them is a Python
+  loop over the users that took as long as the metrics themselves).
+
+  Attributes:
+    sizes: int64 [U] targets per user.
+    keys: int64 sorted `user position x stride + item` of every target.
+    stride: larger than every item id + 1 (so -1, no item, matches nothing).
+  """
+
+  def __init__(self, test_items, n_items=None):
+    self.sizes = np.array([len(t) for t in test_items], np.int64)
+    if (self.sizes == 0).any():
+      raise ValueError("every user in `test_items` needs at least one item")
+    top = max((int(t.max()) for t in test_items if len(t)), default=0)
+    if n_items is not None:
+      top = max(top, n_items - 1)
+    self.stride = top + 2
+    rows = np.repeat(np.arange(len(self.sizes)), self.sizes)
+    self.keys = np.sort(rows * self.stride + (
+        np.concatenate(test_items).astype(np.int64) if len(rows) else rows))
+
+  def __len__(self):
+    return len(self.sizes)
+
+
 def per_user_metrics(topk_items, test_items, ks=(10,)) -> Dict[str, np.ndarray]:
   """`ranking_metrics` before the average: {metric@k: float64 [U]}, one value
-  per user in the order of `test_items` (arguments as `ranking_metrics`)."""
+  per user in the order of `test_items` (arguments as `ranking_metrics`;
+  `test_items` may be their `Targets`)."""
   topk_items = np.asarray(topk_items, np.int64)
-  sizes = np.array([len(t) for t in test_items], np.int64)
+  top = int(topk_items.max(initial=0))
+  if isinstance(test_items, Targets):
+    targets = test_items
+    if top > targets.stride - 2:
+      raise ValueError(f"`topk_items` holds item {top}, past the `Targets`' "
+                       f"items (stride {targets.stride})")
+  else:
+    targets = Targets(test_items, top + 1)
+  sizes = targets.sizes
   if len(sizes) != len(topk_items):
     raise ValueError(f"`test_items` has {len(sizes)} users, `topk_items` "
                      f"{len(topk_items)}")
-  if (sizes == 0).any():
-    raise ValueError("every user in `test_items` needs at least one item")
   if max(ks) > topk_items.shape[1]:
     raise ValueError(f"`ks` must be <= {topk_items.shape[1]}. Received: {ks}")
-  stride = int(max(topk_items.max(initial=0), max((t.max() for t in test_items),
-                                                  default=0))) + 2
-  rows = np.repeat(np.arange(len(sizes)), sizes)
-  keys = np.sort(rows * stride + np.concatenate(test_items).astype(np.int64))
-  probe = np.arange(len(sizes))[:, None] * stride + topk_items
+  keys = targets.keys
+  probe = np.arange(len(sizes))[:, None] * targets.stride + topk_items
   found = np.searchsorted(keys, probe)
   hits = (keys[np.minimum(found, len(keys) - 1)] == probe) & (topk_items >= 0)
   out = {}

@@ -236,7 +236,7 @@ class TwoStageEvaluator(full_ranking.Evaluator):
       self.per_user = None
       return {}
     topk = self.top_k(progress)
-    values = per_user_metrics(topk, self.targets, self.ks)
+    values = per_user_metrics(topk, self.target_index, self.ks)
     self.per_user = dict(values, users=self.users)
     if self._check is not None:
       rows, full = self._check
