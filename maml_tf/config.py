@@ -31,6 +31,7 @@ from maml_tf.protocols import NAMES as PROTOCOLS
 MODES = ("faithful", "paper")
 ATTENTIONS = ("scaled", "softmax", "none")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+TEST_ROUNDS = ("all", "last")
 MODELS = models_lib.NAMES
 NEGATIVE_RELATIONS = ("positive", "own")
 LRML_DISTANCES = ("l2", "l1", "squared")
@@ -315,6 +316,13 @@ class Config:
       "every item; N above the catalogue is clamped to it; refused with "
       "--protocol=loo", group="evaluation", low=0, integer=True,
       searchable=False)
+  test_rounds: str = setting(
+      "all", "rounds that evaluate the test split: all (every round, as the "
+      "release does) or last (the last round only, for speed: a run that "
+      "selects on validation reports its selected round's test metrics "
+      "from that round's weights, restored after training, either way; "
+      "needs a validation split)", group="evaluation", choices=TEST_ROUNDS,
+      resume=RESUME_ANY, searchable=False)
   seed: int = setting(
       0, "seed for initialisation, sampling and the validation split (and "
       "--protocol=split's split)", group="training", low=0, integer=True,

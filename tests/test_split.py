@@ -18,6 +18,7 @@ from maml_tf.train import checkpoint
 from maml_tf.evaluate import full_ranking
 from maml_tf.evaluate import metrics as metrics_lib
 from maml_tf.evaluate import records
+from maml_tf.evaluate import per_user as per_user_lib
 from maml_tf import protocols
 from maml_tf import train
 from maml_tf.config import Config
@@ -475,6 +476,90 @@ def test_patience_and_refit_need_a_validation_split(tmp_path):
       "`--refit` needs a run that selects on validation: use --protocol=split, "
       "--validation_fraction > 0, or data that gives one (a valid.csv, a "
       "RecBole <name>.valid.inter, MMRec rows with x_label 1). Received: --refit")
+
+
+# ------------------------------------------------------------ test rounds
+def test_test_rounds_last_evaluates_test_at_the_end_with_the_same_results(
+    scripted, tmp_path):
+  """--test_rounds=last: the test split only at the last round (the one that
+  stops early here) and on the restored best round; the training, the
+  rounds' validation, the selection and every reported result are those of
+  --test_rounds=all; a refit tests its last round only."""
+  every = train.train_and_evaluate(_config(tmp_path / "all", refit=True),
+                                   tiny_dataset(), verbose=0)
+  log_all = list(scripted["log"])
+  scripted["log"].clear()
+  last = train.train_and_evaluate(
+      _config(tmp_path / "last", refit=True, test_rounds="last"),
+      tiny_dataset(), verbose=0)
+  tested = [(step, w) for split, step, w in scripted["log"] if split == "test"]
+  valid = lambda log: [(st, w) for sp, st, w in log if sp == "valid"]
+  # Main run: stops early at round 5 (tested), then the best round (2)
+  # restored (its weights; the logged step is the optimizer's, not restored)
+  # and tested; the refit (2 rounds): its last round only.
+  assert len(tested) == 3
+  assert tested[0][0] == 5 * EVA and tested[2][0] == 2 * EVA
+  assert _same(tested[1][1], dict(valid(scripted["log"]))[2 * EVA])
+  assert len([s for s in log_all if s[0] == "test"]) == 5 + 1 + 2
+  assert len(valid(scripted["log"])) == len(valid(log_all)) == 5
+  assert all(a[0] == b[0] and _same(a[1], b[1])
+             for a, b in zip(valid(scripted["log"]), valid(log_all)))
+  rounds = _records(tmp_path / "last")
+  assert [("test" in r) for r in rounds] == [False] * 4 + [True]
+  assert [r["valid"] for r in rounds] == [
+      r["valid"] for r in _records(tmp_path / "all")]
+  assert rounds[-1]["test"] == _records(tmp_path / "all")[-1]["test"]
+  assert last["results"]["best"] == every["results"]["best"]
+  strip = lambda refit: {k: v for k, v in refit.items() if k != "workdir"}
+  assert strip(last["results"]["refit"]) == strip(every["results"]["refit"])
+  assert last["early_stopping"] == every["early_stopping"]
+  refit_rounds = _records(tmp_path / "last" / "refit")
+  assert [("test" in r) for r in refit_rounds] == [False, True]
+  table = records.metrics_table(last, (10, 20))
+  assert f"best (step {2 * EVA})" in table
+
+
+def test_test_rounds_last_with_the_real_evaluators_keeps_every_result(
+    tmp_path):
+  runs = {rounds: train.train_and_evaluate(
+      _config(tmp_path / rounds, patience=0, train_steps=3 * EVA, refit=True,
+              test_rounds=rounds), tiny_dataset(), verbose=0)
+          for rounds in ("all", "last")}
+  assert runs["last"]["results"]["best"] == runs["all"]["results"]["best"]
+  assert (runs["last"]["results"]["refit"]["test"]
+          == runs["all"]["results"]["refit"]["test"])
+  best = runs["all"]["results"]["best"]["step"]
+  for rounds, run in runs.items():
+    kept = per_user_lib.read_blocks(str(tmp_path / rounds / per_user_lib.FILE))
+    assert {label: block["step"] for label, block in kept.items()} == {
+        "best": best, "last": 3 * EVA, "refit": best}, rounds
+  tested = [("test" in r) for r in _records(tmp_path / "last")]
+  assert tested == [False, False, True]
+
+
+def test_test_rounds_last_without_early_stopping_tests_the_last_step(
+    scripted, tmp_path):
+  train.train_and_evaluate(
+      _config(tmp_path, patience=0, test_rounds="last"), tiny_dataset(),
+      verbose=0)
+  tested = [(step, w) for split, step, w in scripted["log"] if split == "test"]
+  valid = {step: w for split, step, w in scripted["log"] if split == "valid"}
+  assert len(tested) == 2 and tested[0][0] == 8 * EVA  # the last round,
+  assert _same(tested[1][1], valid[6 * EVA])  # then the restored best
+
+
+def test_test_rounds_last_needs_a_validation_split(tmp_path):
+  with pytest.raises(UsageError) as e:
+    train.train_and_evaluate(_config(tmp_path, protocol="release", patience=0,
+                                     test_rounds="last"), tiny_dataset(),
+                             verbose=0)
+  assert str(e.value).startswith(
+      "`--test_rounds` must be all when there is no validation split: the "
+      "best round is then chosen on test, every round (or use --protocol=split")
+  assert str(e.value).endswith("Received: last")
+  assert not (tmp_path / "metrics.jsonl").exists()
+  with pytest.raises(UsageError, match=r"`--test_rounds` must be one of"):
+    _config(tmp_path, test_rounds="some").validate()
 
 
 # ---------------------------------------------------------------------- CLI

@@ -431,6 +431,30 @@ def test_trials_never_refit_and_best_flags_keeps_the_base_refit(tiny):
   assert "\n--refit\n" in (tune_dir / "best.flags").read_text()
 
 
+def test_a_search_with_test_rounds_last_records_each_trials_test_result(tiny):
+  # --test_rounds=last (less time a trial): a trial's rounds before its last
+  # have no test metrics; its record's test is its selected round's,
+  # evaluated on that round's restored weights; best.flags keeps the flag.
+  root, _ = tiny
+  base = base_config(root, test_rounds="last", train_steps=6)
+  tune_dir = root / "test_rounds_last"
+  settings = tuning.TuneSettings(tune_dir=str(tune_dir), max_trials=2,
+                                 search_space=("margin",))
+  records = tuning.search(base, settings, verbose=0)["trials"]
+  assert [r["status"] for r in records] == ["COMPLETED"] * 2
+  for r in records:
+    rounds = read_jsonl(os.path.join(r["workdir"], "metrics.jsonl"))
+    assert [("test" in x) for x in rounds] == [False, False, True]
+    summary = json.loads(open(os.path.join(r["workdir"], "metrics.json")).read())
+    result = summary["results"]["best"]
+    assert result["step"] == r["best_step"]
+    assert r["test_of_that_round"] == result["test"]
+    assert set(result["test"]) == {f"{m}@{k}" for m in ("ndcg", "recall", "hr",
+                                                        "precision")
+                                   for k in (5, 10)}
+  assert "\n--test_rounds=last\n" in (tune_dir / "best.flags").read_text()
+
+
 def _trial_state(tune_dir):
   """(finished trial ids, ids of unfinished runs that have a checkpoint)."""
   done, partial = [], []

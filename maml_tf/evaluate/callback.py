@@ -45,13 +45,25 @@ class EvaluationCallback(keras.callbacks.Callback):
       improved on the best round's select metric, `model.stop_training` is
       set (the round's checkpoint is still written) and `stop_reason` becomes
       "early_stopping". 0: never.
+    test_rounds: "all": the test split is evaluated every round; "last":
+      only at `last_step` and at a round that stops training early (the
+      other rounds' records have no "test"). Only with a validation split to
+      select on, or in a run whose result is its last round (a refit).
+    last_step: the run's last step (its --train_steps).
   """
 
   PROGRESS_USERS = 2000
 
   def __init__(self, evaluators, eva_batches, workdir, select_metric,
-               modalities=(), progress=None, patience=0):
+               modalities=(), progress=None, patience=0, test_rounds="all",
+               last_step=None):
     super().__init__()
+    if test_rounds not in ("all", "last"):
+      raise ValueError(f"`test_rounds` must be all or last. Received: "
+                       f"{test_rounds!r}")
+    if test_rounds == "last" and last_step is None:
+      raise ValueError("`test_rounds='last'` needs the run's `last_step`")
+    self.test_rounds, self.last_step = test_rounds, last_step
     self.patience = int(patience)
     self.stop_reason = None
     self.evaluators = dict(evaluators)
@@ -109,12 +121,25 @@ class EvaluationCallback(keras.callbacks.Callback):
     return (self.params or {}).get("verbose") == 1 and (
         evaluator.n_users > self.PROGRESS_USERS)
 
-  def evaluate(self, step, logs=None):
+  def tests_at(self, step) -> bool:
+    """Whether the round of `step` evaluates the test split (besides a
+    round that stops training early, known once its validation is in)."""
+    return self.test_rounds == "all" or step >= self.last_step
+
+  def evaluate_split(self, record, split):
+    """Adds `split`'s metrics and seconds to the round's `record`."""
+    evaluator = self.evaluators[split]
+    start = time.perf_counter()
+    record[split] = evaluator(progress=self._progress(evaluator))
+    record[f"{split}_seconds"] = round(time.perf_counter() - start, 3)
+
+  def evaluate(self, step, logs=None, test=True):
+    """The round's record: every split's metrics (the test split's only
+    when `test`), the extras and the train logs."""
     record = {"step": int(step), "round": int(step // self.eva_batches)}
-    for split, evaluator in self.evaluators.items():
-      start = time.perf_counter()
-      record[split] = evaluator(progress=self._progress(evaluator))
-      record[f"{split}_seconds"] = round(time.perf_counter() - start, 3)
+    for split in self.evaluators:
+      if test or split != "test":
+        self.evaluate_split(record, split)
     for name, measure in self.extras.items():
       record[name] = measure()
     if logs:
@@ -135,15 +160,22 @@ class EvaluationCallback(keras.callbacks.Callback):
     if (self.params or {}).get("verbose") == 1:
       print(flush=True)  # off the line Keras' progress bar is drawing
     step = (epoch + 1) * self.eva_batches
-    record = self.evaluate(step, logs)
+    record = self.evaluate(step, logs, test=self.tests_at(step))
+    if "test" in self.evaluators and "test" not in record:
+      self.records.append(record)
+      stops = self.should_stop()
+      self.records.pop()
+      if stops:  # the last round after all
+        self.evaluate_split(record, "test")
     self.append_record(record)
-    self.keep_per_user("last", step)
-    if self.best_record() is record:
-      self.keep_per_user("best", step)
+    if "test" in record:
+      self.keep_per_user("last", step)
+      if self.best_record() is record:
+        self.keep_per_user("best", step)
     self.write_summary(finished=False)
     if logs is not None:
       for split in self.evaluators:
-        for name, value in record[split].items():
+        for name, value in record.get(split, {}).items():
           logs[f"{split}_{name}"] = value
       for name in self.extras:
         for key, value in _flatten(record[name]).items():

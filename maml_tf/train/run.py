@@ -113,7 +113,7 @@ def _train(config: Config, dataset: Optional[Dataset], verbose: int,
   """
   keras.utils.set_random_seed(config.seed)
   ds, protocol_info = _load(config, dataset, prepared)
-  _check_run(config, ds)
+  _check_run(config, ds, "refit" in protocol_info)
   _write_run_files(config, ds, verbose)
   model = build_model(config, ds, strategy)
   checkpointer = checkpoint_lib.Checkpointer(model, config.workdir,
@@ -158,9 +158,15 @@ def _load(config: Config, dataset: Optional[Dataset], prepared):
   return prepare_data(config, dataset, with_info=True)
 
 
-def _check_run(config: Config, ds: Dataset):
+def _check_run(config: Config, ds: Dataset, is_refit: bool = False):
   """The rules of a run that need its data (UsageError on the first broken)."""
   if not len(ds.valid):
+    if config.test_rounds == "last" and not is_refit:
+      # (A refit's result is its last round: it needs no other.)
+      raise UsageError(f"`--test_rounds` must be all when there is no "
+                       f"validation split: the best round is then chosen on "
+                       f"test, every round (or use {VALIDATION_SOURCES}). "
+                       f"Received: last")
     if config.patience:
       raise UsageError(f"`--patience` must be 0 when there is no validation "
                        f"split to stop on (or use {VALIDATION_SOURCES}). "
@@ -222,7 +228,8 @@ def _evaluation(config: Config, ds: Dataset, model, protocol_info, verbose):
   evaluation = callback_lib.EvaluationCallback(
       build_evaluators(config, ds, model), config.eva_batches, config.workdir,
       config.select_metric, modalities=ds.modalities,
-      progress=None if verbose == 1 else False, patience=config.patience)
+      progress=None if verbose == 1 else False, patience=config.patience,
+      test_rounds=config.test_rounds, last_step=config.train_steps)
   evaluation.extra_summary["protocol"] = protocol_info
   watched = explanation_lib.sample_pairs(ds.train)
   if model.explains and len(watched) and explanation_lib.explanation_report(

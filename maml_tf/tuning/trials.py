@@ -55,7 +55,12 @@ def trial_record(trial, params, base, workdir) -> dict:
   if best:
     record["best_step"] = best.get("step")
     record["valid"] = best.get("valid")
-    record["test_of_that_round"] = best.get("test")
+    # The run's result: that round's weights restored and evaluated on test
+    # (the round's own record has no test under --test_rounds=last).
+    result = (summary.get("results") or {}).get("best") or {}
+    record["test_of_that_round"] = (
+        result["test"] if result.get("step") == best.get("step")
+        and result.get("test") else best.get("test"))
     record["finished"] = summary.get("finished")
   if str(trial.status) == "FAILED":
     record["message"] = failure_message(trial)
