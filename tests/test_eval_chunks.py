@@ -232,6 +232,43 @@ def test_chunks_follow_a_change_of_users_or_chunk_size():
       float(np.mean(full_users["recall@5"])))
 
 
+def test_a_chunk_ranked_alone_is_the_evaluations_chunk():
+  # rank_chunk(i) ranks chunk i at the whole evaluation's exclusion width
+  # (what the benchmark times): the same rows as the evaluation's top k.
+  n_users = 11
+  m, train, test = _random_mf(n_users, 50, dim=3, n_train=120, seed=6)
+  ev = full_ranking.Evaluator(m, train, test, ks=(5,), user_chunk=4)
+  whole = ev.top_k()
+  m.prepare_scoring()
+  for i, start in enumerate(range(0, n_users, 4)):
+    values, ids = ev.rank_chunk(i)
+    real = min(4, n_users - start)
+    ids = np.where(np.isneginf(values.numpy()), -1, ids.numpy())[:real]
+    np.testing.assert_array_equal(ids, whole[start:start + real])
+
+
+def test_the_benchmarks_evaluation_figures_are_the_evaluators(tmp_path):
+  # scripts/bench_models.eval_figures: two chunks timed at the evaluation's
+  # shape, then one whole evaluation whose metrics are a fresh Evaluator's;
+  # or, over --max_eval_s, not run, with the measured chunk's time.
+  import os
+  import sys
+  sys.path.insert(0, os.path.join(helpers.ROOT, "scripts"))
+  import bench_models  # noqa: E402
+  from maml_tf.data.dataset import Dataset
+  n_users = 600
+  m, train, test = _random_mf(n_users, 40, dim=3, n_train=3000, seed=7)
+  ds = Dataset(name="tiny", n_users=n_users, n_items=40, train=train, test=test)
+  out, _ = bench_models.eval_figures(m, ds, max_eval_s=0)
+  assert out["chunks"] == 2 and out["users"] == n_users
+  assert out["first_chunk_s"] > 0 and out["chunk_s"] > 0 and out["inputs_s"] >= 0
+  expected = full_ranking.Evaluator(m, train, test, ks=bench_models.KS)()
+  assert out["metrics"] == pytest.approx(expected, abs=1e-12)
+  skipped, _ = bench_models.eval_figures(m, ds, max_eval_s=1e-9)
+  assert skipped["skipped"].startswith("not run: 2 chunks of 512 users, ")
+  assert "seconds" not in skipped
+
+
 def test_a_model_scoring_by_item_chunks_ranks_by_blocks():
   # MAML scores the catalogue in item chunks (its score width is not static
   # in the graph); the evaluator's blocked top k over 400 items (> 2 x 5

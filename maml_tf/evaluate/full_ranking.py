@@ -228,6 +228,16 @@ class Evaluator:
     padded[:count] = excl
     return self._rank(users, tf.constant(padded), tf.constant(count, tf.int32))
 
+  def rank_chunk(self, index):
+    """(values, ids) [user_chunk, k] of chunk `index` of `users` (padding
+    users included), ranked as `top_k` ranks it: at the exclusion width of
+    the whole evaluation, so at the shape its compiled function runs (XLA
+    compiles each new width again: a chunk evaluated as `users` of its own
+    pays a compilation, seconds at 100k items). Call the model's
+    `prepare_scoring()` first."""
+    users, _, excl = self._chunk_inputs()[index]
+    return self._rank_chunk(users, excl)
+
   def top_k(self, progress=False) -> np.ndarray:
     """[n target users, kmax] best-first unseen item ids (-1: no candidate)."""
     out = []
