@@ -288,6 +288,29 @@ def test_xla_compiled_train_step_lowers_the_loss_and_refreshes_the_cache():
     assert not np.allclose(_np(v), before[v.path]), v.path
 
 
+def test_a_modalitys_scale_does_not_reach_the_tables_at_a_zero_bias():
+  """Issue 22 item 8 (one modality's features 10x another's): GRCN uses a
+  modality through f^m = l2norm(LeakyReLU(W_m x^m + b_m)), and LeakyReLU
+  is positively homogeneous, so with b_m = 0 (its initial value) x^m x10 or
+  x0.1 gives the same tables, and the same loss as a function of W_m; a
+  trained bias lets the scale in, weighed against it (below)."""
+  m = _model()
+  for k in MODS:
+    m.projections[k].bias.assign(tf.zeros_like(m.projections[k].bias))
+  features = {k: _np(m.feature_table(k)) for k in MODS}
+  base = [t.numpy() for t in m.final_tables()]
+  for factor in (10.0, 0.1):
+    m.set_item_features(dict(features, text=features["text"] * factor))
+    for got, want in zip(m.final_tables(), base):
+      np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+  # With a bias, x10 shrinks the bias's share of W x + b: the tables move.
+  m.projections["text"].bias.assign(tf.fill([D], 0.5))
+  m.set_item_features(features)
+  biased = m.final_tables()[1].numpy()
+  m.set_item_features(dict(features, text=features["text"] * 10.0))
+  assert np.abs(m.final_tables()[1].numpy() - biased).max() > 1e-3
+
+
 def test_authors_initialisation_scales():
   m = GRCN(300, 500, modalities=("text",), feature_dims=(7,), train_pairs=PAIRS,
            embed_dim=32, seed=1)

@@ -342,6 +342,31 @@ def test_xla_train_steps_rebuild_the_learned_graph_on_schedule():
   assert float(m.loss_terms(*batch)["loss"]) < first
 
 
+def test_a_modalitys_scale_does_not_reach_the_graphs_at_a_zero_bias():
+  """Issue 22 item 8 (one modality's features 10x another's): LATTICE uses
+  the features only through kNN graphs of cosine similarity, of x^m (raw)
+  and of W_m x^m + b_m (learned), so with b_m = 0 (its initial value) x^m
+  x10 or x0.1 gives the same graphs and tables; a trained bias lets the
+  scale in (the learned graph's similarities move)."""
+  m = _model()
+  for x in MODS:
+    m.projections[x].bias.assign(tf.zeros_like(m.projections[x].bias))
+  features = {x: _np(m.feature_table(x)) for x in MODS}
+  m.set_item_features(features)
+  base = [t.numpy() for t in m.final_tables()]
+  for factor in (10.0, 0.1):
+    m.set_item_features(dict(features, text=features["text"] * factor))
+    for got, want in zip(m.final_tables(), base):
+      np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+  m.projections["text"].bias.assign(tf.fill([D], 0.5))
+  m.set_item_features(features)
+  biased = [(i.numpy(), w.numpy()) for i, w in m.learned_graphs()][0]
+  m.set_item_features(dict(features, text=features["text"] * 10.0))
+  scaled = [(i.numpy(), w.numpy()) for i, w in m.learned_graphs()][0]
+  assert (not np.array_equal(scaled[0], biased[0])
+          or np.abs(scaled[1] - biased[1]).max() > 1e-3)
+
+
 def test_the_served_tables_equal_the_evaluations_scores():
   m = _model(graph_every=1000)
   m.compile(optimizer=keras.optimizers.Adam(5e-2))
