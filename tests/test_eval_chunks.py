@@ -232,6 +232,35 @@ def test_chunks_follow_a_change_of_users_or_chunk_size():
       float(np.mean(full_users["recall@5"])))
 
 
+def test_a_round_prepares_the_models_scoring_once_for_every_split(tmp_path):
+  # prepare_scoring (LightGCN's propagation, LATTICE's kNN graphs) runs once
+  # a round, not once per split: the EvaluationCallback evaluates its
+  # splits inside `same_weights`; an evaluation outside prepares its own.
+  from maml_tf.evaluate.callback import EvaluationCallback
+  m, train, test = _random_mf(30, 50, dim=3, n_train=200, seed=8)
+  calls = []
+  real = m.prepare_scoring
+  m.prepare_scoring = lambda: calls.append(1) or real()
+  valid = test[:15]
+  splits = {"valid": full_ranking.Evaluator(m, train, valid, ks=(5,)),
+            "test": full_ranking.Evaluator(m, train, test, ks=(5,))}
+  alone = {split: ev() for split, ev in splits.items()}
+  assert len(calls) == 2
+  callback = EvaluationCallback(splits, eva_batches=1, workdir=str(tmp_path),
+                                select_metric="ndcg@5")
+  record = callback.evaluate(1)
+  assert len(calls) == 3
+  assert {split: record[split] for split in splits} == alone
+  with full_ranking.same_weights([m, m]):
+    splits["test"]()
+    with full_ranking.same_weights([m]):
+      splits["valid"]()
+    splits["test"]()
+  assert len(calls) == 4
+  splits["test"]()
+  assert len(calls) == 5
+
+
 def test_a_chunk_ranked_alone_is_the_evaluations_chunk():
   # rank_chunk(i) ranks chunk i at the whole evaluation's exclusion width
   # (what the benchmark times): the same rows as the evaluation's top k.

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import keras
 from maml_tf.evaluate import per_user as per_user_lib
-from maml_tf.evaluate.full_ranking import Evaluator
+from maml_tf.evaluate.full_ranking import Evaluator, same_weights
 from maml_tf.evaluate.records import _flatten, format_record, read_records
 from maml_tf import fileio
 
@@ -137,9 +137,12 @@ class EvaluationCallback(keras.callbacks.Callback):
     """The round's record: every split's metrics (the test split's only
     when `test`), the extras and the train logs."""
     record = {"step": int(step), "round": int(step // self.eva_batches)}
-    for split in self.evaluators:
-      if test or split != "test":
-        self.evaluate_split(record, split)
+    models = {id(e.model): e.model for e in self.evaluators.values()
+              if isinstance(e, Evaluator)}
+    with same_weights(models.values()):  # one preparation for every split
+      for split in self.evaluators:
+        if test or split != "test":
+          self.evaluate_split(record, split)
     for name, measure in self.extras.items():
       record[name] = measure()
     if logs:
@@ -165,8 +168,10 @@ class EvaluationCallback(keras.callbacks.Callback):
       self.records.append(record)
       stops = self.should_stop()
       self.records.pop()
-      if stops:  # the last round after all
-        self.evaluate_split(record, "test")
+      if stops:  # the last round after all (the same weights)
+        with same_weights([e.model for e in self.evaluators.values()
+                           if isinstance(e, Evaluator)]):
+          self.evaluate_split(record, "test")
     self.append_record(record)
     if "test" in record:
       self.keep_per_user("last", step)
