@@ -171,6 +171,26 @@ def test_chunked_knn_equals_the_unchunked(rows):
       total = tf.reduce_sum(s * tf.range(5, dtype=tf.float32))
     g.append(tape.gradient(total, X).numpy())
   np.testing.assert_allclose(g[1], g[0], rtol=1e-5, atol=1e-6)
+  # Without a gradient (the raw graphs): the same graph, the similarities
+  # computed inside the blocks.
+  ids, sims = lattice_lib.knn_graph(X, 5, block_rows=rows, differentiable=False)
+  np.testing.assert_array_equal(ids.numpy(), want_ids.numpy())
+  np.testing.assert_allclose(sims.numpy(), want_sims.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_knn_without_gradient_never_forms_the_kept_rows_of_every_item():
+  # [n, k, f] (the kept neighbours' features of every row) stays inside
+  # the loop's blocks when no gradient is needed.
+  n, rows, f = 50, 8, 4
+  shapes = {}
+  for differentiable in (True, False):
+    fn = tf.function(lambda x, d=differentiable: lattice_lib.knn_graph(
+        x, 3, block_rows=rows, differentiable=d))
+    graph = fn.get_concrete_function(tf.TensorSpec([n, f], tf.float32)).graph
+    shapes[differentiable] = {tuple(t.shape.as_list()) for op in graph.get_operations()
+                              for t in op.outputs if t.shape.rank is not None}
+  assert (n, 3, f) in shapes[True]
+  assert (n, 3, f) not in shapes[False] and (rows, 3, f) not in shapes[True]
 
 
 def test_chunked_knn_never_forms_the_full_similarity_matrix():

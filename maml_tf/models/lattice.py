@@ -108,7 +108,13 @@ def knn_block_rows(n_items, budget_bytes=KNN_BUDGET_BYTES):
   return max(1, min(int(n_items), int(budget_bytes) // (4 * int(n_items))))
 
 
-def knn_graph(x, k, block_rows=None):
+def kept_similarities(unit, ids, neighbours):
+  """[r, k] dot products of rows `unit` [r, f] with their neighbours' rows
+  (`ids` [r, k] into `neighbours` [n, f])."""
+  return tf.reduce_sum(unit[:, None, :] * tf.gather(neighbours, ids), -1)
+
+
+def knn_graph(x, k, block_rows=None, differentiable=True):
   """Each row's k most cosine-similar rows of x [n, f] (itself included).
 
   Returns (neighbours [n, k] int32, similarities [n, k]), the neighbours in
@@ -119,7 +125,10 @@ def knn_graph(x, k, block_rows=None):
   products of the kept pairs ([n, k, f]), which is where the gradient to x
   flows: the same gradient as through the top k of the full product, and
   no loop to differentiate (XLA cannot compile the gradient of a loop
-  inside the train step's conditional rebuild).
+  inside the train step's conditional rebuild). `differentiable=False`
+  (the raw graphs of fixed features) computes them inside the blocks
+  instead, so no [n, k, f] tensor is formed (2 GB for 100k items of 512-d
+  text and k = 10).
   """
   x = tf.convert_to_tensor(x, tf.float32)
   n = int(x.shape[0])
@@ -132,12 +141,18 @@ def knn_graph(x, k, block_rows=None):
     n_blocks = -(-n // rows)
     padded = tf.pad(fixed, [[0, n_blocks * rows - n], [0, 0]])
     blocks = tf.reshape(padded, [n_blocks, rows, -1])
-    ids = tf.map_fn(
-        lambda b: tf.math.top_k(tf.matmul(b, fixed, transpose_b=True), k).indices,
-        blocks, fn_output_signature=tf.TensorSpec([rows, k], tf.int32))
+    top = lambda b: tf.math.top_k(tf.matmul(b, fixed, transpose_b=True), k).indices  # noqa: E731
+    if not differentiable:
+      def block(b):
+        ids = top(b)
+        return ids, kept_similarities(b, ids, fixed)
+      ids, sims = tf.map_fn(
+          block, blocks, fn_output_signature=(tf.TensorSpec([rows, k], tf.int32),
+                                              tf.TensorSpec([rows, k], tf.float32)))
+      return tf.reshape(ids, [-1, k])[:n], tf.reshape(sims, [-1, k])[:n]
+    ids = tf.map_fn(top, blocks, fn_output_signature=tf.TensorSpec([rows, k], tf.int32))
     ids = tf.reshape(ids, [-1, k])[:n]
-  sims = tf.reduce_sum(unit[:, None, :] * tf.gather(unit, ids), -1)
-  return ids, sims
+  return ids, kept_similarities(unit, ids, unit)
 
 
 def normalize_knn(neighbours, sims):
@@ -248,7 +263,7 @@ class LATTICE(lightgcn.TableCache, mf.MF):
     for m, x in graph.checked_features(features, self.modalities,
                                        self.feature_dims, self.n_items):
       self.feature_table(m).assign(x)
-      ids, sims = knn_graph(x, self.knn_k, self.knn_block)
+      ids, sims = knn_graph(x, self.knn_k, self.knn_block, differentiable=False)
       ids_v, weights_v = self.graph_variables("raw", m)
       ids_v.assign(ids)
       weights_v.assign(normalize_knn(ids, sims))
