@@ -485,3 +485,21 @@ def check_xla_train_steps(m, batch, steps, n_users):
   want = m.serve_items(m.serving_tables(), tf.range(n_users)).numpy()
   np.testing.assert_allclose(score(tf.range(n_users)).numpy(), want, rtol=1e-5,
                              atol=1e-5)
+
+
+def check_tables_ignore_a_modalitys_scale(m, modality="text", factors=(10.0, 0.1)):
+  """With every feature projection's bias at zero, `modality`'s features
+  times each factor leave `m.final_tables()` as they were. Returns the
+  features (the model's, as set again before returning)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for layer in m.projections.values():
+    layer.bias.assign(tf.zeros_like(layer.bias))
+  features = {k: np.asarray(m.feature_table(k)) for k in m.modalities}
+  m.set_item_features(features)
+  base = [t.numpy() for t in m.final_tables()]
+  for factor in factors:
+    m.set_item_features(dict(features, **{modality: features[modality] * factor}))
+    for got, want in zip(m.final_tables(), base):
+      np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+  m.set_item_features(features)
+  return features
