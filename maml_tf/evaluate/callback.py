@@ -126,6 +126,11 @@ class EvaluationCallback(keras.callbacks.Callback):
     round that stops training early, known once its validation is in)."""
     return self.test_rounds == "all" or step >= self.last_step
 
+  def same_weights(self):
+    """`full_ranking.same_weights` of the full-ranking evaluators' models."""
+    return same_weights({id(e.model): e.model for e in self.evaluators.values()
+                         if isinstance(e, Evaluator)}.values())
+
   def evaluate_split(self, record, split):
     """Adds `split`'s metrics and seconds to the round's `record`."""
     evaluator = self.evaluators[split]
@@ -137,9 +142,7 @@ class EvaluationCallback(keras.callbacks.Callback):
     """The round's record: every split's metrics (the test split's only
     when `test`), the extras and the train logs."""
     record = {"step": int(step), "round": int(step // self.eva_batches)}
-    models = {id(e.model): e.model for e in self.evaluators.values()
-              if isinstance(e, Evaluator)}
-    with same_weights(models.values()):  # one preparation for every split
+    with self.same_weights():  # one preparation for every split
       for split in self.evaluators:
         if test or split != "test":
           self.evaluate_split(record, split)
@@ -169,8 +172,7 @@ class EvaluationCallback(keras.callbacks.Callback):
       stops = self.should_stop()
       self.records.pop()
       if stops:  # the last round after all (the same weights)
-        with same_weights([e.model for e in self.evaluators.values()
-                           if isinstance(e, Evaluator)]):
+        with self.same_weights():
           self.evaluate_split(record, "test")
     self.append_record(record)
     if "test" in record:
