@@ -180,13 +180,13 @@ def eval_figures(model, ds, max_eval_s, jit_compile=True):
     inputs_s = time.perf_counter() - start
     start = time.perf_counter()
     model.prepare_scoring()
-    ev.rank_chunk(0)[1].numpy()
+    ev.chunk_hits(0)
     out = {"users": n, "items": model.n_items, "user_chunk": chunk,
            "item_chunk": ev.item_chunk, "chunks": -(-n // chunk),
            "first_chunk_s": time.perf_counter() - start, "inputs_s": inputs_s}
     if n > chunk:
       start = time.perf_counter()
-      ev.rank_chunk(1)[1].numpy()
+      ev.chunk_hits(1)
       out["chunk_s"] = time.perf_counter() - start
       if max_eval_s and out["chunks"] * out["chunk_s"] > max_eval_s:
         out["skipped"] = (f"not run: {out['chunks']:,} chunks of {chunk} users, "

@@ -261,19 +261,97 @@ def test_a_round_prepares_the_models_scoring_once_for_every_split(tmp_path):
   assert len(calls) == 5
 
 
-def test_a_chunk_ranked_alone_is_the_evaluations_chunk():
-  # rank_chunk(i) ranks chunk i at the whole evaluation's exclusion width
-  # (what the benchmark times): the same rows as the evaluation's top k.
+@pytest.mark.parametrize("by_ranks", [True, False])
+def test_a_chunk_ranked_alone_is_the_evaluations_chunk(monkeypatch, by_ranks):
+  # chunk_hits(i) ranks chunk i at the whole evaluation's padded widths
+  # (what the benchmark times), by the path __call__ takes: the same rows as
+  # the hits of the evaluation's top k.
+  monkeypatch.setattr(full_ranking, "ranks_targets", lambda *_: by_ranks)
   n_users = 11
   m, train, test = _random_mf(n_users, 50, dim=3, n_train=120, seed=6)
+  test = np.concatenate([test, test[::3] + [0, 1]]) % [n_users, 50]
   ev = full_ranking.Evaluator(m, train, test, ks=(5,), user_chunk=4)
-  whole = ev.top_k()
+  assert ev.by_ranks is by_ranks
+  whole = metrics_lib.hits(ev.top_k(), ev.target_index)
+  assert whole.any()
   m.prepare_scoring()
   for i, start in enumerate(range(0, n_users, 4)):
-    values, ids = ev.rank_chunk(i)
     real = min(4, n_users - start)
-    ids = np.where(np.isneginf(values.numpy()), -1, ids.numpy())[:real]
-    np.testing.assert_array_equal(ids, whole[start:start + real])
+    np.testing.assert_array_equal(ev.chunk_hits(i), whole[start:start + real])
+
+
+def _tied_case(n_items, seed):
+  """An MF whose scores tie often (small integer embeddings), random known
+  items, 1-6 targets a user with some of them known (scored -inf), and one
+  user who knows all but 3 items (fewer candidates than k)."""
+  from maml_tf.models import mf
+  rng = np.random.default_rng(seed)
+  n_users = 9
+  m = mf.MF(n_users, n_items, embed_dim=2, seed=0)
+  m.user_embeddings.assign(rng.integers(-1, 2, (n_users, 2)).astype(np.float32))
+  m.item_embeddings.assign(rng.integers(-2, 3, (n_items, 2)).astype(np.float32))
+  train = np.stack([rng.integers(0, n_users, 6 * n_users),
+                    rng.integers(0, n_items, 6 * n_users)], 1)
+  train = np.concatenate([train, [(8, i) for i in range(3, n_items)]])
+  test = np.concatenate([np.stack([np.full(n, u), rng.choice(n_items, n, replace=False)], 1)
+                         for u, n in enumerate(rng.integers(1, 7, n_users))])
+  test = np.concatenate([test, train[:4], [(8, 0), (8, 5)]])
+  return m, train, test
+
+
+@pytest.mark.parametrize("n_items,jit_compile,seed", [
+    (60, True, 0), (60, False, 1), (700, True, 2), (700, False, 3)])
+def test_the_targets_ranks_give_the_top_ks_metrics(monkeypatch, n_items, jit_compile, seed):
+  # The two ways to the metrics, forced, on the same weights: the targets'
+  # ranks (ties to the lower id, known targets never hit) and the top k
+  # (plain at 60 items, by blocks at 700), per user and averaged.
+  m, train, test = _tied_case(n_items, seed)
+  got = {}
+  for by_ranks in (True, False):
+    monkeypatch.setattr(full_ranking, "ranks_targets", lambda *_, r=by_ranks: r)
+    ev = full_ranking.Evaluator(m, train, test, ks=(1, 5, 10), user_chunk=4,
+                                jit_compile=jit_compile)
+    assert ev.by_ranks is by_ranks
+    got[by_ranks] = (ev(), ev.per_user)
+  assert got[True][0] == got[False][0]
+  for name, values in got[False][1].items():
+    np.testing.assert_array_equal(got[True][1][name], values, err_msg=name)
+  assert 0 < got[True][0]["recall@10"] < 1
+  # And against the oracle: numpy's own top k of the same scores.
+  scores = m.score_items(tf.constant(np.arange(9), tf.int32)).numpy()
+  known = [train[train[:, 0] == u, 1] for u in range(9)]
+  topk = metrics_lib.top_k_excluding(scores, known, 10)
+  want = metrics_lib.per_user_metrics(topk, [test[test[:, 0] == u, 1] for u in range(9)],
+                                      (1, 5, 10))
+  for name, values in want.items():
+    np.testing.assert_allclose(got[True][1][name], values, err_msg=name)
+
+
+def test_a_target_scored_nan_is_never_a_hit(monkeypatch):
+  # By ranks, a NaN score is above nothing and below nothing: a target
+  # scored NaN is a miss, an item scored NaN pushes no target down.
+  from maml_tf.models import mf
+  monkeypatch.setattr(full_ranking, "ranks_targets", lambda *_: True)
+  m = mf.MF(1, 6, embed_dim=1, seed=0)
+  m.user_embeddings.assign([[1.0]])
+  m.item_embeddings.assign(np.array([[np.nan], [5], [4], [3], [2], [1]], np.float32))
+  ev = full_ranking.Evaluator(m, np.zeros((0, 2)), [(0, 0), (0, 1), (0, 3)], ks=(2,))
+  ev()
+  assert ev.per_user["recall@2"].tolist() == [1 / 3]  # item 1 first, 3 third
+
+
+def test_the_evaluator_ranks_targets_when_the_compares_cost_less():
+  # ranks_targets' rule at the sizes it was measured at: Office's test
+  # split (3.3 targets a user, 2,406 items) by ranks, 3.3 targets over
+  # 100,000 items by the top k; the evaluator asks it with its own mean.
+  assert full_ranking.ranks_targets(2406, 3.3)
+  assert full_ranking.ranks_targets(23033, 1.0)
+  assert not full_ranking.ranks_targets(23033, 8.0)
+  assert not full_ranking.ranks_targets(100_000, 3.3)
+  m, train, test = _random_mf(10, 100_000 // 40, dim=2, n_train=30, seed=1)
+  few = full_ranking.Evaluator(m, train, test, ks=(5,))
+  many = full_ranking.Evaluator(m, train, np.concatenate([test + [0, d] for d in range(40)]), ks=(5,))
+  assert few.by_ranks and not many.by_ranks
 
 
 def test_the_benchmarks_evaluation_figures_are_the_evaluators(tmp_path):

@@ -90,10 +90,26 @@ def per_user_metrics(topk_items, test_items, ks=(10,)) -> Dict[str, np.ndarray]:
                      f"{len(topk_items)}")
   if max(ks) > topk_items.shape[1]:
     raise ValueError(f"`ks` must be <= {topk_items.shape[1]}. Received: {ks}")
+  return hit_metrics(hits(topk_items, targets), sizes, ks)
+
+
+def hits(topk_items, targets: Targets, first: int = 0) -> np.ndarray:
+  """bool [U, kmax]: whether each ranked item of `topk_items` [U, kmax]
+  (-1: none) is a target of its user, row r being user `first + r` of
+  `targets`."""
   keys = targets.keys
-  probe = np.arange(len(sizes))[:, None] * targets.stride + topk_items
+  rows = first + np.arange(len(topk_items))
+  probe = rows[:, None] * targets.stride + topk_items
   found = np.searchsorted(keys, probe)
-  hits = (keys[np.minimum(found, len(keys) - 1)] == probe) & (topk_items >= 0)
+  return (keys[np.minimum(found, len(keys) - 1)] == probe) & (topk_items >= 0)
+
+
+def hit_metrics(hits, sizes, ks=(10,)) -> Dict[str, np.ndarray]:
+  """{metric@k: float64 [U]} of each user's hits (bool [U, >= max(ks)], the
+  0-based positions of the ranked list that hold a target) and number of
+  targets (`sizes` [U])."""
+  hits = np.asarray(hits, bool)
+  sizes = np.asarray(sizes)
   out = {}
   for k in ks:
     h = hits[:, :k]
