@@ -154,13 +154,17 @@ def default_chunks(n_items, width, budget=1 << 25, pair_width=0):
 
 # The metrics need only where each target lands: its rank is the number of
 # unseen items that score above it (or level with it at a lower id, the top
-# k's rule), one compare an item for each target. That costs ~0.4 ns a
-# compare, a user's top k ~10 us + ~0.35 ns an item (MF, d = 64, one
-# thread, the chunks `default_chunks` gives: 2,406 / 8,000 / 23,033 /
-# 100,000 items and 1 / 3.3 / 8 targets a user; 2026-12-07, a probe not in
-# the repository). The ranks are taken where the compares cost less.
-RANK_COMPARES = 25_000
-RANK_COMPARES_PER_ITEM = 0.9
+# k's rule), one compare an item for each target. Measured (MF, d = 64, one
+# thread, the chunks `default_chunks` gives, 1 / 3.3 / 8 / 20 targets a
+# user; 2026-12-07, a probe not in the repository): the compares cost ~0.15
+# ns each at 2,406 items and ~0.4 ns from 8,000 on (their 0/1 matrix no
+# longer in cache), a user's top k 9-14 us at 2,406 and 8,000 items, 31-36
+# at 23,033, 42-48 at 100,000; the two break even near 28, 3.7, 3.1 and 1.7
+# targets a user. The ranks are taken below `RANK_COMPARES +
+# RANK_COMPARES_PER_ITEM x items` compares a user (break-even at 100,000
+# items, on the safe side below).
+RANK_COMPARES = 20_000
+RANK_COMPARES_PER_ITEM = 1.5
 
 
 def ranks_targets(n_items, mean_targets) -> bool:
@@ -238,8 +242,13 @@ class Evaluator:
       values = tf.gather_nd(scores, targets)
       rows = tf.gather(scores, targets[:, 0])
       lower = tf.range(n_items)[None, :] < targets[:, 1:]
-      above = tf.where(lower, rows >= values[:, None], rows > values[:, None])
-      return tf.reduce_sum(tf.cast(above, tf.int32), 1), values
+      above = tf.cast(tf.where(lower, rows >= values[:, None],
+                               rows > values[:, None]), tf.float32)
+      # Counted by a product with ones: XLA vectorises the product, not a
+      # row reduce_sum of the comparisons (~2.5x slower in a probe). Exact:
+      # float32 counts whole numbers up to 2^24.
+      counts = tf.matmul(above, tf.ones([n_items, 1], tf.float32))[:, 0]
+      return tf.cast(counts, tf.int32), values
 
     self._rank = rank
     self._target_ranks = target_ranks
