@@ -179,7 +179,7 @@ class Evaluator:
   The metrics come from where the targets land: by each target's rank among
   the unseen items (`ranks_targets`: few targets a user) or by every user's
   top k, the same values either way (ties to the lower item id; a target
-  scored -inf or NaN is never a hit).
+  scored -inf is never a hit, nor, by ranks, one scored NaN).
   """
 
   def __init__(self, model, exclude_pairs, target_pairs, ks=(10,),
