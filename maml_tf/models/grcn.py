@@ -74,7 +74,9 @@ port of it) and where it differs from the paper:
   weight_decay = 1e-5 as such). OURS: `--l2_reg`, shared with mf/lightgcn.
 
 Recomputed when: the whole refinement and propagation runs once per train
-step over the whole graph (O(E d (T + 2) M + E d L)). Full-ranking
+step over the whole graph (O(E d (T + 2) M + E d L)); on a large graph
+its edge products run by blocks of edges with their own gradients
+(`edge_products`), so a step keeps [E] vectors, not [E, d] blocks. Full-ranking
 evaluation reads the representations stored by `prepare_scoring`
 (`lightgcn.ScoringCache`: recomputed if a train step made them stale); the
 export bakes them in, so serving is a dot product of two stored tables.
@@ -96,6 +98,7 @@ import tensorflow as tf
 from maml_tf.models import graph
 from maml_tf.models import lightgcn
 from maml_tf.models import mf
+from maml_tf.models.edge_products import edge_dot, edge_sum
 
 WEIGHT_MODES = ("confid", "max", "mean")
 LEAKY_SLOPE = 0.01  # PyTorch's F.leaky_relu default, as the authors' code
@@ -232,17 +235,14 @@ class GRCN(lightgcn.TableCache, mf.MF):
     eu, ei = self._edges()
     f = self.content(modality)
     p = _normalize(tf.convert_to_tensor(self.preference(modality)))
-    f_e = tf.gather(f, ei)
     for _ in range(self.routing):
-      a = segment_softmax(tf.reduce_sum(tf.gather(p, eu) * f_e, -1), eu, self.n_users)
-      p = _normalize(p + tf.math.unsorted_segment_sum(a[:, None] * f_e, eu,
-                                                      self.n_users))
-    p_e = tf.gather(p, eu)
-    s = tf.reduce_sum(p_e * f_e, -1)
+      a = segment_softmax(edge_dot(p, f, eu, ei), eu, self.n_users)
+      p = _normalize(p + edge_sum(a, f, ei, eu, self.n_users))
+    s = edge_dot(p, f, eu, ei)
     to_user = segment_softmax(s, eu, self.n_users)
     to_item = segment_softmax(s, ei, self.n_items)
-    users = p + tf.math.unsorted_segment_sum(to_user[:, None] * f_e, eu, self.n_users)
-    items = f + tf.math.unsorted_segment_sum(to_item[:, None] * p_e, ei, self.n_items)
+    users = p + edge_sum(to_user, f, ei, eu, self.n_users)
+    items = f + edge_sum(to_item, p, eu, ei, self.n_items)
     return users, items, to_user, to_item
 
   def edge_weights(self, to_user, to_item):
@@ -267,11 +267,8 @@ class GRCN(lightgcn.TableCache, mf.MF):
     x_i = _normalize(tf.convert_to_tensor(self.item_embeddings))
     total_u, total_i = x_u, x_i
     for _ in range(self.gcn_layers):
-      x_u, x_i = (
-          tf.math.unsorted_segment_sum(w_user[:, None] * tf.gather(x_i, ei), eu,
-                                       self.n_users),
-          tf.math.unsorted_segment_sum(w_item[:, None] * tf.gather(x_u, eu), ei,
-                                       self.n_items))
+      x_u, x_i = (edge_sum(w_user, x_i, ei, eu, self.n_users),
+                  edge_sum(w_item, x_u, eu, ei, self.n_items))
       total_u, total_i = total_u + x_u, total_i + x_i
     return total_u, total_i
 
