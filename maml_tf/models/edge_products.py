@@ -33,23 +33,30 @@ def _blocks(v, per_block):
   return tf.reshape(tf.pad(v, [[0, blocks * per_block - n]]), [blocks, per_block])
 
 
-def _loop_rows(fn, n_blocks, per_block, dtype):
-  """[blocks * per_block]: fn(k) [per_block] for each block k, one at a time."""
+def _dots(a, at_a, b, at_b, n_edges):
+  """[n_edges]: a[at_a] . b[at_b] row by row, over the blocked edge ends
+  at_a, at_b [blocks, per_block], one block at a time in a loop (a loop
+  keeps one block's gathered rows alive, under XLA too)."""
+  n_blocks, per_block = int(at_a.shape[0]), int(at_a.shape[1])
+
   def body(k, acc):
-    return k + 1, tf.tensor_scatter_nd_update(acc, [[k]], fn(k)[None])
+    dots = tf.reduce_sum(tf.gather(a, at_a[k]) * tf.gather(b, at_b[k]), -1)
+    return k + 1, tf.tensor_scatter_nd_update(acc, [[k]], dots[None])
 
   _, out = tf.while_loop(lambda k, _: k < n_blocks, body,
-                         (tf.constant(0), tf.zeros([n_blocks, per_block], dtype)))
-  return tf.reshape(out, [-1])
+                         (tf.constant(0), tf.zeros([n_blocks, per_block], a.dtype)))
+  return tf.reshape(out, [-1])[:n_edges]
 
 
-def _loop_sum(fn, n_blocks, like):
-  """The sum over blocks k of fn(k), shaped as `like`, one at a time."""
+def _weighted_sum(weights, x, at, into, n_rows):
+  """[n_rows, d]: the sum of weights[e] x[at[e]] into row into[e], over the
+  blocked weights and edge ends [blocks, per_block], one block at a time."""
   def body(k, acc):
-    return k + 1, acc + fn(k)
+    return k + 1, acc + tf.math.unsorted_segment_sum(
+        weights[k][:, None] * tf.gather(x, at[k]), into[k], n_rows)
 
-  _, out = tf.while_loop(lambda k, _: k < n_blocks, body,
-                         (tf.constant(0), tf.zeros_like(like)))
+  _, out = tf.while_loop(lambda k, _: k < int(at.shape[0]), body,
+                         (tf.constant(0), tf.zeros([n_rows, tf.shape(x)[1]], x.dtype)))
   return out
 
 
@@ -61,25 +68,15 @@ def edge_dot(a, b, ia, ib):
   if n_edges <= per_block:
     return tf.reduce_sum(tf.gather(a, ia) * tf.gather(b, ib), -1)
   ends_a, ends_b = _blocks(ia, per_block), _blocks(ib, per_block)
-  n_blocks = int(ends_a.shape[0])
 
   @tf.custom_gradient
   def product(a, b):
-    out = _loop_rows(lambda k: tf.reduce_sum(tf.gather(a, ends_a[k]) *
-                                             tf.gather(b, ends_b[k]), -1),
-                     n_blocks, per_block, a.dtype)[:n_edges]
-
     def grad(g):
       weights = _blocks(g, per_block)  # padding edges weigh 0
-      da = _loop_sum(lambda k: tf.math.unsorted_segment_sum(
-          weights[k][:, None] * tf.gather(b, ends_b[k]), ends_a[k],
-          tf.shape(a)[0]), n_blocks, a)
-      db = _loop_sum(lambda k: tf.math.unsorted_segment_sum(
-          weights[k][:, None] * tf.gather(a, ends_a[k]), ends_b[k],
-          tf.shape(b)[0]), n_blocks, b)
-      return da, db
+      return (_weighted_sum(weights, b, ends_b, ends_a, tf.shape(a)[0]),
+              _weighted_sum(weights, a, ends_a, ends_b, tf.shape(b)[0]))
 
-    return out, grad
+    return _dots(a, ends_a, b, ends_b, n_edges), grad
 
   return product(a, b)
 
@@ -93,24 +90,15 @@ def edge_sum(w, x, src, dst, n_dst):
   if n_edges <= per_block:
     return tf.math.unsorted_segment_sum(w[:, None] * tf.gather(x, src), dst, n_dst)
   sources, targets = _blocks(src, per_block), _blocks(dst, per_block)
-  n_blocks = int(sources.shape[0])
 
   @tf.custom_gradient
   def product(w, x):
     weights = _blocks(w, per_block)  # padding edges weigh 0
-    out = _loop_sum(lambda k: tf.math.unsorted_segment_sum(
-        weights[k][:, None] * tf.gather(x, sources[k]), targets[k], n_dst),
-                    n_blocks, tf.zeros([n_dst, tf.shape(x)[1]], x.dtype))
 
     def grad(g):
-      dw = _loop_rows(lambda k: tf.reduce_sum(tf.gather(g, targets[k]) *
-                                              tf.gather(x, sources[k]), -1),
-                      n_blocks, per_block, x.dtype)[:n_edges]
-      dx = _loop_sum(lambda k: tf.math.unsorted_segment_sum(
-          weights[k][:, None] * tf.gather(g, targets[k]), sources[k],
-          tf.shape(x)[0]), n_blocks, x)
-      return dw, dx
+      return (_dots(g, targets, x, sources, n_edges),
+              _weighted_sum(weights, g, targets, sources, tf.shape(x)[0]))
 
-    return out, grad
+    return _weighted_sum(weights, x, sources, targets, n_dst), grad
 
   return product(w, x)
