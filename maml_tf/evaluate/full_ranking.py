@@ -337,15 +337,19 @@ class Evaluator:
     out[targets[hit, 0], ranks[hit]] = True
     return out
 
-  def _chunk_hits(self, index, first, by_ranks):
+  def _chunk_top_k(self, users, n, excl):
+    """[n, kmax] best-first unseen item ids of a chunk's real users (-1: no
+    candidate)."""
+    values, idx = self._rank_chunk(users, excl)
+    idx = np.where(np.isneginf(values.numpy()), -1, idx.numpy())[:n]
+    return np.pad(idx, [(0, 0), (0, self.kmax - idx.shape[1])], constant_values=-1)
+
+  def _chunk_hits(self, index, by_ranks):
     users, n, excl, targets = self._chunk_inputs()[index]
     if by_ranks:
       return self._hits_by_ranks(users, n, excl, targets)
-    values, idx = self._rank_chunk(users, excl)
-    idx = np.where(np.isneginf(values.numpy()), -1, idx.numpy())[:n]
-    if idx.shape[1] < self.kmax:
-      idx = np.pad(idx, [(0, 0), (0, self.kmax - idx.shape[1])], constant_values=-1)
-    return hits(idx.astype(np.int64), self.target_index, first)
+    return hits(self._chunk_top_k(users, n, excl), self.target_index,
+                index * self.user_chunk)
 
   def chunk_hits(self, index):
     """bool [real users of chunk `index`, kmax]: the positions of their
@@ -353,24 +357,24 @@ class Evaluator:
     the whole evaluation's padded widths, so at the shape its compiled
     functions run: XLA compiles each new width again, seconds at 100k
     items). Call the model's `prepare_scoring()` first."""
-    return self._chunk_hits(index, index * self.user_chunk, self.by_ranks)
+    return self._chunk_hits(index, self.by_ranks)
+
+  def _each_chunk(self, fn, progress):
+    """[fn(index) for every chunk], the model's scoring prepared first."""
+    prepare(self.model)  # tables derived from the weights, once
+    bar = keras.utils.Progbar(len(self.users), unit_name="user") if progress else None
+    out = []
+    for index, (_, n, _, _) in enumerate(self._chunk_inputs()):
+      out.append(fn(index))
+      if bar is not None:
+        bar.add(n)
+    return out
 
   def top_k(self, progress=False) -> np.ndarray:
     """[n target users, kmax] best-first unseen item ids (-1: no candidate)."""
-    out = []
-    prepare(self.model)  # tables derived from the weights, once
-    bar = keras.utils.Progbar(len(self.users), unit_name="user") if progress else None
-    for users, n, excl, _ in self._chunk_inputs():
-      values, idx = self._rank_chunk(users, excl)
-      idx = np.where(np.isneginf(values.numpy()), -1, idx.numpy())[:n]
-      out.append(idx)
-      if bar is not None:
-        bar.add(n)
-    topk = np.concatenate(out) if out else np.zeros((0, self.kmax), np.int64)
-    if topk.shape[1] < self.kmax:
-      topk = np.pad(topk, [(0, 0), (0, self.kmax - topk.shape[1])],
-                    constant_values=-1)
-    return topk
+    inputs = self._chunk_inputs()
+    out = self._each_chunk(lambda i: self._chunk_top_k(*inputs[i][:3]), progress)
+    return np.concatenate(out) if out else np.zeros((0, self.kmax), np.int64)
 
   def __call__(self, progress=False) -> Dict[str, float]:
     """The metrics averaged over the target users; the latest call's values
@@ -379,14 +383,8 @@ class Evaluator:
     if not len(self.users):
       self.per_user = None
       return {}
-    prepare(self.model)  # tables derived from the weights, once
-    bar = keras.utils.Progbar(len(self.users), unit_name="user") if progress else None
-    by_ranks, out, first = self.by_ranks, [], 0
-    for index, (_, n, _, _) in enumerate(self._chunk_inputs()):
-      out.append(self._chunk_hits(index, first, by_ranks))
-      first += n
-      if bar is not None:
-        bar.add(n)
+    by_ranks = self.by_ranks
+    out = self._each_chunk(lambda i: self._chunk_hits(i, by_ranks), progress)
     values = hit_metrics(np.concatenate(out), self.target_index.sizes, self.ks)
     self.per_user = dict(values, users=self.users)
     return mean_metrics(values)

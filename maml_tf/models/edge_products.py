@@ -48,9 +48,10 @@ def _dots(a, at_a, b, at_b, n_edges):
   return tf.reshape(out, [-1])[:n_edges]
 
 
-def _weighted_sum(weights, x, at, into, n_rows):
+def weighted_sum(weights, x, at, into, n_rows):
   """[n_rows, d]: the sum of weights[e] x[at[e]] into row into[e], over the
-  blocked weights and edge ends [blocks, per_block], one block at a time."""
+  blocked weights and edge ends [blocks, per_block], one block at a time
+  (also `lightgcn.sparse_product`'s loop)."""
   def body(k, acc):
     return k + 1, acc + tf.math.unsorted_segment_sum(
         weights[k][:, None] * tf.gather(x, at[k]), into[k], n_rows)
@@ -73,8 +74,8 @@ def edge_dot(a, b, ia, ib):
   def product(a, b):
     def grad(g):
       weights = _blocks(g, per_block)  # padding edges weigh 0
-      return (_weighted_sum(weights, b, ends_b, ends_a, tf.shape(a)[0]),
-              _weighted_sum(weights, a, ends_a, ends_b, tf.shape(b)[0]))
+      return (weighted_sum(weights, b, ends_b, ends_a, tf.shape(a)[0]),
+              weighted_sum(weights, a, ends_a, ends_b, tf.shape(b)[0]))
 
     return _dots(a, ends_a, b, ends_b, n_edges), grad
 
@@ -97,8 +98,8 @@ def edge_sum(w, x, src, dst, n_dst):
 
     def grad(g):
       return (_dots(g, targets, x, sources, n_edges),
-              _weighted_sum(weights, g, targets, sources, tf.shape(x)[0]))
+              weighted_sum(weights, g, targets, sources, tf.shape(x)[0]))
 
-    return _weighted_sum(weights, x, sources, targets, n_dst), grad
+    return weighted_sum(weights, x, sources, targets, n_dst), grad
 
   return product(w, x)

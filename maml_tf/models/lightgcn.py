@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from maml_tf.models import mf
+from maml_tf.models.edge_products import weighted_sum
 
 
 def normalized_adjacency(train_pairs, n_users, n_items) -> tf.sparse.SparseTensor:
@@ -142,14 +143,7 @@ def _blocked_product(x, plan, values):
   dst, src, n = plan
   pad = tf.size(dst) - tf.size(values)
   weights = tf.reshape(tf.pad(values, [[0, pad]]), tf.shape(dst))
-
-  def body(k, acc):
-    contrib = tf.gather(x, src[k]) * weights[k][:, None]
-    return k + 1, acc + tf.math.unsorted_segment_sum(contrib, dst[k], n)
-
-  _, out = tf.while_loop(lambda k, _: k < tf.shape(dst)[0], body,
-                         (tf.constant(0), tf.zeros([n, tf.shape(x)[1]], x.dtype)))
-  return out
+  return weighted_sum(weights, x, src, dst, n)
 
 
 def propagate(adjacency, users, items, layers):
