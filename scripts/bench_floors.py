@@ -12,6 +12,9 @@ lowers both):
   items scores at the scan rate (scores/s of one compiled pass of
   reduce_max over [16 or 256, items] scores, the faster: an exact top k
   reads every score at least once);
+- two-stage ranking (`--eval_candidates=N`): the first stage as a full
+  ranking by the retrieval space's dot product (2 x its width flops a
+  pair), the second as N pairs a user of the model's own per-pair work;
 - a graph model's train step: its forward and backward propagations, each
   a product of the normalised graph with a [nodes, d] table, at the rate of
   the faster of tf.sparse.sparse_dense_matmul and the XLA gather /
@@ -64,6 +67,26 @@ def ranking_floor(users: int, items: int, pair_flops: float,
   scan_s = pairs / scan_scores_per_s
   return {"seconds": score_s + tanh_s + scan_s, "score_s": score_s,
           "transcendental_s": tanh_s, "scan_s": scan_s}
+
+
+def two_stage_floor(users: int, items: int, candidates: int, first_flops: float,
+                    first_matmul_per_s: float, pair_flops: float,
+                    pair_matmul_per_s: float, scan_scores_per_s: float,
+                    pair_transcendentals: float = 0.0,
+                    transcendentals_per_s: Optional[float] = None) -> dict:
+  """Seconds of a two-stage ranking (`--eval_candidates`): the first stage
+  is a full ranking of `users` x `items` at `first_flops` a pair (the
+  retrieval space's dot or distance); the second scores `users` x
+  `candidates` pairs with the model's own per-pair work and reads them
+  once more."""
+  first = ranking_floor(users, items, first_flops, first_matmul_per_s,
+                        scan_scores_per_s)
+  second = ranking_floor(users, candidates, pair_flops, pair_matmul_per_s,
+                         scan_scores_per_s, pair_transcendentals,
+                         transcendentals_per_s)
+  return {"seconds": first["seconds"] + second["seconds"],
+          "first_stage_s": first["seconds"], "second_stage_s": second["seconds"],
+          "second_transcendental_s": second["transcendental_s"]}
 
 
 def adam_bytes(trained_weights: int) -> int:

@@ -21,7 +21,16 @@ scenario's). Nothing is extrapolated:
   the attention's item half) timed inside it (`prepare_s`) and reported
   apart from the ranking (`ranking_s`, `per_user_ms`). An evaluation whose
   steady chunks would run past --max_eval_s is not run; the table says so
-  with the measured chunk time and the number of chunks (no figure).
+  with the measured chunk time and the number of chunks (no figure);
+- two-stage evaluation, for a model whose full ranking does per-pair work
+  (MAML's and MARIO's attention, LRML's relation, NeuMF's MLP) and has a
+  retrieval first stage: one whole `--eval_candidates=N` evaluation of
+  every test user (`two_stage.TwoStageEvaluator`, N = the benchmark's
+  --eval_candidates), timed as the full ranking is (its first chunk apart,
+  `prepare_s` the serving tables), beside its own floor: the first stage
+  over every item at the dot product's rate, the N candidates at the
+  per-pair rate. The weights are the untrained ones, so its agreement with
+  full ranking is not measured here (a run's metrics.json has it).
 """
 
 from __future__ import annotations
@@ -205,6 +214,71 @@ def eval_figures(model, ds, max_eval_s, jit_compile=True):
   return out, ev
 
 
+def per_pair(model) -> bool:
+  """Whether the model's full ranking does work per (user, item) pair beyond
+  one dot product of two tables (the models two-stage evaluation is for)."""
+  work = bench_settings.pair_work(model)
+  return work["shape"] is not None or bool(work["tanh"])
+
+
+def two_stage_figures(model, ds, n_candidates, max_eval_s, jit_compile=True):
+  """A whole two-stage evaluation of every test user (see the module
+  docstring), or {"skipped": why} when the model has no first stage or its
+  chunks would run past `max_eval_s`."""
+  from maml_tf.errors import UsageError
+  from maml_tf.evaluate import two_stage
+  exclude = np.concatenate([ds.train, ds.valid]) if len(ds.valid) else ds.train
+  out = {"candidates": min(int(n_candidates), model.n_items)}
+  try:
+    ev = two_stage.TwoStageEvaluator(model, exclude, ds.test, KS,
+                                     n_candidates=n_candidates,
+                                     jit_compile=jit_compile)
+  except UsageError as e:
+    return dict(out, skipped=f"not run: {e}")
+  chunk, n = ev.user_chunk, ev.n_users
+  ev.prepare_inputs()
+  start = time.perf_counter()
+  ev.prepare_tables()
+  prepare_s = time.perf_counter() - start
+  start = time.perf_counter()
+  ev.chunk_hits(0)
+  out.update(users=n, items=model.n_items, user_chunk=chunk,
+             chunks=-(-n // chunk), first_chunk_s=time.perf_counter() - start)
+  if n > chunk:
+    start = time.perf_counter()
+    ev.chunk_hits(1)
+    out["chunk_s"] = time.perf_counter() - start
+    if max_eval_s and out["chunks"] * out["chunk_s"] > max_eval_s:
+      return dict(out, skipped=f"not run: {out['chunks']:,} chunks of {chunk} "
+                  f"users, {out['chunk_s']:.2f} s each (measured) > "
+                  f"--max_eval_s={max_eval_s:g}")
+  start = time.perf_counter()
+  metrics = ev()  # the serving tables read again: prepare_s of its time
+  seconds = time.perf_counter() - start
+  out.update(seconds=seconds, prepare_s=prepare_s,
+             ranking_s=max(seconds - prepare_s, 0.0),
+             per_user_ms=1000 * max(seconds - prepare_s, 0.0) / max(n, 1),
+             metrics={k: float(v) for k, v in metrics.items()})
+  return out
+
+
+def two_stage_floor(model, users, candidates, full_floor):
+  """The two-stage figure's floor (bench_floors.two_stage_floor) at this
+  process's rates: the first stage's dot product measured at its own
+  [users, width] x [width, items] shape, the per-pair work at the rates of
+  the full ranking's floor (`full_floor`)."""
+  work = bench_settings.pair_work(model)
+  width = int(getattr(model, "serving_width", model.score_width))
+  dot = max(floors.matmul_rate(rows, width, model.n_items) for rows in (64, 512))
+  tanh = full_floor.get("tanh_g_s")
+  floor = floors.two_stage_floor(
+      users, model.n_items, candidates, 2 * width, dot, work["flops"],
+      full_floor["matmul_gflop_s"] * 1e9, full_floor["scan_mscores_s"] * 1e6,
+      work["tanh"], tanh and tanh * 1e9)
+  floor.update(first_stage_width=width, first_matmul_gflop_s=dot / 1e9)
+  return floor
+
+
 def eval_floor(model, ev, prop):
   # Every rate at fixed shapes, the faster of two, never at our own chunk's:
   # the floor must not move with the chunking it judges.
@@ -272,7 +346,7 @@ def adjacency_of(model, ds):
 
 
 def run(model_name, size_name, quick=False, max_epoch_s=180.0, max_eval_s=1800.0,
-        root="."):
+        root=".", eval_candidates=100):
   """Every figure of `model_name@size_name` as a JSON-able dict."""
   import tensorflow as tf  # noqa: F401  (the start-up memory is part of base)
   from maml_tf import models as models_lib
@@ -318,6 +392,12 @@ def run(model_name, size_name, quick=False, max_epoch_s=180.0, max_eval_s=1800.0
     ev_fig.update(floor=floor["seconds"], fraction=None,
                   floor_parts={k: v for k, v in floor.items() if k != "seconds"})
   result["eval"] = ev_fig
+  if eval_candidates and per_pair(model):
+    ts_fig = two_stage_figures(model, ds, eval_candidates, max_eval_s)
+    if "ranking_s" in ts_fig:
+      ts_floor = two_stage_floor(model, ts_fig["users"], ts_fig["candidates"], floor)
+      ts_fig.update(floors.figure(ts_fig["ranking_s"], ts_floor, key="ranking_s"))
+    result["two_stage"] = ts_fig
   floor = train_floor(model, config, floors.bandwidth(), prop,
                       floor["matmul_gflop_s"] * 1e9,
                       floor["tanh_g_s"] and floor["tanh_g_s"] * 1e9)

@@ -95,6 +95,31 @@ def eval_rows(scenarios) -> List[str]:
   return lines
 
 
+def two_stage_rows(scenarios) -> List[str]:
+  """The per-pair models' two-stage evaluations (--eval_candidates), where
+  the run measured any."""
+  names = [n for n in model_scenarios(scenarios) if scenarios[n].get("two_stage")]
+  if not names:
+    return []
+  lines = ["two-stage evaluation of every test user (--eval_candidates=N: the "
+           "retrieval space over every item, the model's score re-ranks the N "
+           "best; floor = both stages' work; untrained weights)",
+           f"{'scenario':<20}{'users':>9}{'items':>9}{'N':>6}{'eval s':>10}"
+           f"{'prepare s':>10}{'user ms':>9}{'floor s':>9}{'frac':>6}{'1st chunk s':>12}"]
+  for name in names:
+    e = scenarios[name]["two_stage"]
+    if "skipped" in e:
+      lines.append(f"{name:<20}{num(e.get('users')):>9}{num(e.get('items')):>9}"
+                   f"{num(e['candidates']):>6}  {e['skipped']}")
+      continue
+    lines.append(f"{name:<20}{num(e['users']):>9}{num(e['items']):>9}"
+                 f"{num(e['candidates']):>6}{secs(e['seconds']):>10}"
+                 f"{secs(e['prepare_s']):>10}{e['per_user_ms']:>9.3f}"
+                 f"{secs(e['floor']):>9}{pct(e['fraction']):>6}"
+                 f"{secs(e['first_chunk_s']):>12}")
+  return lines
+
+
 def memory_rows(scenarios) -> List[str]:
   lines = ["peak memory (floor = the process at start-up + variables with the "
            "optimizer's + data + graph + one chunk of scores)",
@@ -232,7 +257,8 @@ def render(results: dict, dot_models=()) -> str:
   scenarios = results.get("scenarios", {})
   blocks = [[machine_line(results.get("machine", {}))]]
   if model_scenarios(scenarios):
-    blocks += [train_rows(scenarios), eval_rows(scenarios), memory_rows(scenarios)]
+    blocks += [train_rows(scenarios), eval_rows(scenarios), two_stage_rows(scenarios),
+               memory_rows(scenarios)]
     growth = growth_rows(scenarios)
     if len(growth) > 1:
       blocks.append(growth)

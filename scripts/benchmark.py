@@ -3,7 +3,8 @@ hardware floor; prints the tables and writes benchmark.json.
 
   python scripts/benchmark.py [--quick] [--only=mf@office,loader]
       [--models=mf,lightgcn] [--sizes=office,clothing] [--release_dir=DIR]
-      [--max_epoch_s=180] [--max_eval_s=1800] [--out=benchmark.json] [--list]
+      [--max_epoch_s=180] [--max_eval_s=1800] [--eval_candidates=100]
+      [--out=benchmark.json] [--list]
 
 Every figure is measured, none extrapolated: an evaluation figure is one
 whole evaluation of every test user; a training figure is a whole epoch,
@@ -12,7 +13,10 @@ epoch figure computed from them and labelled so. One-time work
 (compilation, propagation, serving tables, the sampler's epoch draw) is
 reported apart from the per-step and per-user cost. Each figure carries its
 floor, measured in the same process (bench_floors.py says how), and its
-fraction floor / measured.
+fraction floor / measured. The models whose full ranking does per-pair work
+(MAML, MARIO, LRML, NeuMF) also get one whole two-stage evaluation
+(--eval_candidates=N, the flag `maml-tf train` has), the remedy where their
+full ranking is too long to run.
 
 Scenarios, one process each (so each peak memory is its own):
 - `<model>@<size>` (bench_models.py): the model with its own Office
@@ -65,6 +69,9 @@ flags.DEFINE_float("max_epoch_s", 180.0, "time a whole epoch when one is estimat
                    "under this many seconds; else whole steps, the epoch computed")
 flags.DEFINE_float("max_eval_s", 1800.0, "skip (and say so) an evaluation whose "
                    "measured chunks add up past this many seconds; 0: no limit")
+flags.DEFINE_integer("eval_candidates", 100, "N of the two-stage evaluation timed for "
+                     "the models with per-pair work (MAML, MARIO, LRML, NeuMF); 0: "
+                     "none", lower_bound=0)
 flags.DEFINE_boolean("list", False, "print the scenarios that would run and exit")
 flags.DEFINE_string("scenario", None, "internal: run one scenario and print JSON")
 FLAGS = flags.FLAGS
@@ -92,14 +99,16 @@ def run_scenario(name):
     return bench_system.release(FLAGS.release_dir, quick, ROOT)
   import bench_models
   model, _, size = bench_scenarios.check_scenario(name, model_names()).partition("@")
-  return bench_models.run(model, size, quick, FLAGS.max_epoch_s, FLAGS.max_eval_s, ROOT)
+  return bench_models.run(model, size, quick, FLAGS.max_epoch_s, FLAGS.max_eval_s, ROOT,
+                          FLAGS.eval_candidates)
 
 
 def launch(name):
   """Runs one scenario in its own process; its result (or its error)."""
   import bench_system
   cmd = [sys.executable, os.path.abspath(__file__), f"--scenario={name}",
-         f"--max_epoch_s={FLAGS.max_epoch_s}", f"--max_eval_s={FLAGS.max_eval_s}"]
+         f"--max_epoch_s={FLAGS.max_epoch_s}", f"--max_eval_s={FLAGS.max_eval_s}",
+         f"--eval_candidates={FLAGS.eval_candidates}"]
   if FLAGS.quick:
     cmd.append("--quick")
   if FLAGS.release_dir:

@@ -37,6 +37,19 @@ def test_ranking_floor_adds_the_matmul_and_the_scan():
   assert floor["seconds"] == pytest.approx(3.1e-2)
 
 
+def test_two_stage_floor_is_a_full_dot_ranking_then_n_pairs_of_the_models_work():
+  # First stage: 10 users x 1,000 items at 128 flops (1 ms at 1.28 GFLOP/s)
+  # + 10^4 scores read (10 ms at 10^6/s). Second: 10 x 50 pairs at 2,000
+  # flops (1 ms at 1 GFLOP/s), 500 scores read (0.5 ms), 100 tanh a pair
+  # at 10^7/s (5 ms).
+  floor = bench_floors.two_stage_floor(10, 1000, 50, 128, 1.28e9, 2000, 1e9, 1e6,
+                                       100, 1e7)
+  assert floor["first_stage_s"] == pytest.approx(1.1e-2)
+  assert floor["second_stage_s"] == pytest.approx(1e-3 + 5e-4 + 5e-3)
+  assert floor["second_transcendental_s"] == pytest.approx(5e-3)
+  assert floor["seconds"] == pytest.approx(1.1e-2 + 6.5e-3)
+
+
 def test_step_floor_counts_adams_seven_streams_and_the_propagations():
   assert bench_floors.adam_bytes(1000) == 28_000
   floor = bench_floors.step_floor(1000, 28_000.0, propagations=6, propagation_s=0.5,
@@ -215,12 +228,24 @@ def test_render_prints_floors_fractions_and_what_was_computed():
                  "lightgcn@office": _scenario("lightgcn", "office", 2406),
                  "lightgcn@items100k": _scenario("lightgcn", "items100k", 100000,
                                                  how="computed_from_steps"),
-                 "maml@items100k": _scenario("maml", "items100k", 100000, skipped),
+                 "maml@items100k": dict(
+                     _scenario("maml", "items100k", 100000, skipped),
+                     two_stage={"users": 200000, "items": 100000, "candidates": 100,
+                                "seconds": 250.0, "prepare_s": 10.0, "per_user_ms": 1.2,
+                                "floor": 120.0, "fraction": 0.5, "first_chunk_s": 3.0}),
+                 "mario@items100k": dict(
+                     _scenario("mario", "items100k", 100000, skipped),
+                     two_stage={"candidates": 100, "skipped": "not run: no first stage"}),
                  "mf@office": {"error": "Traceback\nValueError: boom\n"}}}
   text = bench_table.render(results, ("lightgcn",))
   assert "vector features: avx2 avx512f" in text
   assert "computed: 40 steps" in text and "whole epoch" in text
   assert "not run: 2,866 chunks; floor 7,000 s" in text
+  assert "two-stage evaluation of every test user" in text
+  assert ("maml@items100k        200,000  100,000   100     250.0      10.0    1.200"
+          "    120.0   50%        3.00") in text
+  assert "mario@items100k             -        -   100  not run: no first stage" in text
+  assert "lightgcn@office" not in text.split("two-stage evaluation")[1].split("peak memory")[0]
   assert "lightgcn@office: evaluation at 60% of its floor (>= 50%): met" in text
   assert "step 20.0 ms = 5.0x its propagation floor, 4.0x propagation + Adam" in text
   assert "items 2,406 -> 100,000" in text

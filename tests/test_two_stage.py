@@ -165,6 +165,32 @@ def test_small_n_is_the_numpy_rerank_and_the_retrieve_signature(data, maml):
   np.testing.assert_array_equal(top, got)
 
 
+def test_chunk_hits_are_the_two_stage_lists_hits(data, maml):
+  # Targets: each user's full-ranking top 3 (3 a user over 40 items, so a
+  # full ranking counts the targets' ranks); the two stages, with N = 8,
+  # must mark the hits of their own lists, which miss some of them.
+  train, _ = data
+  n, k = 8, 5
+  full_top = full_ranking.Evaluator(maml, train, data[1], (k,)).top_k()
+  users = full_ranking.Evaluator(maml, train, data[1], (k,)).users
+  test = np.array([(u, i) for u, row in zip(users, full_top) for i in row[:3]],
+                  np.int64)
+  two = two_stage.TwoStageEvaluator(maml, train, test, (k,), n_candidates=n,
+                                    user_chunk=6)
+  full = full_ranking.Evaluator(maml, train, test, (k,), user_chunk=6)
+  assert full.by_ranks and not two.by_ranks
+  two.prepare_tables()
+  chunks = range(-(-two.n_users // 6))
+  got = np.concatenate([two.chunk_hits(i) for i in chunks])
+  top = two.top_k()
+  want = np.array([[item in set(two.targets[r]) for item in top[r]]
+                   for r in range(two.n_users)])
+  np.testing.assert_array_equal(got, want)
+  full_hits = np.concatenate([full.chunk_hits(i) for i in chunks])
+  assert full_hits[:, :3].all() and not full_hits[:, 3:].any()
+  assert (full_hits != got).any() and got.any()  # not full ranking's lists
+
+
 def test_a_dot_product_model_ranks_as_full_ranking(data):
   # Its first stage is its score: any N >= k gives full ranking's list.
   train, test = data

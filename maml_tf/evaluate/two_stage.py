@@ -223,10 +223,22 @@ class TwoStageEvaluator(full_ranking.Evaluator):
   def _read(self):
     return {name: tf.convert_to_tensor(v) for name, v in self._tables.items()}
 
-  def top_k(self, progress=False) -> np.ndarray:
-    """[n target users, kmax] best-first unseen item ids (-1: no candidate)."""
+  @property
+  def by_ranks(self) -> bool:
+    """Never: the two stages rank by their own top k (`chunk_hits` reads
+    it); the targets' ranks are a full ranking's shortcut."""
+    return False
+
+  def prepare_tables(self) -> None:
+    """Reads the model's serving tables (the first stage's and the
+    re-ranking's) from its current weights; every `top_k` does it first,
+    and `chunk_hits` uses what the latest one read."""
     for name, value in self.model.serving_tables().items():
       self._tables[name].assign(value)
+
+  def top_k(self, progress=False) -> np.ndarray:
+    """[n target users, kmax] best-first unseen item ids (-1: no candidate)."""
+    self.prepare_tables()
     return super().top_k(progress)
 
   def __call__(self, progress=False) -> Dict[str, float]:
