@@ -264,11 +264,12 @@ def two_stage_figures(model, ds, n_candidates, max_eval_s, jit_compile=True):
 
 def two_stage_floor(model, users, candidates, full_floor):
   """The two-stage figure's floor (bench_floors.two_stage_floor) at this
-  process's rates: the first stage's dot product measured at its own
-  [users, width] x [width, items] shape, the per-pair work at the rates of
+  process's rates: the first stage's dot product over the retrieval
+  space's vectors, measured at its own [users, width] x [width, items] shape, the per-pair work at the rates of
   the full ranking's floor (`full_floor`)."""
   work = bench_settings.pair_work(model)
-  width = int(getattr(model, "serving_width", model.score_width))
+  # The first stage's vectors (MAML's: P and Q, not its serving width).
+  width = int(model.retrieval_space(model.serving_tables())[1].shape[-1])
   dot = max(floors.matmul_rate(rows, width, model.n_items) for rows in (64, 512))
   tanh = full_floor.get("tanh_g_s")
   floor = floors.two_stage_floor(
