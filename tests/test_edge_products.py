@@ -89,3 +89,42 @@ def test_grcn_by_blocks_trains_as_in_one_block(monkeypatch):
   got = step()
   for x, y in zip(got, want):
     np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_lattice_knn_product_by_blocks_trains_as_in_one_block(monkeypatch):
+  # LATTICE's item-item convolution over its kNN graphs (raw and learned,
+  # the learned ones rebuilt on this step, so W_m gets its gradient through
+  # them): loss and gradients with its products in blocks of 8 entries
+  # equal those of the plain gather.
+  from maml_tf.models import lattice
+  rng = np.random.default_rng(5)
+  pairs = np.stack([rng.integers(0, 9, 60), rng.integers(0, 13, 60)], 1)
+  m = lattice.LATTICE(9, 13, modalities=("text", "meta"), feature_dims=(6, 5),
+                      train_pairs=pairs, embed_dim=4, knn_k=3, seed=0)
+  m.set_item_features({"text": rng.normal(size=(13, 6)).astype(np.float32),
+                       "meta": rng.normal(size=(13, 5)).astype(np.float32)})
+  users = tf.constant([0, 3, 8], tf.int32)
+  items = tf.constant([[1, 2], [4, 12], [7, 0]], tf.int32)
+  calls = []
+  plain_sum = edge_products.edge_sum
+
+  def counted(*args):
+    calls.append(1)
+    return plain_sum(*args)
+
+  monkeypatch.setattr(edge_products, "edge_sum", counted)
+
+  def step():
+    with tf.GradientTape() as tape:
+      loss = m.loss_terms(users, items, training=True)["loss"]
+    grads = tape.gradient(loss, m.trainable_variables)
+    assert all(g is not None for g in grads)
+    return [loss] + [tf.convert_to_tensor(g) for g in grads]
+
+  want = step()
+  assert not calls  # 13 x 3 x 4 floats: one block, the plain gather
+  monkeypatch.setattr(edge_products, "BLOCK_BYTES", 4 * 4 * 8)
+  got = step()
+  assert calls  # the blocked edge list
+  for x, y in zip(got, want):
+    np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-5, atol=1e-7)

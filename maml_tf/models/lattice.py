@@ -82,7 +82,10 @@ Office, 2,406 items, one block; at 100k items, blocks of 167 rows); never
 the full n_items x n_items matrix once it exceeds the budget. The kept
 similarities are recomputed from the kept pairs ([n_items, k, d]), the path
 of the gradient (see `knn_graph`). Each graph is held as [n_items, k]
-neighbour ids and weights, and A h as a gather of [n_items, k, d].
+neighbour ids and weights; A h is a gather of [n_items, k, d] rows where
+that is at most 64 MB (Office: one), else a sum over the n_items k
+entries by blocks with its own gradient (`edge_products.edge_sum`), so a
+step does not keep every graph's gathered rows for its backward pass.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ import tensorflow as tf
 
 from maml_tf.errors import UsageError
 from maml_tf.models import base
+from maml_tf.models import edge_products
 from maml_tf.models import graph
 from maml_tf.models import lightgcn
 from maml_tf.models import mf
@@ -165,8 +169,19 @@ def normalize_knn(neighbours, sims):
 
 
 def knn_product(neighbours, weights, h):
-  """(A h)_i = sum_j A_ij h_j for A held as (neighbours, weights) [n, k]."""
-  return tf.reduce_sum(weights[:, :, None] * tf.gather(h, neighbours), 1)
+  """(A h)_i = sum_j A_ij h_j for A held as (neighbours, weights) [n, k].
+  Past `edge_products.BLOCK_BYTES` of gathered [n, k, d] rows, the n k
+  entries are an edge list summed by blocks (`edge_products.edge_sum`, its
+  own blocked gradient), so a training step does not keep the gathered rows
+  of each graph for its backward pass; below, the plain expression."""
+  n, k = (int(x) for x in neighbours.shape)
+  d = int(h.shape[-1])
+  if n * k * d * 4 <= edge_products.BLOCK_BYTES:
+    return tf.reduce_sum(weights[:, :, None] * tf.gather(h, neighbours), 1)
+  rows = tf.repeat(tf.range(n, dtype=tf.int32), k)
+  return edge_products.edge_sum(tf.reshape(weights, [-1]), h,
+                                tf.reshape(tf.cast(neighbours, tf.int32), [-1]),
+                                rows, n)
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
