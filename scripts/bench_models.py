@@ -158,11 +158,11 @@ def train_floor(model, config, bytes_per_s, prop, flops_per_s, tanh_per_s=None):
 
 
 class _Timed:
-  """Wraps model.prepare_scoring, keeping the seconds of its last call."""
+  """Wraps the method `obj.<name>()`, keeping the seconds of its last call."""
 
-  def __init__(self, model):
-    self.model, self.inner, self.seconds = model, model.prepare_scoring, 0.0
-    model.prepare_scoring = self
+  def __init__(self, obj, name):
+    self.obj, self.name, self.inner, self.seconds = obj, name, getattr(obj, name), 0.0
+    setattr(obj, name, self)
 
   def __call__(self):
     start = time.perf_counter()
@@ -170,47 +170,57 @@ class _Timed:
     self.seconds = time.perf_counter() - start
 
   def restore(self):
-    self.model.prepare_scoring = self.inner
+    setattr(self.obj, self.name, self.inner)
+
+
+def _whole_evaluation(ev, timed, max_eval_s):
+  """The one-time preparation `timed()` and the first chunk together (trace
+  and compile: `first_chunk_s`), a second chunk at the same shape
+  (`chunk_s`), then, unless the chunks would run past `max_eval_s`
+  ("skipped"), one whole evaluation `ev()`, its preparation (`timed` again,
+  inside it) reported apart from the ranking."""
+  chunk, n = ev.user_chunk, ev.n_users
+  start = time.perf_counter()
+  timed()
+  ev.chunk_hits(0)
+  out = {"users": n, "items": ev.model.n_items, "user_chunk": chunk,
+         "chunks": -(-n // chunk), "first_chunk_s": time.perf_counter() - start}
+  if n > chunk:
+    start = time.perf_counter()
+    ev.chunk_hits(1)
+    out["chunk_s"] = time.perf_counter() - start
+    if max_eval_s and out["chunks"] * out["chunk_s"] > max_eval_s:
+      out["skipped"] = (f"not run: {out['chunks']:,} chunks of {chunk} users, "
+                        f"{out['chunk_s']:.2f} s each (measured) > "
+                        f"--max_eval_s={max_eval_s:g}")
+      return out
+  start = time.perf_counter()
+  metrics = ev()  # the same users: no input built, nothing compiled again
+  seconds = time.perf_counter() - start
+  ranking = seconds - timed.seconds
+  out.update(seconds=seconds, prepare_s=timed.seconds, ranking_s=ranking,
+             per_user_ms=1000 * ranking / max(n, 1),
+             metrics={k: float(v) for k, v in metrics.items()})
+  return out
 
 
 def eval_figures(model, ds, max_eval_s, jit_compile=True):
   from maml_tf.evaluate import full_ranking
   exclude = np.concatenate([ds.train, ds.valid]) if len(ds.valid) else ds.train
   ev = full_ranking.Evaluator(model, exclude, ds.test, KS, jit_compile=jit_compile)
-  timed = _Timed(model)
+  # What every evaluation of a run reuses is built once, apart: every
+  # chunk's users and exclusions (padded to one width, so the chunks timed
+  # here run at the shape the whole evaluation compiles for; a chunk
+  # evaluated alone would pay XLA's compilation of its own width).
+  start = time.perf_counter()
+  ev.prepare_inputs()
+  inputs_s = time.perf_counter() - start
+  timed = _Timed(model, "prepare_scoring")
   try:
-    chunk, n = ev.user_chunk, ev.n_users
-    # What every evaluation of a run reuses is built once, apart: every
-    # chunk's users and exclusions (padded to one width, so the chunks
-    # timed here run at the shape the whole evaluation compiles for; a
-    # chunk evaluated alone would pay XLA's compilation of its own width).
-    start = time.perf_counter()
-    ev.prepare_inputs()
-    inputs_s = time.perf_counter() - start
-    start = time.perf_counter()
-    model.prepare_scoring()
-    ev.chunk_hits(0)
-    out = {"users": n, "items": model.n_items, "user_chunk": chunk,
-           "item_chunk": ev.item_chunk, "chunks": -(-n // chunk),
-           "first_chunk_s": time.perf_counter() - start, "inputs_s": inputs_s}
-    if n > chunk:
-      start = time.perf_counter()
-      ev.chunk_hits(1)
-      out["chunk_s"] = time.perf_counter() - start
-      if max_eval_s and out["chunks"] * out["chunk_s"] > max_eval_s:
-        out["skipped"] = (f"not run: {out['chunks']:,} chunks of {chunk} users, "
-                          f"{out['chunk_s']:.2f} s each (measured) > "
-                          f"--max_eval_s={max_eval_s:g}")
-        return out, ev
-    start = time.perf_counter()
-    metrics = ev()  # the same users: no input built, nothing compiled again
-    seconds = time.perf_counter() - start
-    out.update(seconds=seconds, prepare_s=timed.seconds,
-               ranking_s=seconds - timed.seconds,
-               per_user_ms=1000 * (seconds - timed.seconds) / max(n, 1),
-               metrics={k: float(v) for k, v in metrics.items()})
+    out = _whole_evaluation(ev, timed, max_eval_s)
   finally:
     timed.restore()
+  out.update(item_chunk=ev.item_chunk, inputs_s=inputs_s)
   return out, ev
 
 
@@ -228,45 +238,26 @@ def two_stage_figures(model, ds, n_candidates, max_eval_s, jit_compile=True):
   from maml_tf.errors import UsageError
   from maml_tf.evaluate import two_stage
   exclude = np.concatenate([ds.train, ds.valid]) if len(ds.valid) else ds.train
-  out = {"candidates": min(int(n_candidates), model.n_items)}
   try:
     ev = two_stage.TwoStageEvaluator(model, exclude, ds.test, KS,
                                      n_candidates=n_candidates,
                                      jit_compile=jit_compile)
   except UsageError as e:
-    return dict(out, skipped=f"not run: {e}")
-  chunk, n = ev.user_chunk, ev.n_users
+    return {"candidates": int(n_candidates), "skipped": f"not run: {e}"}
   ev.prepare_inputs()
-  start = time.perf_counter()
-  ev.prepare_tables()
-  prepare_s = time.perf_counter() - start
-  start = time.perf_counter()
-  ev.chunk_hits(0)
-  out.update(users=n, items=model.n_items, user_chunk=chunk,
-             chunks=-(-n // chunk), first_chunk_s=time.perf_counter() - start)
-  if n > chunk:
-    start = time.perf_counter()
-    ev.chunk_hits(1)
-    out["chunk_s"] = time.perf_counter() - start
-    if max_eval_s and out["chunks"] * out["chunk_s"] > max_eval_s:
-      return dict(out, skipped=f"not run: {out['chunks']:,} chunks of {chunk} "
-                  f"users, {out['chunk_s']:.2f} s each (measured) > "
-                  f"--max_eval_s={max_eval_s:g}")
-  start = time.perf_counter()
-  metrics = ev()  # the serving tables read again: prepare_s of its time
-  seconds = time.perf_counter() - start
-  out.update(seconds=seconds, prepare_s=prepare_s,
-             ranking_s=max(seconds - prepare_s, 0.0),
-             per_user_ms=1000 * max(seconds - prepare_s, 0.0) / max(n, 1),
-             metrics={k: float(v) for k, v in metrics.items()})
-  return out
+  timed = _Timed(ev, "prepare_tables")  # the serving tables, every call
+  try:
+    out = _whole_evaluation(ev, timed, max_eval_s)
+  finally:
+    timed.restore()
+  return dict(out, candidates=ev.n_candidates)
 
 
 def two_stage_floor(model, users, candidates, full_floor):
   """The two-stage figure's floor (bench_floors.two_stage_floor) at this
-  process's rates: the first stage's dot product over the retrieval
-  space's vectors, measured at its own [users, width] x [width, items] shape, the per-pair work at the rates of
-  the full ranking's floor (`full_floor`)."""
+  process's rates: the first stage's dot product over the retrieval space's
+  vectors at the rate of its own [users, width] x [width, items] shape, the
+  per-pair work at the rates of the full ranking's floor (`full_floor`)."""
   work = bench_settings.pair_work(model)
   # The first stage's vectors (MAML's: P and Q, not its serving width).
   width = int(model.retrieval_space(model.serving_tables())[1].shape[-1])

@@ -180,8 +180,7 @@ def knn_product(neighbours, weights, h):
     return tf.reduce_sum(weights[:, :, None] * tf.gather(h, neighbours), 1)
   rows = tf.repeat(tf.range(n, dtype=tf.int32), k)
   return edge_products.edge_sum(tf.reshape(weights, [-1]), h,
-                                tf.reshape(tf.cast(neighbours, tf.int32), [-1]),
-                                rows, n)
+                                tf.reshape(neighbours, [-1]), rows, n)
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
