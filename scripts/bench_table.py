@@ -200,9 +200,12 @@ def target_rows(scenarios, dot_models) -> List[str]:
     r = scenarios[name]
     frac = r["eval"].get("fraction")
     if model in dot_models:
-      got = "not run" if frac is None else pct(frac)
-      lines.append(f"  {name}: evaluation at {got} of its floor (>= "
-                   f"{pct(DOT_TARGET)}): {_verdict(frac is not None and frac >= DOT_TARGET)}")
+      if frac is None:  # skipped (--max_eval_s) or failed: nothing to judge
+        lines.append(f"  {name}: evaluation not measured in this run (target >= "
+                     f"{pct(DOT_TARGET)} of its floor): not judged")
+      else:
+        lines.append(f"  {name}: evaluation at {pct(frac)} of its floor (>= "
+                     f"{pct(DOT_TARGET)}): {_verdict(frac >= DOT_TARGET)}")
     if model == "lightgcn":
       t = r["train"]
       prop = t["floor_parts"].get("propagation_s") or 0.0

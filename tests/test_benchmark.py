@@ -237,7 +237,7 @@ def test_render_prints_floors_fractions_and_what_was_computed():
                      _scenario("mario", "items100k", 100000, skipped),
                      two_stage={"candidates": 100, "skipped": "not run: no first stage"}),
                  "mf@office": {"error": "Traceback\nValueError: boom\n"}}}
-  text = bench_table.render(results, ("lightgcn",))
+  text = bench_table.render(results, ("lightgcn", "mario"))
   assert "vector features: avx2 avx512f" in text
   assert "computed: 40 steps" in text and "whole epoch" in text
   assert "not run: 2,866 chunks; floor 7,000 s" in text
@@ -247,6 +247,10 @@ def test_render_prints_floors_fractions_and_what_was_computed():
   assert "mario@items100k             -        -   100  not run: no first stage" in text
   assert "lightgcn@office" not in text.split("two-stage evaluation")[1].split("peak memory")[0]
   assert "lightgcn@office: evaluation at 60% of its floor (>= 50%): met" in text
+  # A full ranking skipped by --max_eval_s is not judged, neither met nor missed.
+  assert ("mario@items100k: evaluation not measured in this run (target >= 50% of its "
+          "floor): not judged") in text
+  assert "mario@items100k: evaluation at" not in text
   assert "step 20.0 ms = 5.0x its propagation floor, 4.0x propagation + Adam" in text
   assert "items 2,406 -> 100,000" in text
   assert "mf@office: failed (ValueError: boom)" in text

@@ -22,7 +22,9 @@ MAML with --attention=none) the two stages rank alike: the result equals full
 ranking (up to float rounding of near-ties) and costs a little more.
 
 Ties: in the first stage, at the N-th place, the lower item id is kept
-(`tf.math.top_k`'s rule); the N candidates are then put in item-id order, so
+(`tf.math.top_k`'s rule, which `full_ranking.top_k_by_blocks` keeps while
+it takes a large catalogue's N best by blocks, ~3x faster at 100k items);
+the N candidates are then put in item-id order, so
 that ties in the full score go to the lower item id, full ranking's rule.
 Wherever every unknown item is a candidate the two lists are the same list.
 
@@ -199,7 +201,7 @@ class TwoStageEvaluator(full_ranking.Evaluator):
       scores = self._first(users)
       scores = tf.tensor_scatter_nd_update(
           scores, excl, tf.fill([tf.shape(excl)[0]], -np.inf))
-      values, candidates = tf.math.top_k(scores, k=n)
+      values, candidates = full_ranking.top_k_by_blocks(scores, n)
       order = tf.argsort(candidates, axis=1, stable=True)  # item-id order
       candidates = tf.gather(candidates, order, batch_dims=1)
       known = tf.equal(tf.gather(values, order, batch_dims=1), -np.inf)
