@@ -111,7 +111,7 @@ def test_docs_row_prints_what_its_records_give(spec, table, prefix, pattern):
   records = sorted(glob.glob(os.path.join(table, pattern)), key=_seed)
   assert len(records) >= 3, f"{pattern}: at least 3 seeds"
   rows = [row for first, row in _table_rows(spec["page"])
-          if first.startswith(prefix)]
+          if first.startswith(prefix) and spec["step_column"] in row]
   assert len(rows) == 1, f"{spec['page']}: one row starting {prefix!r}"
   row = rows[0]
   summaries = [_metrics_json(r)["results"] for r in records]
@@ -124,6 +124,32 @@ def test_docs_row_prints_what_its_records_give(spec, table, prefix, pattern):
     printed = row[column].rstrip("*")
     assert printed == _cell([s[spec["which"]]["test"][metric]
                              for s in summaries]), column
+
+
+def _preservation_rows():
+  for spec, path in _docs_specs():
+    block = spec.get("preservation", {})
+    for prefix, pattern in block.get("rows", {}).items():
+      yield pytest.param(spec, os.path.dirname(path), prefix, pattern,
+                         id=f"{_rel(os.path.dirname(path))}:{prefix}:preservation")
+
+
+@pytest.mark.parametrize("spec,table,prefix,pattern", list(_preservation_rows()))
+def test_docs_preservation_row_prints_what_its_records_give(spec, table, prefix,
+                                                            pattern):
+  """RQ4's rows: each record's `best.preservation` (the measure at the
+  selected round), mean ± sd over the seeds, three decimals."""
+  columns = spec["preservation"]["columns"]
+  records = sorted(glob.glob(os.path.join(table, pattern)), key=_seed)
+  assert len(records) >= 3, f"{pattern}: at least 3 seeds"
+  rows = [row for first, row in _table_rows(spec["page"])
+          if first.startswith(prefix) and set(columns) <= set(row)]
+  assert len(rows) == 1, f"{spec['page']}: one preservation row starting {prefix!r}"
+  assert rows[0]["seeds"] == str(len(records))
+  for column, (modality, items) in columns.items():
+    values = np.asarray([_metrics_json(r)["best"]["preservation"]
+                         [modality][items] for r in records])
+    assert rows[0][column] == f"{values.mean():.3f} ± {values.std(ddof=1):.3f}", column
 
 
 def _stars():
@@ -151,7 +177,7 @@ def test_docs_stars_are_the_per_user_t_tests(spec, table, prefix, star):
   b = _per_user_by_seed(table, star["b"], spec["which"])
   assert len(a) >= 3 and sorted(a) == sorted(b)
   rows = [r for first, r in _table_rows(spec["page"])
-          if first.startswith(prefix)]
+          if first.startswith(prefix) and spec["step_column"] in r]
   assert len(rows) == 1, f"{spec['page']}: one row starting {prefix!r}"
   row = rows[0]
   for column, metric in spec["metrics"].items():
