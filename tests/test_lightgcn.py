@@ -56,26 +56,38 @@ def test_sparse_product_equals_sparse_dense_matmul():
 
 @pytest.mark.parametrize("budget_entries", [1, 7, 20])
 @pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("own_values", [True, False])
 def test_blocked_sparse_product_and_its_gradient_match_numpy(monkeypatch,
-                                                              budget_entries, jit):
+                                                              budget_entries, jit,
+                                                              own_values):
   # A rectangular A [5, 9] with unsorted entries: the blocked path (a loop
   # over blocks of `budget_entries` entries, a custom gradient with A's
-  # transpose) against the dense product and its gradient in numpy.
+  # transpose) against the dense product and its gradient in numpy; with A's
+  # own values, or with others passed as `values` (node dropout's), inside
+  # the traced function too.
   rng = np.random.default_rng(1)
   d = 3
   monkeypatch.setattr(lgcn, "PRODUCT_CHUNK_BYTES", 4 * d * budget_entries)
+  blocked_calls = []
+  blocked_product = lgcn._blocked_product
+  monkeypatch.setattr(lgcn, "_blocked_product", lambda *a: blocked_calls.append(1)
+                      or blocked_product(*a))
   cells = rng.choice(45, size=23, replace=False)
   rows, cols = np.divmod(cells, 9)
   values = rng.normal(size=23).astype(np.float32)
   adj = tf.sparse.SparseTensor(np.stack([rows, cols], 1), values, [5, 9])
+  other = rng.normal(size=23).astype(np.float32)
   dense = np.zeros((5, 9))
-  dense[rows, cols] = values
+  dense[rows, cols] = values if own_values else other
   assert lgcn._block_plan(adj, d) is not None
   x = tf.Variable(rng.normal(size=(9, d)).astype(np.float32))
   weights = rng.normal(size=(5, d))
 
   def loss():
-    return tf.reduce_sum(tf.square(lgcn.sparse_product(adj, x)) * weights)
+    if own_values:
+      return tf.reduce_sum(tf.square(lgcn.sparse_product(adj, x)) * weights)
+    y = lgcn.sparse_product(adj, x, tf.identity(tf.constant(other)))
+    return tf.reduce_sum(tf.square(y) * weights)
 
   def value_and_grad():
     with tf.GradientTape() as tape:
@@ -89,8 +101,10 @@ def test_blocked_sparse_product_and_its_gradient_match_numpy(monkeypatch,
   assert float(value) == pytest.approx(np.sum(y * y * weights), rel=1e-5)
   np.testing.assert_allclose(grad.numpy(), dense.T @ (2 * y * weights),
                              rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(lgcn.sparse_product(adj, x).numpy(), y,
-                             rtol=1e-5, atol=1e-6)
+  assert blocked_calls  # the loss went through the blocks, traced or not
+  if own_values:
+    np.testing.assert_allclose(lgcn.sparse_product(adj, x).numpy(), y,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_a_graph_under_the_budget_takes_the_one_block_path():

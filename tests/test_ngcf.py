@@ -216,7 +216,7 @@ def test_node_dropout_drops_entries_of_the_adjacency_and_rescales_the_rest():
   from maml_tf.models import lightgcn
   adj = lightgcn.normalized_adjacency(pairs, 60, 80)
   before = adj.values.numpy()
-  after = layer.dropped_adjacency(adj).values.numpy()
+  after = layer.dropped_values(adj).numpy()
   dropped = after == 0
   np.testing.assert_allclose(after[~dropped], before[~dropped] / 0.75, rtol=1e-6)
   assert dropped.mean() == pytest.approx(0.25, abs=0.03)
@@ -252,6 +252,34 @@ def test_xla_compiled_train_step_with_dropout_lowers_the_loss():
   batch = (tf.constant(users), tf.constant(items))
   # The steps make the cache stale; the compiled scoring refreshes it.
   check_xla_train_steps(m, batch, 40, N_USERS)
+
+
+def test_node_dropout_keeps_a_large_graph_in_blocks(monkeypatch):
+  # The dropped values go with L's own (eager) indices into the product, so
+  # a graph past the block budget takes the blocked path inside the traced,
+  # XLA-compiled step too (a SparseTensor rebuilt there had symbolic indices
+  # and took the one-block path); the same seed, the same masks: ten steps
+  # end at the same weights in blocks of 7 entries and in one block.
+  from maml_tf.models import lightgcn
+  in_blocks = []  # per product: whether it went by blocks
+  block_plan = lightgcn._block_plan
+  monkeypatch.setattr(lightgcn, "_block_plan", lambda *a: in_blocks.append(
+      block_plan(*a) is not None) or block_plan(*a))
+  finals, one_block = [], lightgcn.PRODUCT_CHUNK_BYTES
+  for budget in (one_block, 4 * D * 7):
+    monkeypatch.setattr(lightgcn, "PRODUCT_CHUNK_BYTES", budget)
+    in_blocks.clear()
+    m = _model(node_dropout=0.3, message_dropout=0.0, l2_reg=1e-3)
+    m.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True)
+    step = tf.function(m.train_step, jit_compile=True)
+    users, items = _batch(b=16)
+    for _ in range(10):
+      step((tf.constant(users), tf.constant(items)))
+    finals.append([v.numpy() for v in m.trainable_variables])
+    # Every product, the traced train step's with dropped values included.
+    assert in_blocks and set(in_blocks) == {budget != one_block}
+  for one, blocked in zip(*finals):
+    np.testing.assert_allclose(blocked, one, rtol=1e-4, atol=1e-5)
 
 
 def test_xavier_initialisation_as_the_authors_code():

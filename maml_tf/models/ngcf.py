@@ -155,15 +155,16 @@ class BiInteractionPropagation(keras.layers.Layer):
           shape=(1, d_out), initializer=xavier, name=f"bi_bias_{k}"))
     self.built = True
 
-  def dropped_adjacency(self, adjacency):
-    """L with each entry dropped with probability p and the rest scaled by
-    1/(1 - p) (node dropout, the authors' code's form)."""
-    values = inverted_dropout(adjacency.values, self.node_dropout, self.dropout_seeds)
-    return tf.sparse.SparseTensor(adjacency.indices, values, adjacency.dense_shape)
+  def dropped_values(self, adjacency):
+    """L's values with each entry dropped with probability p and the rest
+    scaled by 1/(1 - p) (node dropout, the authors' code's form), in the
+    order of L's indices."""
+    return inverted_dropout(adjacency.values, self.node_dropout, self.dropout_seeds)
 
-  def layer(self, k, adjacency, x):
-    """E^{k+1} of layer k (before message dropout) from E^k = x."""
-    side = lightgcn.sparse_product(adjacency, x)
+  def layer(self, k, adjacency, x, values=None):
+    """E^{k+1} of layer k (before message dropout) from E^k = x; `values`
+    (node dropout's) in place of L's own."""
+    side = lightgcn.sparse_product(adjacency, x, values)
     summed = tf.matmul(side + x, self.sum_kernels[k]) + self.sum_biases[k]
     bi = tf.matmul(side * x, self.bi_kernels[k]) + self.bi_biases[k]
     return tf.nn.leaky_relu(summed + bi, alpha=LEAKY_SLOPE)
@@ -174,11 +175,12 @@ class BiInteractionPropagation(keras.layers.Layer):
   def propagate(self, adjacency, ego, training=False):
     """The concatenated tables; callers use this, not `__call__`, which
     would turn the SparseTensor `adjacency` into a dense one."""
+    values = None
     if training and self.node_dropout > 0:
-      adjacency = self.dropped_adjacency(adjacency)
+      values = self.dropped_values(adjacency)
     x, outputs = ego, [ego]
     for k in range(len(self.layer_sizes)):
-      x = self.layer(k, adjacency, x)
+      x = self.layer(k, adjacency, x, values)
       if training and self.message_dropout > 0:
         x = inverted_dropout(x, self.message_dropout, self.dropout_seeds)
       outputs.append(tf.nn.l2_normalize(x, axis=1, epsilon=1e-12))
