@@ -283,3 +283,24 @@ def test_lightgcn_from_the_cli_trains_and_exports(tmp_path):
   path = tmp_path / "exports" / "lightgcn_custom" / "1"
   info = json.loads((path / "assets.extra" / "export_info.json").read_text())
   assert info["model"] == "lightgcn" and info["gcn_layers"] == 2
+
+
+def test_table_bpr_reads_a_node_table_as_its_two_tables():
+  # One [users + items, w] node table read at the items' offset: the same
+  # loss, rows and gradient as the two tables sliced from it.
+  m = LightGCN(2, 3, train_pairs=PAIRS, gcn_layers=1, embed_dim=4, seed=0)
+  nodes = tf.Variable(np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32))
+  users, items = tf.constant([0, 1, 1]), tf.constant([[0, 2], [1, 0], [2, 1]])
+  results = []
+  for split in (True, False):
+    with tf.GradientTape() as tape:
+      tables = (nodes[:2], nodes[2:]) if split else nodes
+      bpr, rows = m.table_bpr(tables, users, items)
+    results.append((float(bpr), [r.numpy() for r in rows],
+                    tf.convert_to_tensor(tape.gradient(bpr, nodes)).numpy()))
+  (bpr_a, rows_a, grad_a), (bpr_b, rows_b, grad_b) = results
+  assert bpr_b == pytest.approx(bpr_a, rel=1e-6)
+  for a, b in zip(rows_a, rows_b):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(grad_b, grad_a, rtol=1e-6, atol=1e-7)
+  assert np.abs(grad_a).sum() > 0

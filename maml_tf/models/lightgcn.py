@@ -261,12 +261,23 @@ class TableCache(ScoringCache):
 
   def table_bpr(self, tables, users, items):
     """(BPR of item column 0 against column 1 on the final `tables`, the
-    batch's rows of the ID tables: users, positives, negatives)."""
-    users_t, items_t = tables
-    u = tf.gather(users_t, users)
+    batch's rows of the ID tables: users, positives, negatives).
+
+    `tables`: (users [n_users, w], items [n_items, w]), or one node table
+    [n_users + n_items, w] (users first) read at the items' offset: its
+    gradient is one scatter into the node table, where slicing it into two
+    tables first made XLA keep a padded [nodes, w] gradient per slice (two
+    such blocks at NGCF's 256-wide tables' peak)."""
     pos, neg = items[:, 0], items[:, 1]
+    if isinstance(tables, (tuple, list)):
+      users_t, items_t = tables
+    else:
+      users_t, items_t = tables, tables
+      pos, neg = pos + self.n_users, neg + self.n_users
+    u = tf.gather(users_t, users)
     bpr = mf.bpr_loss(tf.reduce_sum(u * tf.gather(items_t, pos), -1),
                       tf.reduce_sum(u * tf.gather(items_t, neg), -1))
+    pos, neg = items[:, 0], items[:, 1]
     rows = [tf.gather(self.user_embeddings, users),
             tf.gather(self.item_embeddings, pos),
             tf.gather(self.item_embeddings, neg)]

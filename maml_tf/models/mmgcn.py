@@ -289,19 +289,23 @@ class MMGCN(lightgcn.TableCache, mf.MF):
     self.after_restore()
 
   # ------------------------------------------------------------ tables
-  def final_tables(self, training=False):
-    """(u* [n_users, d], i* [n_items, d]): the sum over the modalities."""
-    del training  # MMGCN has no dropout
+  def final_nodes(self):
+    """[u*; i*] [n_users + n_items, d]: the sum over the modalities."""
     if self.graph is None:
       raise ValueError("`train_pairs` must be given (MMGCN convolves over the "
                        "train graph): call set_train_edges(pairs). Received: "
                        "train_pairs=None")
     ids = tf.concat([tf.convert_to_tensor(self.user_embeddings),
                      tf.convert_to_tensor(self.item_embeddings)], 0)
-    total = tf.add_n([
+    return tf.add_n([
         self.branches[m].propagate(self.graph, self.degrees,
                                    self.feature_table(m), ids)
         for m in self.modalities])
+
+  def final_tables(self, training=False):
+    """(u* [n_users, d], i* [n_items, d])."""
+    del training  # MMGCN has no dropout
+    total = self.final_nodes()
     return total[:self.n_users], total[self.n_users:]
 
   def scoring_ready(self):
@@ -310,8 +314,8 @@ class MMGCN(lightgcn.TableCache, mf.MF):
   # ------------------------------------------------------------ loss
   def loss_terms(self, users, items, training=False):
     """BPR on (u*, i*); L2 on the batch's ID rows and user preferences."""
-    bpr, rows = self.table_bpr(self.final_tables(training=training), users,
-                               items)
+    del training  # MMGCN has no dropout
+    bpr, rows = self.table_bpr(self.final_nodes(), users, items)
     rows += [tf.gather(self.branches[m].preference, users) for m in self.modalities]
     l2 = self.l2_reg * mf.batch_l2(*rows)
     return {"loss": bpr + l2, "bpr_loss": bpr, "l2_loss": l2}

@@ -268,21 +268,26 @@ class NGCF(lightgcn.TableCache, mf.MF):
     self.prepare_scoring()
 
   # ------------------------------------------------------------ tables
-  def final_tables(self, training=False):
-    """(users, items) [n, d + sum(layer_sizes)]; dropout only if training."""
+  def final_nodes(self, training=False):
+    """E* [n_users + n_items, d + sum(layer_sizes)], users first; dropout
+    only if training."""
     if self.adjacency is None:
       raise ValueError("`train_pairs` must be given (NGCF propagates over the "
                        "train graph): call set_train_edges(pairs). Received: "
                        "train_pairs=None")
     ego = tf.concat([tf.convert_to_tensor(self.user_embeddings),
                      tf.convert_to_tensor(self.item_embeddings)], 0)
-    final = self.propagation.propagate(self.adjacency, ego, training=training)
+    return self.propagation.propagate(self.adjacency, ego, training=training)
+
+  def final_tables(self, training=False):
+    """(users, items) [n, d + sum(layer_sizes)]; dropout only if training."""
+    final = self.final_nodes(training=training)
     return final[:self.n_users], final[self.n_users:]
 
   # ------------------------------------------------------------ loss
   def loss_terms(self, users, items, training=False):
     """BPR on E* (column 0 positive, column 1 the negative); L2 on E^0."""
-    bpr, rows = self.table_bpr(self.final_tables(training=training), users,
+    bpr, rows = self.table_bpr(self.final_nodes(training=training), users,
                                items)
     l2 = self.l2_reg * mf.batch_l2(*rows)
     return {"loss": bpr + l2, "bpr_loss": bpr, "l2_loss": l2}
