@@ -271,13 +271,12 @@ class TableCache(ScoringCache):
     pos, neg = items[:, 0], items[:, 1]
     if isinstance(tables, (tuple, list)):
       users_t, items_t = tables
+      offset = 0
     else:
-      users_t, items_t = tables, tables
-      pos, neg = pos + self.n_users, neg + self.n_users
+      users_t, items_t, offset = tables, tables, self.n_users
     u = tf.gather(users_t, users)
-    bpr = mf.bpr_loss(tf.reduce_sum(u * tf.gather(items_t, pos), -1),
-                      tf.reduce_sum(u * tf.gather(items_t, neg), -1))
-    pos, neg = items[:, 0], items[:, 1]
+    bpr = mf.bpr_loss(tf.reduce_sum(u * tf.gather(items_t, pos + offset), -1),
+                      tf.reduce_sum(u * tf.gather(items_t, neg + offset), -1))
     rows = [tf.gather(self.user_embeddings, users),
             tf.gather(self.item_embeddings, pos),
             tf.gather(self.item_embeddings, neg)]
