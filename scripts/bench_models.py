@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import resource
-import tempfile
 import time
 
 import numpy as np
@@ -45,6 +44,7 @@ import numpy as np
 import bench_floors as floors
 import bench_settings
 import bench_sizes
+import bench_system
 
 WARMUP_STEPS = 3
 STEPS_TARGET_S = 30.0  # steps timed when an epoch is too long to time whole
@@ -354,7 +354,7 @@ def run(model_name, size_name, quick=False, max_epoch_s=180.0, max_eval_s=1800.0
     overrides["batch_size"] = min(overrides.get("batch_size", 5000), len(ds.train) // 2)
   config = Config(**dict(overrides, modalities=tuple(ds.features), export=False,
                          tensorboard=False,
-                         workdir=tempfile.mkdtemp(prefix="bench-")))
+                         workdir=bench_system.scratch_dir("bench-")))
   start = time.perf_counter()
   model = train.build_model(config, ds)
   build_s = time.perf_counter() - start

@@ -21,8 +21,10 @@ own speed measured beside ours (`release`).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,10 +42,16 @@ def result_line(stdout: str):
   return json.loads(lines[-1][len("RESULT "):]) if lines else None
 
 
+def scratch_dir(prefix):
+  """A new temporary folder, removed when this scenario's process exits."""
+  folder = tempfile.mkdtemp(prefix=prefix)
+  atexit.register(shutil.rmtree, folder, True)
+  return folder
+
+
 def _config(**overrides):
   from maml_tf.config import Config
-  base = dict(export=False, tensorboard=False,
-              workdir=tempfile.mkdtemp(prefix="bench-"))
+  base = dict(export=False, tensorboard=False, workdir=scratch_dir("bench-"))
   base.update(overrides)
   return Config(**base)
 
@@ -55,7 +63,7 @@ def serve_latency(quick):
   from maml_tf.export import saved_model as export
   ds = data.load_office(modalities=("meta",))
   model = train.build_model(_config(), ds)
-  folder = tempfile.mkdtemp(prefix="bench-export-")
+  folder = scratch_dir("bench-export-")
   path = export.export_saved_model(model, ds, folder, "bench", topk=10,
                                    retrieve_candidates=200)
   repeats = 20 if quick else 100
@@ -142,7 +150,7 @@ def _reference_read(root, path):
   LOADER_REFERENCE_COMMIT extracted with `git archive` and run in its own
   process (its modules import each other by the package's name); None
   without git, that commit, or when it fails."""
-  folder = tempfile.mkdtemp(prefix="bench-ref-")
+  folder = scratch_dir("bench-ref-")
   try:
     archive = subprocess.run(["git", "-C", root, "archive", LOADER_REFERENCE_COMMIT,
                               "maml_tf"], capture_output=True, check=True).stdout
@@ -163,7 +171,7 @@ def loader(quick, root):
   import numpy as np
   from maml_tf import data
   n_rows = 200_000 if quick else 10_000_000
-  folder = tempfile.mkdtemp(prefix="bench-loader-")
+  folder = scratch_dir("bench-loader-")
   path = os.path.join(folder, "train.csv")
   _write_train_csv(path, n_rows)
   out = {"rows": n_rows, "mb": os.path.getsize(path) / 2**20}

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -204,7 +205,7 @@ for line in sys.stdin:
   print("LOADED " + status, flush=True)
 """
 
-_LOADER = {}  # this worker's loading process: {"proc", "log"}
+_LOADER = {}  # this worker's loading process: {"proc", "log", "home"}
 
 
 def _stop_loader():
@@ -215,6 +216,12 @@ def _stop_loader():
       proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
       proc.kill()
+  log = _LOADER.pop("log", None)
+  if log is not None:
+    log.close()
+  home = _LOADER.pop("home", None)
+  if home is not None:
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def isolated_load(spec, work, timeout=300):
@@ -227,6 +234,7 @@ def isolated_load(spec, work, timeout=300):
   import tempfile
   proc = _LOADER.get("proc")
   if proc is None or proc.poll() is not None:
+    _stop_loader()  # a loader that died leaves its folder and log behind
     home = tempfile.mkdtemp(prefix="isolated-loader-")
     with open(os.path.join(home, "loader.py"), "w") as f:
       f.write(SERVING_LOADER)
@@ -234,9 +242,9 @@ def isolated_load(spec, work, timeout=300):
     proc = subprocess.Popen([sys.executable, "-I", "loader.py"], cwd=home,
                             env=clean_env(), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=log, text=True)
-    if not _LOADER:
+    if not _LOADER.get("atexit"):
       atexit.register(_stop_loader)
-    _LOADER.update(proc=proc, log=log)
+    _LOADER.update(proc=proc, log=log, home=home, atexit=True)
   spec_path, out_path = os.path.join(work, "spec.json"), os.path.join(work, "out.json")
   with open(spec_path, "w") as f:
     json.dump(spec, f)
