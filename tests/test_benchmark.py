@@ -273,3 +273,19 @@ def test_release_rows_give_the_ratios_or_say_why_not():
   rows = bench_table.release_rows({"maml@office": maml, "release": {
       "train_pairs_per_s": 50000.0}}, quick=True)
   assert len(rows) == 2 and "not the targets" in rows[1]
+
+
+def test_scratch_folders_are_removed_when_the_scenario_ends(tmp_path):
+  """A scenario's temporary folders (its workdir, export, data) go when its
+  process exits, whatever they hold."""
+  import subprocess
+  program = ("import os, sys; sys.path.insert(0, sys.argv[1]); import bench_system; "
+             "d = bench_system.scratch_dir('bench-test-'); "
+             "os.makedirs(os.path.join(d, 'a', 'b')); "
+             "open(os.path.join(d, 'a', 'b', 'f'), 'w').write('x'); print(d)")
+  out = subprocess.run([sys.executable, "-c", program, os.path.join(ROOT, "scripts")],
+                       capture_output=True, text=True, check=True,
+                       env=dict(os.environ, TMPDIR=str(tmp_path)))
+  folder = out.stdout.strip()
+  assert folder.startswith(str(tmp_path)) and os.path.basename(folder).startswith("bench-test-")
+  assert not os.path.exists(folder)
