@@ -74,7 +74,10 @@ torch.set_num_threads(n), TensorFlow at TF_NUM_INTRAOP_THREADS=n and
 TF_NUM_INTEROP_THREADS=1 (ops one at a time, each on n threads: torch's
 way), OMP/MKL at n. Each side: one warm-up epoch, then `--repeats` epochs
 timed whole; one warm-up validation evaluation, then `--repeats` timed
-whole. What is timed:
+whole. `--repeats=0` times the first epoch and evaluation, one-time costs
+included (compilation, the first touch of the tables), for sizes where an
+epoch takes many minutes and those costs are seconds; the table marks such
+rows "(no warm-up)". What is timed:
 
 - RecBole: `trainer._train_epoch(train_data, epoch)` (its batches of 2048
   with their negatives drawn by its dataloader, forward, backward, Adam; the
@@ -570,9 +573,16 @@ def speed_ours(args, size: str, name: str, layers, cpus) -> dict:
 # speed: the table
 
 
-def _timed(seconds):
-  """The timed repeats' minimum (the first, the warm-up, left out)."""
-  return min(seconds[1:]) if len(seconds) > 1 else seconds[0]
+def _warm(row) -> bool:
+  """Whether the row's first epoch and evaluation were an untimed warm-up
+  (every row before --repeats=0 existed has no "repeats": it had one)."""
+  return row.get("repeats", 1) > 0
+
+
+def _timed(seconds, warm=True):
+  """The timed repeats' minimum (the first, the warm-up, left out when
+  there was one)."""
+  return min(seconds[1:] if warm and len(seconds) > 1 else seconds)
 
 
 def merge_rows(rows):
@@ -580,17 +590,18 @@ def merge_rows(rows):
   its runs pooled (each run's warm-up kept first, as its own)."""
   merged = {}
   for r in rows:
-    key = (r["size"], r["model"], r["threads"], r["system"])
+    key = (r["size"], r["model"], r["threads"], r["system"], _warm(r))
     if key not in merged:
       merged[key] = json.loads(json.dumps(r))
       merged[key]["runs"] = 1
       continue
     m = merged[key]
     m["runs"] += 1
-    m["epoch_seconds"] += r["epoch_seconds"][1:]
+    first = 1 if _warm(r) else 0
+    m["epoch_seconds"] += r["epoch_seconds"][first:]
     for b, e in r["eval"].items():
       if b in m["eval"]:
-        m["eval"][b]["seconds"] += e["seconds"][1:]
+        m["eval"][b]["seconds"] += e["seconds"][first:]
       else:
         m["eval"][b] = e
   return list(merged.values())
@@ -603,28 +614,32 @@ def speed_table(rows) -> str:
            f"{'train':>8s} {'steps':>5s} {'epoch s':>8s} {'per 1M pairs':>12s} "
            f"{'eval s':>8s} {'eval users':>10s}  eval users/batch"]
   for r in rows:
-    per_m = _timed(r["epoch_seconds"]) / r["pairs_per_epoch"] * 1e6
+    warm = _warm(r)
+    per_m = _timed(r["epoch_seconds"], warm) / r["pairs_per_epoch"] * 1e6
     for k, (key, e) in enumerate(r["eval"].items()):
       head = (f"{r['size']:10s} {r['model']:10s} {r['system']:8s} {r['n_users']:7d} "
               f"{r['n_items']:7d} {r['train_pairs']:8d} {r['steps']:5d} "
-              f"{_timed(r['epoch_seconds']):8.2f} {per_m:12.2f}") if k == 0 else " " * 91
+              f"{_timed(r['epoch_seconds'], warm):8.2f} {per_m:12.2f}") if k == 0 else " " * 91
       note = ("" if key == "ours" else f" (eval_batch_size {key})")
-      lines.append(f"{head} {_timed(e['seconds']):8.2f} {r['eval_users']:10d}  "
+      note += "" if warm else " (no warm-up)"
+      lines.append(f"{head} {_timed(e['seconds'], warm):8.2f} {r['eval_users']:10d}  "
                    f"{e['users_per_batch']}{note}")
   by = {}
   for r in rows:
-    by.setdefault((r["size"], r["model"], r["threads"]), {})[r["system"]] = r
-  for (size, model, threads), pair in by.items():
+    by.setdefault((r["size"], r["model"], r["threads"], _warm(r)), {})[r["system"]] = r
+  for (size, model, threads, warm), pair in by.items():
     if len(pair) < 2:
       continue
     ours, rb = pair["ours"], pair["RecBole"]
-    ours_pm = _timed(ours["epoch_seconds"]) / ours["pairs_per_epoch"]
-    rb_pm = _timed(rb["epoch_seconds"]) / rb["pairs_per_epoch"]
-    ours_eval = _timed(ours["eval"]["ours"]["seconds"])
-    rb_evals = ", ".join(f"{_timed(e['seconds']) / ours_eval:.1f}x at "
+    ours_epoch, rb_epoch = (_timed(ours["epoch_seconds"], warm),
+                            _timed(rb["epoch_seconds"], warm))
+    ours_pm = ours_epoch / ours["pairs_per_epoch"]
+    rb_pm = rb_epoch / rb["pairs_per_epoch"]
+    ours_eval = _timed(ours["eval"]["ours"]["seconds"], warm)
+    rb_evals = ", ".join(f"{_timed(e['seconds'], warm) / ours_eval:.1f}x at "
                          f"eval_batch_size {b}" for b, e in rb["eval"].items())
-    lines.append(f"{size} {model}, {threads} thread(s): RecBole / ours: epoch "
-                 f"{_timed(rb['epoch_seconds']) / _timed(ours['epoch_seconds']):.2f}x "
+    lines.append(f"{size} {model}, {threads} thread(s){'' if warm else ', no warm-up'}: "
+                 f"RecBole / ours: epoch {rb_epoch / ours_epoch:.2f}x "
                  f"({rb_pm / ours_pm:.2f}x per pair); evaluation {rb_evals}")
   return "\n".join(lines)
 
@@ -663,7 +678,7 @@ def run_speed(args, names):
           start, load = time.time(), os.getloadavg()[0]
           row = run(args, size, name, depth, cpus)
           row.update(size=size, model=f"{name}" + (f"-{depth}" if depth else ""),
-                     threads=args.threads, cpus=cpus, counts=counts,
+                     threads=args.threads, repeats=args.repeats, cpus=cpus, counts=counts,
                      wall_seconds=round(time.time() - start, 1), label=args.label,
                      load_before=load, load_after=os.getloadavg()[0])
           rows.append(row)
@@ -730,7 +745,8 @@ def main(argv=None):
   speed.add_argument("--gcn_layers", default="2,3",
                      help="LightGCN's depths to time, comma-separated")
   speed.add_argument("--repeats", type=int, default=2,
-                     help="timed epochs and evaluations after the warm-up")
+                     help="timed epochs and evaluations after the warm-up "
+                          "(0: no warm-up, the first of each timed)")
   speed.add_argument("--rounds", type=int, default=1,
                      help="run every (model, system) this many times, "
                           "interleaved; the table pools their timed repeats")
@@ -766,8 +782,8 @@ def main(argv=None):
     except ValueError:
       parser.error(f"`--recbole_eval_batch` must be integers, comma-separated. "
                    f"Received: {args.recbole_eval_batch!r}")
-    if args.repeats < 1:
-      parser.error(f"`--repeats` must be >= 1. Received: {args.repeats}")
+    if args.repeats < 0:
+      parser.error(f"`--repeats` must be >= 0. Received: {args.repeats}")
     if args.rounds < 1:
       parser.error(f"`--rounds` must be >= 1. Received: {args.rounds}")
     os.makedirs(args.workdir, exist_ok=True)
